@@ -1,0 +1,68 @@
+# lepton: the front door. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+LEPTON := $(VENV)/bin/lepton
+PYTEST_ARGS ?=
+
+# Pipeline overrides for `make pipeline-run`, e.g. `make pipeline-run EPOCHS=3 DATA=s3://bucket/raw/`.
+DATA ?=
+EPOCHS ?=
+NPROC ?=
+THRESHOLD ?=
+
+.PHONY: help setup test test-fast lint format services-up services-down services-status \
+        pipeline-run bench clean clean-state
+
+help: ## show this help
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+
+setup: $(PY) ## create .venv and install the project with pinned dependencies (constraints.txt)
+	$(PY) -m pip install -c constraints.txt -e '.[dev]'
+	@$(PY) -c "import s3fs, torch, sagemaker; print('installed: s3fs', s3fs.__version__, '| torch', torch.__version__, '| sagemaker', sagemaker.__version__)"
+
+test: ## run the whole tiered suite (unit, integration, e2e incl. a real local pipeline run)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: ## unit tests only
+	$(PY) -m pytest tests/unit -m 'not slow' $(PYTEST_ARGS)
+
+lint: ## ruff (lint + format check) and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: ## apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+services-up: ## start local S3 (SeaweedFS) and MLflow on 127.0.0.1 (idempotent)
+	$(LEPTON) services up
+
+services-down: ## stop local services and the local endpoint (data is kept)
+	$(LEPTON) services down
+
+services-status: ## show local services and their health
+	$(LEPTON) services status
+
+pipeline-run: ## run the whole pipeline locally (DATA=, EPOCHS=, NPROC=, THRESHOLD= override)
+	$(LEPTON) pipeline run $(if $(DATA),--data $(DATA)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
+	  $(if $(NPROC),--nproc $(NPROC)) $(if $(THRESHOLD),--accuracy-threshold $(THRESHOLD))
+
+bench: ## run the side-by-side benchmarks (prints JSON)
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean: ## remove caches and build output (keeps .venv and .lepton)
+	rm -rf .pytest_cache .ruff_cache .mypy_cache build dist *.egg-info
+	find . -name __pycache__ -type d -prune -not -path './.venv/*' -exec rm -rf {} +
+
+clean-state: services-down ## stop services and DELETE all local state (.lepton: S3 data, MLflow db)
+	rm -rf $${LEPTON_STATE_DIR:-.lepton}

@@ -1,0 +1,169 @@
+"""The one place in `pipelines` that reads the environment.
+
+Everything else takes a `Settings` object. Two modes:
+
+- ``local`` (default): S3 is the SeaweedFS server this project starts on 127.0.0.1, with
+  credentials generated on first start and kept in the state folder (mode 0600); tracking is the
+  local MLflow server.
+- ``aws``: the default boto3 credential chain and region; ``AWS_ENDPOINT_URL`` /
+  ``AWS_ENDPOINT_URL_S3`` are honoured (moto, LocalStack, a VPC endpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+CREDENTIALS_FILE = "credentials.json"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    access_key_id: str
+    secret_access_key: str
+
+    def __repr__(self) -> str:  # never print the secret, not even by accident in a traceback
+        return f"Credentials(access_key_id={mask(self.access_key_id)!r}, secret_access_key='***')"
+
+
+def mask(value: str) -> str:
+    """Show just enough of a credential to tell two apart."""
+    return value[:4] + "…" if len(value) > 4 else "***"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Endpoints, ports, buckets and region for one project state folder."""
+
+    mode: str = "local"  # "local" or "aws"
+    state_dir: Path = Path(".lepton")
+    region: str = "us-east-1"
+    host: str = "127.0.0.1"  # local services bind here and nowhere else
+    s3_port: int = 8333
+    mlflow_port: int = 5001  # moto's server owns 5000
+    endpoint_port: int = 8080  # SageMaker container contract
+    s3_endpoint_url_override: str | None = None
+    tracking_uri_override: str | None = None
+    data_bucket: str = "lepton-data"
+    artifact_bucket: str = "lepton-artifacts"
+    mlflow_bucket: str = "lepton-mlflow"
+    experiment_name: str = "lepton"
+    registered_model_name: str = "lepton-classifier"
+    debug: bool = False  # LEPTON_DEBUG=1: full tracebacks from the CLI
+    env_credentials: Credentials | None = field(default=None, repr=False)
+
+    @property
+    def buckets(self) -> tuple[str, ...]:
+        return (self.data_bucket, self.artifact_bucket, self.mlflow_bucket)
+
+    @property
+    def s3_endpoint_url(self) -> str | None:
+        if self.s3_endpoint_url_override:
+            return self.s3_endpoint_url_override
+        if self.mode == "local":
+            return f"http://{self.host}:{self.s3_port}"
+        return None  # AWS default endpoint
+
+    @property
+    def tracking_uri(self) -> str:
+        if self.tracking_uri_override:
+            return self.tracking_uri_override
+        return f"http://{self.host}:{self.mlflow_port}"
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{self.host}:{self.endpoint_port}"
+
+    @property
+    def credentials_path(self) -> Path:
+        return self.state_dir / CREDENTIALS_FILE
+
+    def credentials(self, create: bool = False) -> Credentials | None:
+        """Credentials for S3: the local generated pair in local mode, else the environment's.
+
+        Returns None in aws mode without explicit keys (boto3's default chain then applies).
+        """
+        if self.mode != "local":
+            return self.env_credentials
+        return load_or_create_local_credentials(self.credentials_path, create=create)
+
+    def s3_env(self) -> dict[str, str]:
+        """Environment for a child process (a step) so plain boto3/s3fs reach the same S3."""
+        env = {"AWS_REGION": self.region, "AWS_DEFAULT_REGION": self.region}
+        if self.s3_endpoint_url:
+            env["AWS_ENDPOINT_URL_S3"] = self.s3_endpoint_url
+        creds = self.credentials()
+        if creds is not None:
+            env["AWS_ACCESS_KEY_ID"] = creds.access_key_id
+            env["AWS_SECRET_ACCESS_KEY"] = creds.secret_access_key
+        return env
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def load_or_create_local_credentials(path: Path, create: bool = False) -> Credentials | None:
+    if path.exists():
+        data = json.loads(path.read_text())
+        return Credentials(data["access_key_id"], data["secret_access_key"])
+    if not create:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    creds = Credentials("LEP" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30))
+    # Create with 0600 from the start: no window in which the file is world-readable.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(
+            {"access_key_id": creds.access_key_id, "secret_access_key": creds.secret_access_key},
+            fh,
+        )
+    return creds
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer port, got {raw!r}") from exc
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from environment variables (all optional).
+
+    LEPTON_MODE (local|aws), LEPTON_STATE_DIR (default ./.lepton), LEPTON_S3_PORT,
+    LEPTON_MLFLOW_PORT, LEPTON_ENDPOINT_PORT, LEPTON_DATA_BUCKET, LEPTON_ARTIFACT_BUCKET,
+    LEPTON_MLFLOW_BUCKET, LEPTON_EXPERIMENT, LEPTON_MODEL_NAME, AWS_REGION / AWS_DEFAULT_REGION,
+    AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, MLFLOW_TRACKING_URI.
+    """
+    env = os.environ if env is None else env
+    mode = env.get("LEPTON_MODE", "local").strip().lower()
+    if mode not in ("local", "aws"):
+        raise ValueError(f"LEPTON_MODE must be 'local' or 'aws', got {mode!r}")
+    env_creds = None
+    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        env_creds = Credentials(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"])
+    defaults = Settings()
+    return Settings(
+        mode=mode,
+        state_dir=Path(env.get("LEPTON_STATE_DIR", ".lepton")).absolute(),
+        region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or defaults.region,
+        s3_port=_int(env, "LEPTON_S3_PORT", defaults.s3_port),
+        mlflow_port=_int(env, "LEPTON_MLFLOW_PORT", defaults.mlflow_port),
+        endpoint_port=_int(env, "LEPTON_ENDPOINT_PORT", defaults.endpoint_port),
+        s3_endpoint_url_override=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None,
+        tracking_uri_override=env.get("MLFLOW_TRACKING_URI") or None,
+        data_bucket=env.get("LEPTON_DATA_BUCKET", defaults.data_bucket),
+        artifact_bucket=env.get("LEPTON_ARTIFACT_BUCKET", defaults.artifact_bucket),
+        mlflow_bucket=env.get("LEPTON_MLFLOW_BUCKET", defaults.mlflow_bucket),
+        experiment_name=env.get("LEPTON_EXPERIMENT", defaults.experiment_name),
+        registered_model_name=env.get("LEPTON_MODEL_NAME", defaults.registered_model_name),
+        debug=env.get("LEPTON_DEBUG", "") not in ("", "0", "false"),
+        env_credentials=env_creds,
+    )
