@@ -7,6 +7,7 @@ and data stays in the state folder across restarts.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -259,10 +260,8 @@ def _terminate(pid: int, grace_s: float = 15.0) -> None:
         return
     _, alive = psutil.wait_procs([proc, *children], timeout=grace_s)
     for p in alive:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
-        except psutil.NoSuchProcess:
-            pass
 
 
 def stop(settings: Settings, name: str, marker: str | None = None, out: Printer = print) -> bool:
