@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipelines.commands import services
+from pipelines.commands import pipeline, services
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (services,):
+    for module in (services, pipeline):
         module.register(sub)
     return parser
 

@@ -9,7 +9,9 @@ from pipelines.settings import load_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("services", help="start, stop and inspect the local S3 and MLflow services")
+    parser = sub.add_parser(
+        "services", help="start, stop and inspect the local S3 and MLflow services"
+    )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     up = actions.add_parser("up", help="start SeaweedFS (S3) and MLflow; idempotent")
     up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for health")

@@ -1,0 +1,107 @@
+"""Move step inputs and outputs between S3 and a step's work folder, as SageMaker does.
+
+`download` mirrors an S3 prefix (or one object) into a folder; `upload` mirrors a folder to a
+prefix. Keys are confined to the destination folder: a key with `..` or an absolute path can
+never write outside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from pipelines.storage import is_s3_uri, split_s3_uri
+
+_THREADS = 16  # S3 GET/PUT of small objects is latency-bound; 16 keeps SeaweedFS busy
+
+
+def safe_relative(key: str, prefix: str) -> PurePosixPath:
+    """The part of `key` below `prefix`, refused if it would leave the destination."""
+    rel = key[len(prefix) :].lstrip("/") if key.startswith(prefix) else key
+    path = PurePosixPath(rel)
+    if not rel or path.is_absolute() or any(part in ("..", "") for part in path.parts):
+        raise ValueError(f"refusing S3 key that would escape the destination folder: {key!r}")
+    return path
+
+
+def list_objects(client: Any, uri: str) -> list[dict[str, Any]]:
+    """Every object under an s3:// prefix (all pages)."""
+    bucket, prefix = split_s3_uri(uri)
+    objects: list[dict[str, Any]] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        objects.extend(page.get("Contents", []))
+    return objects
+
+
+def fingerprint(client: Any, uri: str) -> str:
+    """A digest of every key, size and ETag under `uri` (or of a local folder's files)."""
+    digest = hashlib.sha256()
+    if is_s3_uri(uri):
+        for obj in sorted(list_objects(client, uri), key=lambda o: o["Key"]):
+            digest.update(f"{obj['Key']}\0{obj['Size']}\0{obj.get('ETag', '')}\n".encode())
+    else:
+        root = Path(uri)
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            stat = path.stat()
+            digest.update(
+                f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
+            )
+    return digest.hexdigest()
+
+
+def download(client: Any, uri: str, dest: Path) -> int:
+    """Mirror `uri` (an s3:// prefix or object, or a local path) into `dest`; return file count."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if not is_s3_uri(uri):
+        src = Path(uri)
+        if src.is_file():
+            shutil.copy2(src, dest / src.name)
+            return 1
+        shutil.copytree(src, dest, dirs_exist_ok=True)
+        return sum(1 for p in src.rglob("*") if p.is_file())
+    bucket, prefix = split_s3_uri(uri)
+    objects = [o for o in list_objects(client, uri) if not o["Key"].endswith("/")]
+    if not objects:
+        raise FileNotFoundError(f"nothing found under {uri}")
+    exact = [o for o in objects if o["Key"] == prefix]
+    if exact:  # one object: it lands in dest under its own name, like SageMaker does
+        objects = exact
+        base = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
+    else:
+        base = prefix if prefix.endswith("/") or not prefix else prefix + "/"
+
+    def fetch(obj: dict[str, Any]) -> None:
+        target = dest / safe_relative(obj["Key"], base)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        client.download_file(bucket, obj["Key"], str(target))
+
+    with ThreadPoolExecutor(_THREADS) as pool:
+        list(pool.map(fetch, objects))
+    return len(objects)
+
+
+def upload(client: Any, src: Path, uri: str) -> int:
+    """Mirror the folder `src` to the s3:// prefix `uri` (or copy to a local path)."""
+    files = sorted(p for p in src.rglob("*") if p.is_file())
+    if not is_s3_uri(uri):
+        shutil.copytree(src, Path(uri), dirs_exist_ok=True)
+        return len(files)
+    bucket, prefix = split_s3_uri(uri)
+    prefix = prefix.rstrip("/")
+
+    def put(path: Path) -> None:
+        key = f"{prefix}/{path.relative_to(src).as_posix()}" if prefix else path.name
+        client.upload_file(str(path), bucket, key)
+
+    with ThreadPoolExecutor(_THREADS) as pool:
+        list(pool.map(put, files))
+    return len(files)
+
+
+def exists(client: Any, uri: str) -> bool:
+    if not is_s3_uri(uri):
+        return Path(uri).exists()
+    return bool(list_objects(client, uri))
