@@ -1,0 +1,171 @@
+"""Dynamic micro-batching on an asyncio loop, with model calls on a thread pool.
+
+Requests queue their ``[n, H, W, C]`` pixels; a dispatcher takes a free worker, then gathers
+queued requests (whole requests only, at most ``max_batch`` images) and runs one model call.
+It waits up to ``max_wait_s`` for more images only while other requests are known to be on
+their way (announced but not yet queued), so a lone client pays no batching delay while a
+busy server fills its batches. ONNX Runtime releases the GIL, so workers overlap with the
+event loop's parsing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["MicroBatcher", "Overloaded"]
+
+
+class Overloaded(RuntimeError):
+    """The queue is full; the caller should answer 503 with Retry-After."""
+
+
+@dataclass
+class _Item:
+    pixels: np.ndarray
+    future: asyncio.Future[np.ndarray]
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        predict: Callable[[np.ndarray], np.ndarray],
+        executor: Executor,
+        *,
+        workers: int,
+        max_batch: int,
+        max_wait_s: float,
+        max_queued_images: int,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        if workers < 1 or max_batch < 1 or max_wait_s < 0:
+            raise ValueError("workers and max_batch must be >= 1, max_wait_s >= 0")
+        self._predict = predict
+        self._executor = executor
+        self._max_batch = max_batch
+        self._max_wait_s = max_wait_s
+        self._max_queued = max_queued_images
+        self._on_batch = on_batch
+        self._workers = asyncio.Semaphore(workers)
+        self._queue: collections.deque[_Item] = collections.deque()
+        self.queued_images = 0
+        self._announced = 0
+        self._arrived = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._dispatch_forever())
+
+    def announce(self) -> None:
+        """A request has arrived and will probably submit soon (lets the dispatcher wait)."""
+        self._announced += 1
+
+    def withdraw(self) -> None:
+        """An announced request will not submit (it failed validation)."""
+        self._announced = max(0, self._announced - 1)
+
+    async def submit(self, pixels: np.ndarray, announced: bool = True) -> np.ndarray:
+        """Queue ``[n, H, W, C]`` pixels; returns their ``[n, K]`` probabilities."""
+        if announced:
+            self.withdraw()
+        if self.queued_images + len(pixels) > self._max_queued:
+            raise Overloaded(f"{self.queued_images} images already queued")
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Item(pixels, future))
+        self.queued_images += len(pixels)
+        self._arrived.set()
+        return await future
+
+    async def _wait_for_items(self) -> None:
+        while not self._queue:
+            self._arrived.clear()
+            await self._arrived.wait()
+        if self._max_wait_s <= 0:
+            return
+        deadline = asyncio.get_running_loop().time() + self._max_wait_s
+        while self.queued_images < self._max_batch and self._announced > 0:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return
+            self._arrived.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._arrived.wait()
+            except TimeoutError:
+                return
+
+    def _take_batch(self) -> list[_Item]:
+        items: list[_Item] = []
+        rows = 0
+        while self._queue:
+            item = self._queue[0]
+            if item.future.done():  # cancelled by a request timeout: skip it
+                self._queue.popleft()
+                self.queued_images -= len(item.pixels)
+                continue
+            if items and rows + len(item.pixels) > self._max_batch:
+                break
+            self._queue.popleft()
+            self.queued_images -= len(item.pixels)
+            items.append(item)
+            rows += len(item.pixels)
+        return items
+
+    async def _dispatch_forever(self) -> None:
+        while True:
+            await self._workers.acquire()
+            try:
+                await self._wait_for_items()
+                items = self._take_batch()
+            except BaseException:
+                self._workers.release()
+                raise
+            if not items:
+                self._workers.release()
+                continue
+            task = asyncio.get_running_loop().create_task(self._run(items))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run(self, items: list[_Item]) -> None:
+        try:
+            batch = (
+                items[0].pixels if len(items) == 1 else np.concatenate([i.pixels for i in items])
+            )
+            if self._on_batch is not None:
+                self._on_batch(len(batch))
+            loop = asyncio.get_running_loop()
+            try:
+                probs = await loop.run_in_executor(self._executor, self._predict, batch)
+            except Exception as exc:  # surfaced to every request of the batch
+                for item in items:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                return
+            start = 0
+            for item in items:
+                n = len(item.pixels)
+                if not item.future.done():
+                    item.future.set_result(probs[start : start + n])
+                start += n
+        finally:
+            self._workers.release()
+
+    async def close(self) -> None:
+        """Finish running batches, fail anything still queued, stop dispatching."""
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        while self._queue:
+            item = self._queue.popleft()
+            if not item.future.done():
+                item.future.set_exception(Overloaded("server shutting down"))
+        self.queued_images = 0
