@@ -101,8 +101,10 @@ def plant_bad_files(root: Path, outside: Path) -> dict[str, str]:
     outside.mkdir(parents=True, exist_ok=True)
     (outside / "secret.png").write_bytes(encode(Image.new("L", (10, 10), 3), "PNG"))
     os.symlink(outside / "secret.png", root / "3" / "link-outside.png")
+    os.symlink(outside, root / "8-linked-folder", target_is_directory=True)
     expected = {key: reason for key, (_, reason) in files.items()}
     expected["3/link-outside.png"] = "unsafe_key"
+    expected["8-linked-folder/"] = "unsafe_key"  # reported, not followed
     return expected
 
 

@@ -1,0 +1,187 @@
+"""Small parts of the data package: config round trip, splits, duplicates, labels, manifests."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines.data import decode, sources
+from pipelines.data.config import PrepareConfig, add_arguments, config_from_args, to_args
+from pipelines.data.importers import builtin_arrays, import_dataset
+from pipelines.data.prepare import prepare
+from pipelines.data.report import channel_mean_std, resolve_duplicates
+from pipelines.data.sources import clean_label, list_source
+from pipelines.data.split import assign_split
+from tests.fixtures_data import encode
+from training.shards import channel_stats, read_manifest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def parse(argv: list[str], positional: bool = False) -> PrepareConfig:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, positional=positional)
+    return config_from_args(parser.parse_args(argv))
+
+
+@pytest.mark.parametrize("cfg", [
+    PrepareConfig(input="s3://b/raw", output="/tmp/out"),
+    PrepareConfig(input="in.jsonl", output="s3://b/ds", dataset="d", image_size=(32, 48),
+                  channels=3, split_fractions=(0.7, 0.2, 0.1), min_images_per_class=1,
+                  min_side=2, max_pixels=10**6, max_file_bytes=1000, shard_size=7,
+                  shard_max_bytes=12345,
+                  classes=("cat", "dög"), imbalance_ratio=3.5, workers=3, chunk_size=9,
+                  force=True, work_dir="/scratch"),
+])
+def test_config_round_trips_through_args(cfg: PrepareConfig) -> None:
+    assert parse(to_args(cfg)) == cfg
+
+
+def test_positional_arguments_and_validation() -> None:
+    cfg = parse(["raw", "out", "--image-size", "64", "--split", "0.5,0.5,0"], positional=True)
+    assert (cfg.input, cfg.output, cfg.image_size) == ("raw", "out", (64, 64))
+    assert cfg.dataset_name == "raw"
+    with pytest.raises(ValueError, match="sum"):
+        PrepareConfig(input="a", output="b", split_fractions=(0.5, 0.2, 0.2))
+    with pytest.raises(ValueError, match="channels"):
+        PrepareConfig(input="a", output="b", channels=4)
+
+
+def test_split_is_stable_and_follows_fractions() -> None:
+    rng = np.random.default_rng(1)
+    shas = [rng.bytes(32) for _ in range(20000)]
+    splits = [assign_split(s, (0.8, 0.1, 0.1)) for s in shas]
+    assert splits == [assign_split(s, (0.8, 0.1, 0.1)) for s in shas]
+    share = {k: splits.count(k) / len(splits) for k in ("train", "val", "test")}
+    assert abs(share["train"] - 0.8) < 0.02 and abs(share["val"] - 0.1) < 0.01
+    assert {assign_split(s, (1.0, 0.0, 0.0)) for s in shas[:500]} == {"train"}
+    assert "val" not in {assign_split(s, (0.9, 0.0, 0.1)) for s in shas[:500]}
+
+
+def test_duplicates_same_label_keep_first_conflicts_drop_all() -> None:
+    a, b, c = b"a" * 32, b"b" * 32, b"c" * 32
+    kept, dropped = resolve_duplicates([
+        ("x/1", "x", a), ("x/2", "x", a), ("x/3", "x", b), ("y/1", "y", b), ("y/2", "y", c)])
+    assert kept == {0, 4}
+    assert dropped[1][0] == "duplicate" and "x/1" in dropped[1][1]
+    assert dropped[2][0] == dropped[3][0] == "duplicate_conflicting_labels"
+
+
+def test_exact_channel_stats_match_numpy() -> None:
+    rng = np.random.default_rng(2)
+    imgs = rng.integers(0, 256, (50, 7, 5, 3), dtype=np.uint8)
+    flat = imgs.reshape(-1, 3).astype(np.int64)
+    mean, std = channel_mean_std(flat.sum(0).tolist(), (flat * flat).sum(0).tolist(), len(flat))
+    ref_mean, ref_std = channel_stats(imgs)
+    assert np.allclose(mean, ref_mean, atol=1e-12) and np.allclose(std, ref_std, atol=1e-12)
+
+
+@pytest.mark.parametrize(("raw", "ok"), [
+    ("cat", "cat"), ("cafe\u0301", "caf\u00e9"), ("猫", "猫"), ("..", None), (".", None),
+    ("", None), (" cat", None), ("a\u200bb", None), ("a\x00", None), ("a/b", None), (3, None)])
+def test_clean_label(raw: object, ok: str | None) -> None:
+    assert clean_label(raw) == ok
+
+
+def test_jsonl_manifest_input(raw_mnist_copy: Path, tmp_path: Path) -> None:
+    keys = sorted(p.relative_to(raw_mnist_copy).as_posix() for p in raw_mnist_copy.rglob("*.png"))
+    lines = [json.dumps({"source-ref": f"raw/{k}", "class": k.split("/")[0]}) for k in keys[:60]]
+    lines[1] = json.dumps({"source-ref": f"raw/{keys[1]}",
+                           "gt-job-metadata": {"class-name": "0"}})  # Ground Truth style
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join([
+        *lines,
+        "{not json",
+        json.dumps({"source-ref": "/etc/passwd", "class": "0"}),
+        json.dumps({"source-ref": "raw/../../../../etc/hostname.png", "class": "0"}),
+        json.dumps({"source-ref": f"raw/{keys[70]}"}),
+        "",
+    ]))
+    listing = list_source(str(manifest), None)
+    reasons = {it.key: it.issue[0] for it in listing.items if it.issue}
+    assert sorted(reasons.values()) == ["invalid_manifest_line", "unknown_label", "unsafe_key",
+                                        "unsafe_key"]
+    result = prepare(PrepareConfig(input=str(manifest), output=str(tmp_path / "out"),
+                                   min_images_per_class=5), log=lambda _m: None)
+    assert result.report["used"] == 60 and result.report["total"] == 64
+    assert result.manifest["classes"] == ["0", "1"]
+
+
+def test_import_builtin_to_folder_then_prepare(tmp_path: Path) -> None:
+    n = import_dataset("digits", str(tmp_path / "raw"), None, limit=200, log=lambda _m: None)
+    assert n == 200 and len(list((tmp_path / "raw").rglob("*.png"))) == 200
+    images, labels = builtin_arrays("mnist-5k")
+    assert images.shape == (5000, 28, 28) and images.dtype == np.uint8 and len(labels) == 5000
+    again = import_dataset(str(tmp_path / "raw"), str(tmp_path / "copy"), None,
+                           log=lambda _m: None)
+    assert again == 200
+    result = prepare(PrepareConfig(input=str(tmp_path / "copy"), output=str(tmp_path / "ds"),
+                                   image_size=(8, 8), min_images_per_class=5),
+                     log=lambda _m: None)
+    assert len(result.manifest["classes"]) == 10 and result.report["quarantined"] == []
+
+
+@pytest.mark.parametrize("how", [["pipelines/steps/prepare.py"], ["-m", "pipelines.steps.prepare"]])
+def test_step_entry_point_runs_both_ways(raw_mnist_dir: Path, tmp_path: Path,
+                                         how: list[str]) -> None:
+    out = tmp_path / "out"
+    cmd = [sys.executable, *how, "--input", str(raw_mnist_dir), "--output", str(out),
+           "--min-images-per-class", "5", "--workers", "2"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "done:" in done.stderr and read_manifest(out)["dataset"] == "mnist"
+    bad = subprocess.run([*cmd[:-4], "--min-images-per-class", "1000"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "under the minimum of 1000" in bad.stderr
+
+
+class FakeS3:
+    """Just enough of an S3 client for listing (pages of 1,000) and reading, AWS-style keys."""
+
+    def __init__(self, objects: dict[str, bytes]) -> None:
+        self.objects = objects
+
+    def get_paginator(self, _name: str) -> FakeS3:
+        return self
+
+    def paginate(self, Bucket: str, Prefix: str) -> list[dict[str, object]]:  # noqa: N803
+        keys = sorted(k for k in self.objects if k.startswith(Prefix))
+        return [{"Contents": [{"Key": k, "Size": len(self.objects[k]),
+                               "ETag": f'"{hashlib.md5(self.objects[k]).hexdigest()}"'}
+                              for k in keys[i:i + 1000]]} for i in range(0, len(keys), 1000)]
+
+    def get_object(self, Bucket: str, Key: str) -> dict[str, object]:  # noqa: N803
+        data = self.objects[Key]
+        return {"ETag": f'"{hashlib.md5(data).hexdigest()}"', "Body": io.BytesIO(data)}
+
+
+def test_aws_style_hostile_keys_never_escape(raw_mnist_dir: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    objects = {f"raw/{p.relative_to(raw_mnist_dir).as_posix()}": p.read_bytes()
+               for p in raw_mnist_dir.rglob("*.png")}
+    hostile = ["raw/../escape.png", "raw/3/../../../../tmp/up.png", "raw/./3/dot.png",
+               "raw//abs.png", "raw/..\\x.png", "raw/3/./../x.png"]
+    for n, key in enumerate(hostile):
+        objects[key] = encode(Image.new("L", (9, 9), 50 + n), "PNG")
+    fake = FakeS3(objects)
+    monkeypatch.setattr(sources, "make_client", lambda _s: fake)
+    monkeypatch.setattr(decode, "make_client", lambda _s: fake)
+    out = tmp_path / "work" / "out"
+    result = prepare(PrepareConfig(input="s3://b/raw", output=str(out), workers=1,
+                                   min_images_per_class=5), log=lambda _m: None)
+    got = {q["key"]: q["reason"] for q in result.report["quarantined"]}
+    assert set(got.values()) == {"unknown_label"} and len(got) == len(hostile)
+    assert result.manifest["classes"] == [str(d) for d in range(10)]
+    files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    assert files == sorted(["work", "work/out", "work/out/manifest.json",
+                            "work/out/quality_report.json",
+                            *(f"work/out/{s['file']}" for s in result.manifest["shards"])])

@@ -1,0 +1,185 @@
+"""The prepare core on local folders: quarantine reasons, determinism, stable splits, errors."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.data import output as output_mod
+from pipelines.data.config import PrepareConfig
+from pipelines.data.errors import PrepareError, SourceError
+from pipelines.data.prepare import prepare
+from pipelines.data.sources import list_source
+from tests.fixtures_data import (
+    PLANT_MAX_PIXELS,
+    PLANT_MIN_SIDE,
+    mnist_subset,
+    plant_bad_files,
+    write_image_folder,
+)
+from training.shards import DatasetError, load_split, read_manifest
+
+
+def cfg_for(raw: Path, out: Path, **kw: object) -> PrepareConfig:
+    base: dict[str, object] = {"min_images_per_class": 5, "shard_size": 100, "workers": 2,
+                               "chunk_size": 64}
+    base.update(kw)
+    return PrepareConfig(input=str(raw), output=str(out), **base)  # type: ignore[arg-type]
+
+
+def quiet(_msg: str) -> None:
+    pass
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def pixel_splits(folder: Path) -> dict[bytes, str]:
+    manifest = read_manifest(folder)
+    out: dict[bytes, str] = {}
+    for split in manifest["splits"]:
+        images, _ = load_split(folder, split, manifest=manifest)
+        out.update({img.tobytes(): split for img in images})
+    return out
+
+
+def test_every_bad_file_quarantined_with_its_reason(raw_mnist_copy: Path, tmp_path: Path) -> None:
+    expected = plant_bad_files(raw_mnist_copy, tmp_path / "outside")
+    total = sum(1 for p in raw_mnist_copy.rglob("*") if p.is_file() or p.is_symlink())
+    out = tmp_path / "out"
+    result = prepare(cfg_for(raw_mnist_copy, out, max_pixels=PLANT_MAX_PIXELS,
+                             min_side=PLANT_MIN_SIDE), log=quiet)
+    report = result.report
+    got = {q["key"]: q["reason"] for q in report["quarantined"]}
+    want = {k: r for k, r in expected.items() if r}
+    assert got == want
+    assert report["total"] == total
+    assert report["used"] + len(report["quarantined"]) == report["total"]
+    # Odd-but-good images (RGBA, palette, 16-bit, JPEG, WebP, BMP, Unicode name) are used.
+    manifest = read_manifest(out)
+    assert manifest["classes"] == [str(d) for d in range(10)]
+    assert sum(s["count"] for s in manifest["splits"].values()) == report["used"]
+    assert manifest["splits"]["train"]["class_counts"]["7"] + manifest["splits"]["val"][
+        "class_counts"]["7"] + manifest["splits"]["test"]["class_counts"]["7"] == 30 + 7
+    images, labels = load_split(out, "train")
+    assert images.shape[1:] == (28, 28, 1) and images.dtype == np.uint8
+    assert len(labels) == manifest["splits"]["train"]["count"]
+    # Nothing but the dataset files in the output, even with hostile names in the input.
+    assert {p.name for p in out.iterdir()} == {s["file"] for s in manifest["shards"]} | {
+        "manifest.json", "quality_report.json"}
+
+
+def test_two_runs_are_byte_identical_and_second_is_a_no_op(raw_mnist_dir: Path,
+                                                           tmp_path: Path) -> None:
+    a = prepare(cfg_for(raw_mnist_dir, tmp_path / "a", workers=2), log=quiet)
+    b = prepare(cfg_for(raw_mnist_dir, tmp_path / "b", workers=1, chunk_size=7), log=quiet)
+    assert not a.skipped and not b.skipped
+    assert file_hashes(tmp_path / "a") == file_hashes(tmp_path / "b")
+    for shard in read_manifest(tmp_path / "a")["shards"]:
+        data = (tmp_path / "a" / shard["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == shard["sha256"]
+    msgs: list[str] = []
+    again = prepare(cfg_for(raw_mnist_dir, tmp_path / "a"), log=msgs.append)
+    assert again.skipped and any("up to date" in m for m in msgs)
+    assert file_hashes(tmp_path / "a") == file_hashes(tmp_path / "b")
+    # A config change is not up to date.
+    changed = prepare(cfg_for(raw_mnist_dir, tmp_path / "a", shard_size=1000), log=quiet)
+    assert not changed.skipped and len(changed.manifest["shards"]) == 3
+    assert {p.name for p in (tmp_path / "a").glob("*.npz")} == {"train-00000.npz",
+                                                               "val-00000.npz", "test-00000.npz"}
+
+
+def test_adding_ten_percent_moves_no_old_image(raw_mnist_copy: Path, tmp_path: Path) -> None:
+    prepare(cfg_for(raw_mnist_copy, tmp_path / "v1"), log=quiet)
+    before = pixel_splits(tmp_path / "v1")
+    images, labels, ids = mnist_subset(3, offset=100)  # 30 new images, disjoint from the 300
+    write_image_folder(raw_mnist_copy, images, labels, ids)
+    result = prepare(cfg_for(raw_mnist_copy, tmp_path / "v2"), log=quiet)
+    after = pixel_splits(tmp_path / "v2")
+    assert result.report["used"] == len(before) + 30
+    assert all(after[px] == split for px, split in before.items())
+    assert len(set(after) - set(before)) == 30
+
+
+def test_mean_std_match_train_pixels(raw_mnist_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    manifest = prepare(cfg_for(raw_mnist_dir, out, channels=3, image_size=(16, 20)),
+                       log=quiet).manifest
+    images, _ = load_split(out, "train")
+    assert images.shape[1:] == (16, 20, 3)
+    x = images.reshape(-1, 3).astype(np.float64) / 255
+    assert np.allclose(manifest["mean"], x.mean(axis=0), atol=1e-9)
+    assert np.allclose(manifest["std"], x.std(axis=0), atol=1e-9)
+
+
+@pytest.mark.parametrize("case", ["one_class", "under_min", "missing_input", "empty_input"])
+def test_invalid_input_writes_nothing(raw_mnist_dir: Path, tmp_path: Path, case: str) -> None:
+    raw = tmp_path / "raw"
+    if case == "one_class":
+        shutil.copytree(raw_mnist_dir / "1", raw / "1")
+        err: type[Exception] = PrepareError
+        cfg = cfg_for(raw, tmp_path / "out")
+    elif case == "under_min":
+        shutil.copytree(raw_mnist_dir, raw)
+        err, cfg = PrepareError, cfg_for(raw, tmp_path / "out", min_images_per_class=31)
+    elif case == "missing_input":
+        err, cfg = SourceError, cfg_for(raw, tmp_path / "out")
+    else:
+        raw.mkdir()
+        err, cfg = SourceError, cfg_for(raw, tmp_path / "out")
+    with pytest.raises(err) as info:
+        prepare(cfg, log=quiet)
+    assert str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_class_list_option_and_under_min_message(raw_mnist_dir: Path, tmp_path: Path) -> None:
+    result = prepare(cfg_for(raw_mnist_dir, tmp_path / "out", classes=("7", "1")), log=quiet)
+    assert result.manifest["classes"] == ["7", "1"]
+    reasons = {q["reason"] for q in result.report["quarantined"]}
+    assert reasons == {"unknown_label"} and len(result.report["quarantined"]) == 240
+    with pytest.raises(PrepareError, match="under the minimum of 40"):
+        prepare(cfg_for(raw_mnist_dir, tmp_path / "x", min_images_per_class=40), log=quiet)
+
+
+def test_crash_while_writing_leaves_no_manifest(raw_mnist_dir: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    prepare(cfg_for(raw_mnist_dir, out), log=quiet)  # an older, complete dataset
+    calls = {"n": 0}
+    real = output_mod.Destination.put_shard
+
+    def flaky(self: output_mod.Destination, name: str, images: np.ndarray,
+              labels: np.ndarray) -> str:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("disk full")
+        return real(self, name, images, labels)
+
+    monkeypatch.setattr(output_mod.Destination, "put_shard", flaky)
+    with pytest.raises(OSError):
+        prepare(cfg_for(raw_mnist_dir, out, shard_size=50), log=quiet)
+    with pytest.raises(DatasetError, match="no manifest.json"):
+        read_manifest(out)
+
+
+def test_file_changed_after_listing_is_reported(raw_mnist_copy: Path, tmp_path: Path) -> None:
+    cfg = cfg_for(raw_mnist_copy, tmp_path / "out")
+    listing = list_source(str(raw_mnist_copy), None)
+    victim = raw_mnist_copy / listing.items[5].key
+    victim.write_bytes((raw_mnist_copy / listing.items[6].key).read_bytes())
+    (raw_mnist_copy / listing.items[7].key).unlink()
+    result = prepare(cfg, log=quiet, listing=listing)
+    got = {q["key"]: q["reason"] for q in result.report["quarantined"]}
+    assert got == {listing.items[5].key: "changed", listing.items[7].key: "changed"}
+    assert any("changed" in w for w in result.report["warnings"])
+
+
+def test_output_inside_input_is_refused(raw_mnist_copy: Path) -> None:
+    with pytest.raises(PrepareError, match="overlap"):
+        prepare(cfg_for(raw_mnist_copy, raw_mnist_copy / "dataset"), log=quiet)
