@@ -15,7 +15,7 @@ NPROC ?=
 THRESHOLD ?=
 
 .PHONY: help setup test test-fast lint format services-up services-down services-status \
-        pipeline-run bench clean clean-state
+        pipeline-run bench clean clean-state infra-validate infra-deploy
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -56,6 +56,15 @@ services-status: ## show local services and their health
 pipeline-run: ## run the whole pipeline locally (DATA=, EPOCHS=, NPROC=, THRESHOLD= override)
 	$(LEPTON) pipeline run $(if $(DATA),--data $(DATA)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
 	  $(if $(NPROC),--nproc $(NPROC)) $(if $(THRESHOLD),--accuracy-threshold $(THRESHOLD))
+
+infra-validate: ## cfn-lint + checkov (zero failed checks) on infra/template.yaml
+	$(VENV)/bin/cfn-lint infra/template.yaml
+	@# checkov pins an old boto3 that would break s3fs, so it lives in its own venv.
+	@test -x .venv-checkov/bin/checkov || { $(PYTHON) -m venv .venv-checkov && .venv-checkov/bin/pip install --quiet checkov==3.3.30; }
+	.venv-checkov/bin/checkov -f infra/template.yaml --framework cloudformation --quiet --compact --skip-download
+
+infra-deploy: ## deploy the stack to the current AWS account: PARAMS="GitHubOwner=acme GitHubRepo=lepton" [STACK=lepton]
+	LEPTON_MODE=aws $(LEPTON) infra deploy --stack $(or $(STACK),lepton) $(foreach p,$(PARAMS),--parameter $(p))
 
 bench: ## run the side-by-side benchmarks (prints JSON)
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
