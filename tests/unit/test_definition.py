@@ -1,0 +1,370 @@
+"""The pipeline definition: built offline (no network at all), and its JSON is what the local
+runner and SageMaker expect: steps, parameters, property references, code bundle."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import socket
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipelines.builders import names as n
+from pipelines.builders.offline import source_files
+from pipelines.config import PipelineConfig, aws_default
+from pipelines.definition import (
+    PARAMETER_NAMES,
+    PLACEHOLDER_ROLE_ARN,
+    REPO_ROOT,
+    BuiltDefinition,
+    build_definition,
+)
+
+ROLE = "arn:aws:iam::123456789012:role/lepton-pipeline"
+STUBS = {  # entry points other sessions may not have written yet
+    "training/train.py": "print('train')\n",
+    "pipelines/steps/evaluate.py": "print('evaluate')\n",
+    "pipelines/steps/deploy.py": "print('deploy')\n",
+    "inference/handler.py": "def model_fn(model_dir):\n    return None\n",
+}
+
+
+class NetworkUsed(AssertionError):
+    pass
+
+
+@pytest.fixture(scope="module")
+def no_network() -> Iterator[list[str]]:
+    """Any socket connection, DNS lookup or botocore HTTP send fails the build (and is logged)."""
+    attempts: list[str] = []
+
+    def refuse(what: str) -> Any:
+        def _refuse(*args: Any, **kwargs: Any) -> Any:
+            attempts.append(f"{what}{args[1:] if what == 'connect' else args[:1]}")
+            raise NetworkUsed(f"network use while building offline: {what} {args}")
+
+        return _refuse
+
+    import botocore.httpsession
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", refuse("connect"))
+        mp.setattr(socket, "getaddrinfo", refuse("getaddrinfo"))
+        mp.setattr(botocore.httpsession.URLLib3Session, "send", refuse("botocore-send"))
+        mp.delenv("AWS_ENDPOINT_URL", raising=False)
+        yield attempts
+
+
+@pytest.fixture(scope="module")
+def source_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This repository's packages, plus stubs for entry points not written yet."""
+    root = tmp_path_factory.mktemp("src")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for package in ("pipelines", "training", "inference"):
+        shutil.copytree(REPO_ROOT / package, root / package, ignore=ignore)
+    for rel, text in STUBS.items():
+        if not (root / rel).exists():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(text)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cfg() -> PipelineConfig:
+    return aws_default(ROLE, "lepton-test-bucket", "eu-west-1", epochs=4, lr_peak=0.002)
+
+
+@pytest.fixture(scope="module")
+def built(no_network: list[str], source_root: Path, cfg: PipelineConfig,
+          tmp_path_factory: pytest.TempPathFactory) -> BuiltDefinition:
+    result = build_definition(cfg, source_root=source_root,
+                              staging_root=tmp_path_factory.mktemp("staging"))
+    assert no_network == []
+    return result
+
+
+@pytest.fixture(scope="module")
+def d(built: BuiltDefinition) -> dict[str, Any]:
+    return built.parsed()
+
+
+def all_steps(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for step in d["Steps"]:
+        out[step["Name"]] = step
+        if step["Type"] == "Condition":
+            for sub in step["Arguments"]["IfSteps"] + step["Arguments"]["ElseSteps"]:
+                out[sub["Name"]] = sub
+    return out
+
+
+def referenced_steps(obj: Any) -> set[str]:
+    text = json.dumps(obj)
+    return set(re.findall(r'"Get": "Steps\.([A-Za-z0-9-]+)\.', text))
+
+
+# ---- offline, deterministic -------------------------------------------------------------
+
+
+def test_builds_offline_and_parses(built: BuiltDefinition, no_network: list[str]) -> None:
+    assert no_network == []
+    assert built.parsed()["Version"] == "2020-12-01"
+
+
+def test_same_inputs_give_the_same_definition(built: BuiltDefinition, source_root: Path,
+                                              cfg: PipelineConfig, no_network: list[str],
+                                              tmp_path: Path) -> None:
+    again = build_definition(cfg, source_root=source_root, staging_root=tmp_path)
+    assert again.definition == built.definition
+    assert again.bundle.objects == built.bundle.objects
+    assert no_network == []
+
+
+def test_code_change_changes_only_code_uris(built: BuiltDefinition, source_root: Path,
+                                            cfg: PipelineConfig, tmp_path: Path) -> None:
+    changed = tmp_path / "src"
+    shutil.copytree(source_root, changed)
+    (changed / "training" / "train.py").write_text("print('train v2')\n")
+    other = build_definition(cfg, source_root=changed, staging_root=tmp_path / "staging")
+    assert other.definition != built.definition
+    old, new = set(built.bundle.uris()), set(other.bundle.uris())
+    assert len(old - new) == 2  # the code folder and the serving tarball; sm_drivers unchanged
+    strip = re.compile(r"(code|checkpoints)/[0-9a-f]{16}")  # checkpoints are per code version
+    assert strip.sub(r"\1/X", other.definition) == strip.sub(r"\1/X", built.definition)
+
+
+# ---- graph --------------------------------------------------------------------------------
+
+
+def test_steps_and_types(d: dict[str, Any]) -> None:
+    assert [(s["Name"], s["Type"]) for s in d["Steps"]] == [
+        ("Prepare", "Processing"), ("Train", "Training"), ("Evaluate", "Processing"),
+        ("QualityGate", "Condition")]
+    gate = d["Steps"][3]["Arguments"]
+    assert [(s["Name"], s["Type"]) for s in gate["IfSteps"]] == [
+        ("Register", "RegisterModel"), ("Deploy", "Processing")]
+    assert [(s["Name"], s["Type"]) for s in gate["ElseSteps"]] == [("GateFailed", "Fail")]
+
+
+def test_dependencies_are_property_references(d: dict[str, Any]) -> None:
+    steps = all_steps(d)
+    deps = {name: referenced_steps(s["Arguments"]) for name, s in steps.items()}
+    assert deps == {
+        "Prepare": set(),
+        "Train": {"Prepare"},
+        "Evaluate": {"Train", "Prepare"},
+        "QualityGate": {"Evaluate", "Train", "Register"},  # its Arguments hold the nested steps
+        "Register": {"Train", "Evaluate"},
+        "Deploy": {"Register"},
+        "GateFailed": {"Evaluate"},
+    }
+    assert referenced_steps(steps["QualityGate"]["Arguments"]["Conditions"]) == {"Evaluate"}
+
+
+def test_parameters_and_defaults(d: dict[str, Any], cfg: PipelineConfig) -> None:
+    params = {p["Name"]: p for p in d["Parameters"]}
+    assert tuple(params) == PARAMETER_NAMES
+    assert {k: p["DefaultValue"] for k, p in params.items()} == cfg.parameter_defaults()
+    types = {k: p["Type"] for k, p in params.items()}
+    assert types["Epochs"] == types["ProcessesPerNode"] == "Integer"
+    assert types["LearningRate"] == types["MinimumChampionAccuracy"] == "Float"
+    assert params["ModelApprovalStatus"]["EnumValues"] == [
+        "Approved", "PendingManualApproval", "Rejected"]
+
+
+def test_config_round_trips_through_the_definition(d: dict[str, Any], cfg: PipelineConfig) -> None:
+    defaults = {p["Name"]: p["DefaultValue"] for p in d["Parameters"]}
+    assert cfg.with_parameters(defaults) == cfg
+    assert replace(PipelineConfig(), **{k: getattr(cfg, k) for k in (
+        "role_arn", "bucket", "region", "use_spot", "champion_tolerance", "dataset_name",
+        "image_size", "channels", "split_fractions")}).with_parameters(defaults) == cfg
+    assert PipelineConfig.from_args(cfg.to_args()) == cfg
+
+
+# ---- steps --------------------------------------------------------------------------------
+
+
+def test_prepare(d: dict[str, Any], built: BuiltDefinition, cfg: PipelineConfig) -> None:
+    step = all_steps(d)["Prepare"]
+    a = step["Arguments"]
+    assert a["AppSpecification"]["ContainerEntrypoint"] == [
+        "python3", "/opt/ml/processing/input/code/prepare.py"]
+    args = a["AppSpecification"]["ContainerArguments"]
+    assert args[:4] == ["--input", n.RAW_DIR, "--output", n.DATASET_OUT_DIR]
+    from pipelines.data.config import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    prep = config_from_args(parser.parse_args(args))
+    assert (prep.image_size, prep.channels, prep.dataset) == (cfg.image_size, cfg.channels,
+                                                              cfg.dataset_name)
+    inputs = {i["InputName"]: i["S3Input"] for i in a["ProcessingInputs"]}
+    assert inputs["raw"]["S3Uri"] == {"Get": "Parameters.InputDataUri"}
+    assert inputs["raw"]["LocalPath"] == n.RAW_DIR
+    assert inputs["code"]["LocalPath"] == n.CODE_DIR
+    assert inputs["code"]["S3Uri"] in built.bundle.uris()
+    (out,) = a["ProcessingOutputConfig"]["Outputs"]
+    assert out["OutputName"] == "dataset" and out["S3Output"]["LocalPath"] == n.DATASET_OUT_DIR
+    assert step["CacheConfig"] == {"Enabled": True, "ExpireAfter": cfg.cache_expire}
+    assert a["ProcessingResources"]["ClusterConfig"]["InstanceCount"] == {
+        "Get": "Parameters.ProcessingInstanceCount"}
+    assert a["RoleArn"] == ROLE
+
+
+def test_train(d: dict[str, Any], built: BuiltDefinition, cfg: PipelineConfig) -> None:
+    step = all_steps(d)["Train"]
+    a = step["Arguments"]
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
+                for c in a["InputDataConfig"]}
+    assert channels["dataset"] == {
+        "Get": "Steps.Prepare.ProcessingOutputConfig.Outputs['dataset'].S3Output.S3Uri"}
+    assert channels["code"] in built.bundle.uris()
+    assert channels["sm_drivers"] in built.bundle.uris()
+    hps = a["HyperParameters"]
+    from training.config import TrainConfig, from_hyperparameters, to_hyperparameters
+
+    assert set(hps) == set(to_hyperparameters(TrainConfig()))  # the whole training config
+    plain = {k: v for k, v in hps.items() if isinstance(v, str)}
+    assert from_hyperparameters(plain).arch == "small_cnn"
+    assert hps["epochs"] == {"Std:Join": {"On": "", "Values": [{"Get": "Parameters.Epochs"}]}}
+    assert hps["per_device_batch_size"]["Std:Join"]["Values"] == [
+        {"Get": "Parameters.PerDeviceBatchSize"}]
+    assert hps["lr_peak"]["Std:Join"]["Values"] == [{"Get": "Parameters.LearningRate"}]
+    env = a["Environment"]
+    assert env[n.ENV_NPROC_PER_NODE]["Std:Join"]["Values"] == [
+        {"Get": "Parameters.ProcessesPerNode"}]
+    assert env[n.ENV_ENTRY_SCRIPT] == cfg.train_entry_script
+    assert a["ResourceConfig"]["InstanceType"] == {"Get": "Parameters.TrainingInstanceType"}
+    assert a["ResourceConfig"]["InstanceCount"] == {"Get": "Parameters.TrainingInstanceCount"}
+    assert a["EnableManagedSpotTraining"] is True
+    assert a["StoppingCondition"] == {"MaxRuntimeInSeconds": cfg.max_run_s,
+                                      "MaxWaitTimeInSeconds": cfg.max_wait_s}
+    ckpt = a["CheckpointConfig"]
+    assert ckpt["LocalPath"] == n.CHECKPOINT_DIR
+    assert "Execution.PipelineExecutionId" not in json.dumps(ckpt)  # part of Train's cache key
+    assert a["OutputDataConfig"]["S3OutputPath"] == f"{cfg.s3_root}/models"
+    assert a["AlgorithmSpecification"]["TrainingImage"].endswith("-gpu-py312")
+    assert step["CacheConfig"]["Enabled"] is True and step["RetryPolicies"]
+
+
+def test_code_bundle_contents(d: dict[str, Any], built: BuiltDefinition, cfg: PipelineConfig,
+                             source_root: Path) -> None:
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
+                for c in all_steps(d)["Train"]["Arguments"]["InputDataConfig"]}
+
+    def files(uri: str) -> dict[str, bytes]:
+        key = uri.split(f"s3://{cfg.bucket}/", 1)[1]
+        return {k[len(key) + 1:]: v for k, v in built.bundle.objects.items()
+                if k.startswith(key + "/")}
+
+    code = files(channels["code"])
+    assert code == source_files(source_root)
+    for entry in ("prepare.py", "evaluate.py", "deploy.py", "handler.py", cfg.train_entry_script,
+                  "pipelines/data/config.py", "training/shards.py"):
+        assert entry in code, entry
+    assert not any("__pycache__" in k for k in code)
+    drivers = files(channels["sm_drivers"])
+    assert "sm_train.sh" in drivers
+    assert json.loads(drivers["distributed.json"])["process_count_per_node"] is None  # per GPU
+    assert json.loads(drivers["sourcecode.json"])["entry_script"] == cfg.train_entry_script
+    for uri in built.bundle.uris():
+        assert uri.startswith(f"s3://{cfg.bucket}/{cfg.prefix}/code/")
+        assert uri in built.definition
+
+
+def test_evaluate_and_property_file(d: dict[str, Any]) -> None:
+    step = all_steps(d)["Evaluate"]
+    a = step["Arguments"]
+    assert a["AppSpecification"]["ContainerEntrypoint"][-1] == f"{n.CODE_DIR}/evaluate.py"
+    assert a["AppSpecification"]["ContainerArguments"] == [
+        "--model", n.MODEL_IN_DIR, "--dataset", n.DATASET_IN_DIR, "--output", n.EVALUATION_OUT_DIR]
+    inputs = {i["InputName"]: i["S3Input"] for i in a["ProcessingInputs"]}
+    assert inputs["model"]["S3Uri"] == {"Get": "Steps.Train.ModelArtifacts.S3ModelArtifacts"}
+    assert inputs["dataset"]["S3Uri"] == {
+        "Get": "Steps.Prepare.ProcessingOutputConfig.Outputs['dataset'].S3Output.S3Uri"}
+    assert step["PropertyFiles"] == [{"PropertyFileName": "EvaluationReport",
+                                      "OutputName": "evaluation", "FilePath": "evaluation.json"}]
+    assert a["ProcessingOutputConfig"]["Outputs"][0]["OutputName"] == "evaluation"
+    assert step["CacheConfig"]["Enabled"] is True
+
+
+def test_gate_register_deploy_fail(d: dict[str, Any]) -> None:
+    steps = all_steps(d)
+    acc = {"Std:JsonGet": {"PropertyFile": {"Get": "Steps.Evaluate.PropertyFiles.EvaluationReport"},
+                           "Path": "multiclass_classification_metrics.accuracy.value"}}
+    assert steps["QualityGate"]["Arguments"]["Conditions"] == [
+        {"Type": "GreaterThanOrEqualTo", "LeftValue": acc,
+         "RightValue": {"Get": "Parameters.AccuracyThreshold"}},
+        {"Type": "GreaterThanOrEqualTo", "LeftValue": acc,
+         "RightValue": {"Get": "Parameters.MinimumChampionAccuracy"}},
+    ]
+    reg = steps["Register"]["Arguments"]
+    assert reg["ModelPackageGroupName"] == {"Get": "Parameters.ModelPackageGroupName"}
+    assert reg["ModelApprovalStatus"] == {"Get": "Parameters.ModelApprovalStatus"}
+    (container,) = reg["InferenceSpecification"]["Containers"]
+    assert container["ModelDataUrl"] == {"Get": "Steps.Train.ModelArtifacts.S3ModelArtifacts"}
+    assert container["Environment"]["SAGEMAKER_PROGRAM"] == "handler.py"
+    stats = reg["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"]["Std:Join"]["Values"]
+    assert stats == [{"Get": "Steps.Evaluate.ProcessingOutputConfig.Outputs['evaluation']"
+                             ".S3Output.S3Uri"}, "evaluation.json"]
+    deploy = steps["Deploy"]["Arguments"]["AppSpecification"]
+    assert deploy["ContainerEntrypoint"][-1] == f"{n.CODE_DIR}/deploy.py"
+    args = deploy["ContainerArguments"]
+    assert args[args.index("--model-package-arn") + 1] == {"Get": "Steps.Register.ModelPackageArn"}
+    message = steps["GateFailed"]["Arguments"]["ErrorMessage"]["Std:Join"]["Values"]
+    assert acc in message and {"Get": "Parameters.AccuracyThreshold"} in message
+
+
+def test_cli_definition_command(no_network: list[str], source_root: Path, tmp_path: Path,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """`lepton pipeline aws-definition --setup local ... --out FILE`: a config with no role,
+    no retries, no spot, a CPU instance and another training setup."""
+    from pipelines import definition
+    from pipelines.commands import pipeline_aws
+
+    monkeypatch.setattr(definition, "REPO_ROOT", source_root)
+    monkeypatch.setenv("LEPTON_STATE_DIR", str(tmp_path / "state"))
+    parser = argparse.ArgumentParser()
+    actions = parser.add_subparsers(dest="action", required=True)
+    actions.add_parser("definition")  # the local one in pipelines/commands/pipeline.py
+    pipeline_aws.register(actions)
+    assert {"aws-definition", "upsert", "start", "wait", "status"} <= set(actions.choices)
+    out = tmp_path / "definition.json"
+    args = parser.parse_args([
+        "aws-definition", "--setup", "local", "--epochs", "3", "--retries", "0",
+        "--train-setup", "tiny", "--extra-hyperparameters", "width=24", "--out", str(out)])
+    assert args.func(args) == 0
+    d = json.loads(out.read_text())
+    params = {p["Name"]: p["DefaultValue"] for p in d["Parameters"]}
+    assert params["Epochs"] == 3 and params["ProcessesPerNode"] == 2
+    assert (tmp_path / "state" / "code").is_dir()  # code staged under the state folder
+    steps = all_steps(d)
+    train = steps["Train"]["Arguments"]
+    assert train["RoleArn"] == PLACEHOLDER_ROLE_ARN
+    assert "RetryPolicies" not in steps["Prepare"]
+    assert "EnableManagedSpotTraining" not in train
+    assert train["AlgorithmSpecification"]["TrainingImage"].endswith("-cpu-py312")
+    hps = train["HyperParameters"]
+    assert (hps["width"], hps["warmup_steps"]) == ("24", "10")  # override, then tiny's value
+    assert no_network == []
+
+
+def test_unknown_hyperparameter_fails_fast(source_root: Path, tmp_path: Path) -> None:
+    cfg = PipelineConfig(extra_hyperparameters=(("widht", "8"),))
+    with pytest.raises(ValueError, match="unknown hyperparameters"):
+        build_definition(cfg, source_root, tmp_path)
+
+
+def test_missing_entry_point_is_reported(no_network: list[str], source_root: Path,
+                                         tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    shutil.copytree(source_root, root)
+    (root / "pipelines" / "steps" / "evaluate.py").unlink()
+    with pytest.raises(FileNotFoundError, match="evaluate.py"):
+        build_definition(PipelineConfig(), source_root=root, staging_root=tmp_path / "s")
