@@ -1,0 +1,126 @@
+"""The deploy step's local path on the real stack: only Approved versions are served, the
+endpoint answers /ping and /invocations, redeploys replace it, and a rejected model that is
+being served is taken down. The endpoint is stopped in teardown."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines import registry, services
+from pipelines.commands import model as model_command
+from pipelines.settings import Settings
+from pipelines.steps import deploy
+
+TAGS = {"pipeline_execution": "exec-d", "data_manifest_sha256": "cd" * 32, "code_version": "t"}
+
+
+@pytest.fixture(scope="module")
+def settings(stack_settings: Settings) -> Iterator[Settings]:
+    own = stack_settings.with_overrides(registered_model_name=f"dep-{uuid.uuid4().hex[:8]}")
+    yield own
+    deploy.stop_local_endpoint(own, out=lambda _m: None)
+
+
+def _get(url: str) -> int:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return resp.status
+
+
+def _classify(settings: Settings, images: np.ndarray) -> dict:
+    body = json.dumps({"instances": images.tolist()}).encode()
+    request = urllib.request.Request(
+        settings.endpoint_url + "/invocations",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        assert resp.status == 200
+        return json.loads(resp.read())
+
+
+def _env(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
+    for key, value in (
+        ("LEPTON_MODE", "local"),
+        ("LEPTON_STATE_DIR", str(settings.state_dir)),
+        ("LEPTON_S3_PORT", str(settings.s3_port)),
+        ("LEPTON_MLFLOW_PORT", str(settings.mlflow_port)),
+        ("LEPTON_ENDPOINT_PORT", str(settings.endpoint_port)),
+        ("LEPTON_MODEL_NAME", settings.registered_model_name),
+    ):
+        monkeypatch.setenv(key, value)
+    for name in ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _lepton(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="lepton")
+    model_command.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(list(argv))
+    return args.func(args)
+
+
+def test_deploy_rules_and_endpoint_lifecycle(
+    settings: Settings,
+    trained_model_dir: Path,
+    tiny_dataset_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from training.shards import load_split
+
+    _env(monkeypatch, settings)
+    name = settings.registered_model_name
+    pending = registry.register_model(settings, trained_model_dir, None, TAGS, 0.9)
+    rejected = registry.register_model(settings, trained_model_dir, None, TAGS, 0.9)
+    registry.reject(settings, rejected.version)
+
+    # Pending and Rejected: the step succeeds (exit 0) and deploys nothing.
+    assert deploy.main(["--model-package-arn", pending.uri]) == 0
+    assert deploy.PENDING_MESSAGE in capsys.readouterr().out
+    assert deploy.main(["--model-package-arn", rejected.uri]) == 0
+    assert deploy.REJECTED_MESSAGE in capsys.readouterr().out
+    assert services.running_pid(settings, "endpoint", "inference") is None
+    assert deploy.main(["--model-package-arn", f"models:/{name}/42"]) == 2
+
+    # Approved: served, /ping answers 200, and predictions come back.
+    registry.approve(settings, pending.version)
+    assert deploy.main(["--model-package-arn", pending.uri]) == 0
+    assert f"serving at {settings.endpoint_url}" in capsys.readouterr().out
+    assert _get(settings.endpoint_url + "/ping") == 200
+    first_pid = services.running_pid(settings, "endpoint", "inference")
+    assert first_pid is not None
+    assert deploy.deployed_info(settings)["version"] == pending.version
+    model_dir = settings.state_dir / "endpoint" / "model"
+    assert (model_dir / "model.onnx").read_bytes() == (
+        trained_model_dir / "model.onnx"
+    ).read_bytes()
+    images, labels = load_split(tiny_dataset_dir, "test")
+    answer = _classify(settings, images[:8])
+    served = [p["label"] for p in answer["predictions"]]
+    assert sum(label == str(y) for label, y in zip(served, labels[:8], strict=True)) >= 5
+
+    # Approving a new version through the CLI moves the champion and redeploys.
+    newer = registry.register_model(settings, trained_model_dir, None, TAGS, 0.92)
+    assert _lepton("model", "approve", newer.version) == 0
+    assert registry.champion(settings).version == newer.version
+    assert deploy.deployed_info(settings)["version"] == newer.version
+    assert services.running_pid(settings, "endpoint", "inference") not in (None, first_pid)
+    assert _get(settings.endpoint_url + "/ping") == 200
+
+    # Rejecting the served champion removes the alias; with no champion left (the older
+    # approved version does not become champion again by itself) the endpoint stops.
+    assert _lepton("model", "reject", newer.version) == 0
+    assert "stopping it" in capsys.readouterr().out
+    assert services.running_pid(settings, "endpoint", "inference") is None
+    assert deploy.deployed_info(settings) is None
+    assert not registry.is_deployable(settings, newer.version)
+    # The champion alias is gone, so deploying "the champion" is an invalid reference.
+    assert deploy.main(["--model-package-arn", f"models:/{name}@champion"]) == 2
