@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipelines.commands import pipeline, services
+from pipelines.commands import data, infra, model, pipeline, serve, services, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (services, pipeline):
+    for module in (services, data, train, pipeline, model, serve, infra):
         module.register(sub)
     return parser
 

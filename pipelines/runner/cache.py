@@ -36,6 +36,17 @@ CODE_OF_ENTRY = {
 }
 
 
+def code_version() -> str:
+    """`<package version>+<digest of all project source>`: names the code a model came from."""
+    from importlib import metadata
+
+    try:
+        package = metadata.version("lepton")
+    except metadata.PackageNotFoundError:
+        package = "0"
+    return f"{package}+{code_fingerprint('all')[:12]}"
+
+
 def code_fingerprint(entry: str) -> str:
     digest = hashlib.sha256()
     for rel in CODE_OF_ENTRY.get(entry, ["pipelines", "training", "inference"]):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipelines.runner import jobs, transfer
-from pipelines.runner.cache import StepCache, code_fingerprint
+from pipelines.runner.cache import StepCache, code_fingerprint, code_version
 from pipelines.runner.expressions import Context, evaluate_condition, references, resolve
 from pipelines.runner.registration import register_step
 from pipelines.runner.state import TERMINAL_OK, Execution, StepRecord
@@ -45,15 +45,17 @@ def flatten_steps(definition: Mapping[str, Any]) -> dict[str, StepSpec]:
 
     def visit(step: dict[str, Any], branch: tuple[str, bool] | None) -> None:
         args = step.get("Arguments", {})
+        if step["Type"] == "Condition":  # its branches are steps of their own, not inputs
+            args = {k: v for k, v in args.items() if k not in ("IfSteps", "ElseSteps")}
         deps = set(step.get("DependsOn", [])) | references(args)
         deps |= references(step.get("PropertyFiles", []))
         if branch is not None:
             deps.add(branch[0])
         nested = []
         if step["Type"] == "Condition":
-            deps |= references(args.get("Conditions", []))
-            nested = [(s, (step["Name"], True)) for s in args.get("IfSteps", [])]
-            nested += [(s, (step["Name"], False)) for s in args.get("ElseSteps", [])]
+            branches = step.get("Arguments", {})
+            nested = [(s, (step["Name"], True)) for s in branches.get("IfSteps", [])]
+            nested += [(s, (step["Name"], False)) for s in branches.get("ElseSteps", [])]
         deps.discard(step["Name"])
         specs[step["Name"]] = StepSpec(step["Name"], step["Type"], step, frozenset(deps), branch)
         for child, child_branch in nested:
@@ -162,6 +164,7 @@ class LocalRunner:
                 "LEPTON_ENDPOINT_PORT": str(self.settings.endpoint_port),
                 "LEPTON_MLFLOW_PORT": str(self.settings.mlflow_port),
                 "LEPTON_S3_PORT": str(self.settings.s3_port),
+            "LEPTON_CODE_VERSION": code_version(),
             }
         )
         return jobs.JobEnv(env=env, s3=self.s3, echo=self.echo)
@@ -224,7 +227,9 @@ class LocalRunner:
         ex.save()
         self.echo(f"{spec.name} ({spec.type}): started")
         try:
-            args = resolve(spec.body.get("Arguments", {}), self.context())
+            # A Condition resolves its own conditions; its branches are steps not yet run.
+            args = {} if spec.type == "Condition" else resolve(spec.body.get("Arguments", {}),
+                                                                 self.context())
             if spec.type in CACHEABLE:
                 self.run_cacheable(spec, record, args)
             elif spec.type == "Condition":

@@ -204,7 +204,9 @@ def run_training(name: str, args: dict[str, Any], work: Path, job: JobEnv) -> di
         job.echo(f"{name}: restored checkpoints from {checkpoint_uri}")
 
     nodes = int(args.get("ResourceConfig", {}).get("InstanceCount", 1))
-    nproc = int(env.get("LEPTON_NPROC_PER_NODE", "1")) * nodes  # M nodes emulated on one host
+    # 0 means "one per GPU" on SageMaker; this host has no GPU for the runner, so one process.
+    per_node = max(1, int(env.get("LEPTON_NPROC_PER_NODE") or "1"))
+    nproc = per_node * nodes  # M nodes emulated on one host
     env.update(
         {
             "SM_MODEL_DIR": str(model_dir),
