@@ -221,19 +221,9 @@ def classify_samples(
 
 
 def _top_label(body: Any) -> str | None:
-    """The top label from the endpoint's JSON answer (single image)."""
-    pred = body
-    if isinstance(pred, dict) and "predictions" in pred:
-        pred = pred["predictions"]
-    if isinstance(pred, list):
-        pred = pred[0]
-    if isinstance(pred, dict) and "labels" in pred:
-        return str(pred["labels"][0])
-    if isinstance(pred, dict) and "label" in pred:
-        return str(pred["label"])
-    if isinstance(pred, dict) and "top_k" in pred:
-        return str(pred["top_k"][0]["label"])
-    return None
+    """The top label of the first prediction in an endpoint answer (docs/contracts.md)."""
+    predictions = body.get("predictions") if isinstance(body, dict) else None
+    return str(predictions[0]["label"]) if predictions else None
 
 
 def print_summary(summary: dict[str, Any], out: Printer) -> None:

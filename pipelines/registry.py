@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipelines.gate import gate_decision  # noqa: F401 - re-exported: the gate's rule
 from pipelines.settings import Settings
 from pipelines.storage import is_s3_uri, s3_client, split_s3_uri
 

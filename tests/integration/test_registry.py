@@ -7,13 +7,17 @@ import argparse
 import json
 import tarfile
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from pipelines import registry
 from pipelines.commands import model as model_command
-from pipelines.gate import gate_decision
+from pipelines.definition import build_definition
+from pipelines.local_run import RunRequest, champion_parameter, local_config
+from pipelines.runner.engine import flatten_steps, parameter_values
+from pipelines.runner.expressions import Context, evaluate_condition
 from pipelines.settings import Settings
 from pipelines.storage import s3_client
 
@@ -87,25 +91,30 @@ def test_approve_reject_rules(settings: Settings, trained_model_dir: Path) -> No
         registry.approve(settings, 99)
 
 
-def test_gate_refuses_a_worse_challenger(settings: Settings, trained_model_dir: Path) -> None:
+def test_gate_refuses_a_worse_challenger(
+    settings: Settings, trained_model_dir: Path, tmp_path: Path
+) -> None:
     champion = _register(settings, trained_model_dir, 0.95)
     registry.approve(settings, champion)
     worse_accuracy = 0.90
-    passed, reasons = gate_decision(
-        worse_accuracy,
-        threshold=0.8,
-        champion_accuracy=registry.champion_accuracy(settings),
-        tolerance=0.02,
-    )
-    assert not passed and any("worse than champion 0.9500" in r for r in reasons)
-    better = gate_decision(0.96, 0.8, registry.champion_accuracy(settings), 0.02)
-    assert better == (
-        True,
-        [
-            "accuracy 0.9600 >= threshold 0.8000",
-            "accuracy 0.9600 is not worse than champion 0.9500 minus tolerance 0.0200 (= 0.9300)",
-        ],
-    )
+    # The real gate: the QualityGate condition of the pipeline definition, evaluated by the
+    # local runner, with MinimumChampionAccuracy computed from the registry as `run` does.
+    cfg = replace(local_config(settings, RunRequest()), accuracy_threshold=0.8,
+                  champion_tolerance=0.02)
+    definition = json.loads(build_definition(cfg, staging_root=tmp_path / "code").definition)
+    gate = flatten_steps(definition)["QualityGate"].body["Arguments"]["Conditions"]
+    params = parameter_values(definition, {
+        "MinimumChampionAccuracy": champion_parameter(settings, cfg)})
+
+    def decide(accuracy: float) -> tuple[bool, list[str]]:
+        report = {"multiclass_classification_metrics": {"accuracy": {"value": accuracy}}}
+        ctx = Context(params, {}, {}, {"Evaluate": {"EvaluationReport": report}})
+        results = [evaluate_condition(c, ctx) for c in gate]
+        return all(ok for ok, _ in results), [reason for _, reason in results]
+
+    passed, reasons = decide(worse_accuracy)
+    assert not passed and "0.9000 >= 0.9300: no" in reasons  # champion 0.95 - tolerance 0.02
+    assert decide(0.96) == (True, ["0.9600 >= 0.8000: yes", "0.9600 >= 0.9300: yes"])
     # Even if a worse challenger gets registered, nothing approves it automatically.
     challenger = _register(settings, trained_model_dir, worse_accuracy)
     assert registry.champion(settings).version == champion

@@ -1,4 +1,4 @@
-"""Evaluation metrics against scikit-learn, the plots, and the quality gate's rule."""
+"""Evaluation metrics against scikit-learn, the plots."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 from pipelines.evaluation import metrics as M
 from pipelines.evaluation import plots
-from pipelines.gate import gate_decision, gate_report, minimum_champion_accuracy, write_gate_report
 
 CLASSES = ["cat", "dog", "bird", "fish"]
 
@@ -111,31 +110,3 @@ def test_plots_are_pngs() -> None:
     assert min(_png_size(plots.saliency_png(rgb, np.zeros((8, 8)), "flat"))) > 100
 
 
-# ------------------------------------------------------------------------------------- gate
-def test_gate_passes_a_good_challenger_and_explains() -> None:
-    passed, reasons = gate_decision(0.95, 0.9, champion_accuracy=0.94, tolerance=0.02)
-    assert passed and len(reasons) == 2
-    assert "0.9500 >= threshold 0.9000" in reasons[0] and "not worse than" in reasons[1]
-
-
-def test_gate_refuses_a_worse_challenger_with_its_reason() -> None:
-    passed, reasons = gate_decision(0.91, 0.9, champion_accuracy=0.95, tolerance=0.02)
-    assert not passed
-    assert any("worse than champion 0.9500" in r and "0.9300" in r for r in reasons)
-
-
-def test_gate_refuses_below_threshold_even_without_champion() -> None:
-    passed, reasons = gate_decision(0.5, 0.9, champion_accuracy=0.0, tolerance=0.0)
-    assert not passed and "0.5000 < threshold 0.9000" in reasons[0]
-    assert reasons[1] == "no champion to compare with"
-
-
-def test_gate_boundaries_and_validation(tmp_path) -> None:
-    assert gate_decision(0.9, 0.9, 0.92, 0.02)[0]  # equal to both limits passes
-    assert minimum_champion_accuracy(0.01, 0.05) == 0.0
-    with pytest.raises(ValueError, match="tolerance"):
-        gate_decision(0.9, 0.9, 0.9, 1.5)
-    report = gate_report(0.91, 0.9, 0.95, 0.02)
-    assert report["passed"] is False and report["minimum_champion_accuracy"] == pytest.approx(0.93)
-    path = write_gate_report(tmp_path / "gate", report)
-    assert json.loads(path.read_text()) == report
