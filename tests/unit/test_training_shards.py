@@ -1,0 +1,103 @@
+"""training/shards.py: deterministic shards, manifest checks, integrity refusal."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.shards import (
+    DatasetError,
+    load_split,
+    manifest_sha256,
+    read_manifest,
+    shard_bytes,
+    write_dataset,
+    write_shard,
+)
+
+
+def _arrays(n: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, 256, (n, 4, 5, 3), dtype=np.uint8),
+            rng.integers(0, 3, n).astype(np.int64))
+
+
+def test_write_shard_is_deterministic_and_round_trips(tmp_path: Path) -> None:
+    images, labels = _arrays()
+    sha_a = write_shard(tmp_path / "a.npz", images, labels)
+    sha_b = write_shard(tmp_path / "b.npz", images.copy(), labels.copy())
+    assert sha_a == sha_b == hashlib.sha256((tmp_path / "a.npz").read_bytes()).hexdigest()
+    assert (tmp_path / "a.npz").read_bytes() == shard_bytes(images, labels)
+    with zipfile.ZipFile(tmp_path / "a.npz") as zf:
+        assert [i.date_time for i in zf.infolist()] == [(1980, 1, 1, 0, 0, 0)] * 2
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
+    with np.load(tmp_path / "a.npz", allow_pickle=False) as npz:
+        np.testing.assert_array_equal(npz["images"], images)
+        np.testing.assert_array_equal(npz["labels"], labels)
+    assert not list(tmp_path.glob("*.tmp")), "temp files left behind"
+
+
+def test_write_shard_rejects_bad_dtypes(tmp_path: Path) -> None:
+    images, labels = _arrays()
+    with pytest.raises(ValueError, match="uint8"):
+        write_shard(tmp_path / "x.npz", images.astype(np.float32), labels)
+    with pytest.raises(ValueError, match="int64"):
+        write_shard(tmp_path / "x.npz", images, labels.astype(np.int32))
+    with pytest.raises(ValueError, match="labels"):
+        write_shard(tmp_path / "x.npz", images, labels[:-1])
+
+
+def test_load_split_concatenates_shards(tmp_path: Path) -> None:
+    images, labels = _arrays(25)
+    manifest = write_dataset(tmp_path, {"train": (images[:20], labels[:20]),
+                                        "val": (images[20:], labels[20:]),
+                                        "test": (images[:0], labels[:0])},
+                             ["a", "b", "c"], dataset="t", shard_size=7)
+    assert [s["file"] for s in manifest["shards"] if s["split"] == "train"] == [
+        "train-00000.npz", "train-00001.npz", "train-00002.npz"]
+    x, y = load_split(tmp_path, "train")
+    np.testing.assert_array_equal(x, images[:20])
+    np.testing.assert_array_equal(y, labels[:20])
+    x_test, y_test = load_split(tmp_path, "test")
+    assert x_test.shape == (0, 4, 5, 3) and y_test.shape == (0,)
+    assert read_manifest(tmp_path)["image_size"] == [4, 5]
+    assert manifest_sha256(tmp_path) == hashlib.sha256(
+        (tmp_path / "manifest.json").read_bytes()).hexdigest()
+
+
+def test_missing_manifest_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="no manifest.json"):
+        read_manifest(tmp_path)
+
+
+def test_tampered_shard_is_refused_by_name(tiny_dataset_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "ds"
+    shutil.copytree(tiny_dataset_dir, copy)
+    images, labels = load_split(copy, "val")
+    images[0, 0, 0, 0] ^= 0xFF
+    write_shard(copy / "val-00000.npz", images, labels)  # valid file, wrong content
+    with pytest.raises(DatasetError, match=r"val-00000\.npz sha256 mismatch"):
+        load_split(copy, "val")
+    load_split(copy, "val", verify=False)  # opt-out still reads it
+    load_split(copy, "train")  # other shards unaffected
+
+
+def test_tiny_dataset_fixture_follows_the_contract(tiny_dataset_dir: Path) -> None:
+    manifest = json.loads((tiny_dataset_dir / "manifest.json").read_text())
+    assert manifest["format_version"] == 1
+    assert manifest["classes"] == [str(i) for i in range(10)]
+    assert manifest["channels"] == 1 and manifest["image_size"] == [8, 8]
+    assert len(manifest["mean"]) == len(manifest["std"]) == 1
+    counts = {split: info["count"] for split, info in manifest["splits"].items()}
+    assert sum(counts.values()) == 1797 and min(counts.values()) > 100
+    for shard in manifest["shards"]:
+        data = (tiny_dataset_dir / shard["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == shard["sha256"]
+    report = json.loads((tiny_dataset_dir / "quality_report.json").read_text())
+    assert report["used"] + len(report["quarantined"]) == report["total"]

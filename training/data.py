@@ -1,0 +1,180 @@
+"""LightningDataModule over the prepare step's shards (local folder or ``s3://``).
+
+Images stay uint8 NHWC in memory (a 28 px MNIST image is 784 bytes); batches are gathered
+with one fancy-index per batch (``__getitems__``) and handed to the model as uint8
+``[N, C, H, W]`` in channels_last layout, converted to float on the device. Augmentation is
+batched on the device (training/augment.py), applied by the LightningModule.
+
+Every split uses a :class:`ResumableSampler` (a DistributedSampler: each rank gets a disjoint
+1/world_size of a seeded per-epoch permutation, padded to equal length), so the same code
+runs with 1 or N processes and Lightning needs no sampler injection. The train loader is
+*stateful*: it records how many batches of the current epoch it yielded, which Lightning
+stores in the checkpoint, so a run stopped mid-epoch resumes on the next unseen batch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from training.shards import load_split
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class ArrayDataset(Dataset[Batch]):
+    """uint8 images ``[N, H, W, C]`` + int64 labels; batch fetch returns ready tensors."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images = np.ascontiguousarray(images)
+        self.labels = np.ascontiguousarray(labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> Batch:
+        return self.__getitems__([index])
+
+    def __getitems__(self, indices: Sequence[int]) -> Batch:
+        idx = np.asarray(indices, dtype=np.int64)
+        # NHWC bytes viewed as NCHW = channels_last layout, no copy
+        x = torch.from_numpy(self.images[idx]).permute(0, 3, 1, 2)
+        return x, torch.from_numpy(self.labels[idx])
+
+
+def _pass_through(batch: Any) -> Any:
+    """collate_fn: ``__getitems__`` already returns a collated batch."""
+    return batch
+
+
+class ResumableSampler(DistributedSampler):  # type: ignore[type-arg]
+    """DistributedSampler that can skip the first ``n`` of its indices once (mid-epoch resume)."""
+
+    def __init__(self, dataset: Dataset[Any], *, num_replicas: int, rank: int, shuffle: bool,
+                 seed: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
+                         seed=seed, drop_last=False)
+        self.skip_next = 0
+
+    def __iter__(self) -> Iterator[int]:
+        skip, self.skip_next = self.skip_next, 0
+        indices = list(super().__iter__())
+        return iter(indices[skip:])
+
+
+class ResumableLoader(DataLoader[Batch]):
+    """Train DataLoader with ``state_dict``/``load_state_dict`` (Lightning's _Stateful)."""
+
+    sampler: ResumableSampler
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._yielded = 0
+        self._resume: tuple[int, int] | None = None  # (sampler epoch, batches already done)
+
+    def __iter__(self) -> Iterator[Batch]:  # type: ignore[override]
+        skip = 0
+        if self._resume is not None and self._resume[0] == self.sampler.epoch:
+            skip = self._resume[1]
+            self.sampler.skip_next = skip * int(self.batch_size or 1)
+        self._resume = None
+        self._yielded = skip
+        for batch in super().__iter__():
+            self._yielded += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": int(self.sampler.epoch), "batches": int(self._yielded)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if 0 < int(state.get("batches", 0)) < len(self):
+            self._resume = (int(state["epoch"]), int(state["batches"]))
+
+
+class RestoreLoaderPosition(pl.Callback):
+    """Applies the train loader state from a checkpoint (Lightning 2.6 restores loop state
+    only after it has built the train loader, so its own hand-over never reaches the loader).
+    """
+
+    def __init__(self) -> None:
+        self._states: list[dict[str, int]] = []
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        fit_state = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
+        self._states = list(fit_state.get("combined_loader", []))
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        loaders = trainer.train_dataloader
+        loaders = loaders if isinstance(loaders, list | tuple) else [loaders]
+        stateful = [dl for dl in loaders if isinstance(dl, ResumableLoader)]
+        for loader, state in zip(stateful, self._states, strict=False):
+            loader.load_state_dict(state)
+        self._states = []
+
+
+class ShardDataModule(pl.LightningDataModule):
+    """Train/val/test loaders over one dataset folder; the manifest is read by the caller."""
+
+    def __init__(self, dataset_dir: str | os.PathLike[str], manifest: Mapping[str, Any], *,
+                 per_device_batch_size: int, eval_batch_size: int, seed: int,
+                 num_workers: int = 0, verify: bool = True) -> None:
+        super().__init__()
+        self.dataset_dir = os.fspath(dataset_dir)
+        self.manifest = manifest
+        self.per_device_batch_size = per_device_batch_size
+        self.eval_batch_size = eval_batch_size
+        self.seed = seed
+        self.num_workers = num_workers
+        self.verify = verify
+        self.datasets: dict[str, ArrayDataset] = {}
+
+    def load(self, split: str) -> ArrayDataset:
+        """Read (once) and return one split."""
+        if split not in self.datasets:
+            images, labels = load_split(self.dataset_dir, split, verify=self.verify,
+                                        manifest=self.manifest)
+            self.datasets[split] = ArrayDataset(images, labels)
+        return self.datasets[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        splits = ("train", "val") if stage in (None, "fit") else ("test",)
+        for split in splits:
+            self.load(split)
+        if len(self.datasets.get("train", [0])) == 0:
+            raise ValueError(f"dataset {self.dataset_dir} has an empty train split")
+
+    def _replicas(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 1, 0
+        return trainer.world_size, trainer.global_rank
+
+    def _loader(self, split: str, *, train: bool) -> DataLoader[Batch]:
+        dataset = self.load(split)
+        world, rank = self._replicas()
+        sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=train,
+                                   seed=self.seed)
+        cls = ResumableLoader if train else DataLoader
+        return cls(dataset, batch_size=self.per_device_batch_size if train else
+                   self.eval_batch_size, sampler=sampler, collate_fn=_pass_through,
+                   num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                   drop_last=False)
+
+    def train_dataloader(self) -> DataLoader[Batch]:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader[Batch]:
+        split = "val" if len(self.load("val")) else "train"  # no val split: report train fit
+        return self._loader(split, train=False)
+
+    def test_dataloader(self) -> DataLoader[Batch]:
+        return self._loader("test", train=False)

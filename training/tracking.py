@@ -1,0 +1,248 @@
+"""Experiment tracking with MLflow, used by global rank 0 only.
+
+- :func:`start_tracking` checks the tracking server is reachable *before* any training (an
+  unreachable server fails the job at once, not after hours), then creates the run or, when
+  the job resumes, reopens the run whose id is stored in the checkpoint folder.
+- Params are the full config; per-epoch metrics go in one ``log_batch`` per epoch, sent
+  asynchronously so logging never waits on the network inside the training loop.
+- The run always ends in a terminal state: FINISHED, FAILED (exception) or KILLED (signal).
+- Without a tracking URI a :class:`NullTracker` does nothing (one notice is printed).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+RUN_ID_FILE = "mlflow_run_id"
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server cannot be reached or used; raised at job start."""
+
+
+class NullTracker:
+    """Tracking disabled: every call is a no-op."""
+
+    run_id: str | None = None
+
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
+    def set_tags(self, tags: Mapping[str, str]) -> None: ...
+    def log_figure(self, figure: Any, artifact_file: str) -> None: ...
+    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None: ...
+    def log_onnx_model(self, onnx_path: str | os.PathLike[str], input_example: np.ndarray,
+                       output_example: np.ndarray, step: int = 0) -> None: ...
+    def end(self, status: str = "FINISHED") -> None: ...
+
+
+def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
+    """Raise TrackingUnavailable unless ``uri`` answers (HTTP) or is usable (file store)."""
+    if uri.startswith(("http://", "https://")):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s):
+                return
+        except urllib.error.HTTPError:
+            return  # the server answered (auth proxies may refuse /health): reachable
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingUnavailable(
+                f"MLflow tracking server {uri} is unreachable ({reason}). Start it, fix "
+                "MLFLOW_TRACKING_URI, or unset it to train without tracking."
+            ) from exc
+    if uri.startswith("file:") or uri.startswith(("/", ".")):
+        path = Path(urlparse(uri).path if uri.startswith("file:") else uri)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrackingUnavailable(f"MLflow file store {uri} is not writable: {exc}") from exc
+    # file and sqlite stores, SageMaker managed MLflow (arn:aws:sagemaker:...), databricks:
+    # one cheap API call proves the store is usable (MLflow 3 refuses file stores unless
+    # MLFLOW_ALLOW_FILE_STORE=true; its message says so)
+    from mlflow import MlflowClient
+
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as exc:
+        raise TrackingUnavailable(f"MLflow tracking at {uri} is not usable: {exc}") from None
+
+
+class MlflowTracker(NullTracker):
+    """One MLflow run, written through MlflowClient (no process-global active run)."""
+
+    def __init__(self, uri: str, run_id: str) -> None:
+        from mlflow import MlflowClient
+
+        self.uri = uri
+        self.run_id: str = run_id
+        self.client = MlflowClient(uri)
+        self._ended = False
+        # one background thread sends metric batches in order, so the training loop never
+        # waits on the tracking server (MLflow's own async queue duplicated entries in tests)
+        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-metrics")
+        self._pending: list[Future[None]] = []
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        existing = self.client.get_run(self.run_id).data.params
+        new = [Param(k, str(v)[:6000]) for k, v in sorted(params.items()) if k not in existing]
+        for i in range(0, len(new), 100):  # MLflow accepts at most 100 params per batch
+            self.client.log_batch(self.run_id, params=new[i:i + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now_ms = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now_ms, step) for k, v in sorted(metrics.items())]
+        if batch:
+            self._pending.append(self._sender.submit(self._send_metrics, batch))
+
+    def _send_metrics(self, batch: list[Any]) -> None:
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        self.client.log_figure(self.run_id, figure, artifact_file)
+
+    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, dict(data), artifact_file)
+
+    def log_onnx_model(self, onnx_path: str | os.PathLike[str], input_example: np.ndarray,
+                       output_example: np.ndarray, step: int = 0) -> None:
+        """Log the exported ONNX model (flavour ``onnx``) with signature and input example.
+
+        MLflow 3 links the run's metrics at ``step`` to the logged model (copying them into the
+        history), so pass the step of the final metrics.
+        """
+        import mlflow
+        import mlflow.onnx
+        import onnx
+        from mlflow.models import infer_signature
+
+        self._flush()
+        mlflow.set_tracking_uri(self.uri)
+        # The fluent API refuses a run outside the process's active experiment (an embedding
+        # program may have set another one), so make the run's own experiment active.
+        mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)
+        signature = infer_signature(input_example, output_example)
+        # the fluent API needs an active run; leaving the block ends the run (FINISHED, or
+        # FAILED if logging raises), so this is the last thing a successful job does
+        with mlflow.start_run(run_id=self.run_id):
+            mlflow.onnx.log_model(onnx.load(os.fspath(onnx_path)), name="model",
+                                  signature=signature, input_example=input_example,
+                                  step=step)
+        self._ended = True
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for future in pending:
+            try:
+                future.result()
+            except Exception as exc:  # never lose the run's status over one metrics batch
+                log.warning("MLflow metrics batch failed: %s", exc)
+
+    def end(self, status: str = "FINISHED") -> None:
+        self._flush()
+        self._sender.shutdown(wait=True)
+        if self._ended and status == "FINISHED":
+            return
+        self.client.set_terminated(self.run_id, status=status)
+        self._ended = True
+
+
+def _experiment_id(client: Any, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return str(exp.experiment_id)
+    try:
+        return str(client.create_experiment(name))
+    except Exception:  # another job created it between our get and create
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return str(exp.experiment_id)
+
+
+def start_tracking(uri: str | None, *, experiment_name: str | None, run_name: str | None,
+                   checkpoint_dir: str | os.PathLike[str], resume: bool,
+                   tags: Mapping[str, str] | None = None) -> NullTracker:
+    """A tracker for this job (global rank 0 only); NullTracker when ``uri`` is None.
+
+    With ``resume`` and a run id stored in ``checkpoint_dir``, that run is reopened.
+    """
+    if not uri:
+        print("tracking: MLFLOW_TRACKING_URI not set, MLflow tracking disabled", flush=True)
+        return NullTracker()
+    check_reachable(uri)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    id_file = Path(checkpoint_dir) / RUN_ID_FILE
+    run_id: str | None = None
+    if resume and id_file.is_file():
+        candidate = id_file.read_text().strip()
+        try:
+            client.get_run(candidate)
+            run_id = candidate
+            client.update_run(run_id, status="RUNNING")
+            print(f"tracking: resuming MLflow run {run_id}", flush=True)
+        except Exception as exc:
+            log.warning("stored MLflow run %s not usable (%s); starting a new run", candidate,
+                        exc)
+    if run_id is None:
+        exp_id = _experiment_id(client, experiment_name or "lepton")
+        run = client.create_run(exp_id, run_name=run_name, tags=dict(tags or {}))
+        run_id = run.info.run_id
+        id_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = id_file.with_suffix(".tmp")
+        tmp.write_text(run_id + "\n")
+        os.replace(tmp, id_file)
+        print(f"tracking: MLflow run {run_id} at {uri}", flush=True)
+    tracker = MlflowTracker(uri, run_id)
+    if tags:
+        tracker.set_tags(tags)
+    return tracker
+
+
+def confusion_matrix_figure(matrix: np.ndarray, classes: list[str]) -> Any:
+    """A matplotlib Figure of a confusion matrix (rows: true class, columns: predicted)."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state
+
+    k = len(classes)
+    size = min(4 + 0.35 * k, 20)
+    fig = Figure(figsize=(size, size))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(matrix, cmap="Blues")
+    ticks = range(k)
+    ax.set_xticks(list(ticks), classes, rotation=90 if k > 10 else 0)
+    ax.set_yticks(list(ticks), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 30:
+        high = matrix.max() / 2 if matrix.size else 0
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=7,
+                        color="white" if matrix[i, j] > high else "black")
+    fig.tight_layout()
+    return fig
