@@ -96,12 +96,17 @@ class ClassifierModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._reset_train_sums()
+        if self.cfg.freeze_backbone_epochs == 0:
+            return
         frozen = self.current_epoch < self.cfg.freeze_backbone_epochs
         self.model.set_backbone_trainable(not frozen)
-        if frozen:  # keep BatchNorm statistics of a pretrained backbone while only the head trains
-            for m in self.model.backbone.modules():
-                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+        head = set(self.model.backbone.get_submodule(self.model.head_name).modules())
+        for m in self.model.backbone.modules():
+            # a frozen (pretrained) backbone keeps its BatchNorm statistics; unfrozen, they
+            # train again (Lightning restores per-module modes after validation, so the
+            # mode set here persists for the epoch)
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m not in head:
+                m.train(not frozen)
 
     def _reset_train_sums(self) -> None:
         self._loss_sum = torch.zeros((), device=self.device)

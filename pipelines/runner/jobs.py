@@ -15,7 +15,6 @@ import re
 import signal
 import subprocess
 import sys
-import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,22 +158,6 @@ def _hyperparameters(raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def pack_model_dir(model_dir: Path, tar_path: Path) -> None:
-    """model.tar.gz with sorted entries and zeroed metadata, so equal models give equal bytes."""
-    import gzip
-
-    with (
-        open(tar_path, "wb") as raw,
-        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz,
-        tarfile.open(fileobj=gz, mode="w") as tar,
-    ):
-        for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
-            info = tar.gettarinfo(str(path), arcname=path.relative_to(model_dir).as_posix())
-            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-            with open(path, "rb") as fh:
-                tar.addfile(info, fh)
-
-
 def run_training(name: str, args: dict[str, Any], work: Path, job: JobEnv) -> dict[str, Any]:
     """Run a resolved CreateTrainingJob request locally under torchrun."""
     env = {**os.environ, **job.env, **{k: str(v) for k, v in args.get("Environment", {}).items()}}
@@ -236,8 +219,10 @@ def run_training(name: str, args: dict[str, Any], work: Path, job: JobEnv) -> di
 
     output_path = args["OutputDataConfig"]["S3OutputPath"].rstrip("/")
     job_name = f"{name}-{work.parent.parent.name}"
+    from training.export import pack_model_tar  # the one reproducible model.tar.gz writer
+
     tar_path = work / "model.tar.gz"
-    pack_model_dir(model_dir, tar_path)
+    pack_model_tar(model_dir, tar_path)
     model_uri = f"{output_path}/{job_name}/output/model.tar.gz"
     _put_file(job.s3, tar_path, model_uri)
     if checkpoint_uri:

@@ -210,3 +210,49 @@ def test_sagemaker_style_environment(tiny_dataset_dir: Path, tmp_path: Path,
     assert report["config"]["limit_train_batches"] == 2  # from the dev_run setup
     assert report["code_version"] == "sm-test"
     assert list_checkpoints(tmp_path / "ckpt")
+
+
+def test_frozen_backbone_warmup_then_fine_tuning(tiny_dataset_dir: Path, tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from training.checkpoints import load_checkpoint_file
+    from training.model import build_model
+
+    torch.manual_seed(123)
+    source = build_model("small_cnn", channels=1, num_classes=1000, image_size=[8, 8],
+                         mean=[0.5], std=[0.2], width=8)  # stands in for "pretrained"
+    weights = {k: v.contiguous() for k, v in source.backbone.state_dict().items()}
+    save_file(weights, str(tmp_path / "pretrained.safetensors"))
+    assert main(_args(tiny_dataset_dir, tmp_path, "--setup", "tiny", "--epochs", "2",
+                      "--freeze-backbone-epochs", "1", "--no-tracking", "--pretrained-weights",
+                      str(tmp_path / "pretrained.safetensors"))) == 0
+    after_1, after_2 = (load_checkpoint_file(p)["state_dict"]
+                        for p in reversed(list_checkpoints(tmp_path / "ckpt")))
+    key = "model.backbone.features.0.weight"
+    assert torch.equal(after_1[key], weights["features.0.weight"])  # frozen in epoch 1
+    assert not torch.equal(after_2[key], weights["features.0.weight"])  # fine-tuned in epoch 2
+    assert torch.equal(after_1["model.backbone.features.1.running_mean"],
+                       weights["features.1.running_mean"])  # BN statistics kept while frozen
+    assert after_1["model.backbone.fc.weight"].shape == (10, 32)  # new head for 10 classes
+
+
+@pytest.mark.slow
+def test_tracks_to_the_local_mlflow_server(tiny_dataset_dir: Path, tmp_path: Path,
+                                          stack_settings: object) -> None:
+    """Against the project's real local stack: MLflow server, artifacts in SeaweedFS."""
+    from mlflow import MlflowClient
+
+    settings = stack_settings
+    env = train_subprocess_env(MLFLOW_TRACKING_URI=settings.tracking_uri,  # type: ignore[attr-defined]
+                               MLFLOW_EXPERIMENT_NAME="lepton-train-tests",
+                               **settings.s3_env())  # type: ignore[attr-defined]
+    proc = subprocess.run([sys.executable, "-m", "training.train",
+                           *_args(tiny_dataset_dir, tmp_path, "--setup", "tiny", "--epochs", "2")],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_id = _report(tmp_path)["mlflow_run_id"]
+    client = MlflowClient(settings.tracking_uri)  # type: ignore[attr-defined]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and "val_acc" in run.data.metrics
+    assert run.data.tags["data_manifest_sha256"] == _report(tmp_path)["data_manifest_sha256"]
