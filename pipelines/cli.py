@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from training.tracking import quiet_sagemaker_header_plugin
+
+    quiet_sagemaker_header_plugin()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

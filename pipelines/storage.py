@@ -23,6 +23,7 @@ _BOTO_CONFIG = Config(
     retries={"max_attempts": 5, "mode": "standard"},
     connect_timeout=5,
     read_timeout=60,
+    max_pool_connections=32,  # parallel transfers use up to 32 threads (runner, importers)
 )
 
 

@@ -29,6 +29,16 @@ log = logging.getLogger(__name__)
 RUN_ID_FILE = "mlflow_run_id"
 
 
+def quiet_sagemaker_header_plugin() -> None:
+    """Drop one warning per request from the sagemaker-mlflow plugin (a SageMaker dependency).
+
+    Its request-header provider assumes the tracking URI is a SageMaker ARN and fails with
+    "list index out of range" against any other server; MLflow logs that on every call.
+    """
+    logging.getLogger("mlflow.tracking.request_header.registry").addFilter(
+        lambda record: "list index out of range" not in record.getMessage())
+
+
 class TrackingUnavailable(RuntimeError):
     """The tracking server cannot be reached or used; raised at job start."""
 
@@ -86,6 +96,7 @@ class MlflowTracker(NullTracker):
     def __init__(self, uri: str, run_id: str) -> None:
         from mlflow import MlflowClient
 
+        quiet_sagemaker_header_plugin()
         self.uri = uri
         self.run_id: str = run_id
         self.client = MlflowClient(uri)

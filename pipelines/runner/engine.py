@@ -328,7 +328,13 @@ class LocalRunner:
                 if "S3Input" in i
                 and not i["S3Input"]["LocalPath"].rstrip("/").endswith("/input/code")
             }
+            # The code bundle's URI names a hash of all project code; the step's own code is
+            # fingerprinted above, so an unrelated change must not invalidate this step.
             stable = {k: v for k, v in args.items() if k != "ProcessingOutputConfig"}
+            stable["ProcessingInputs"] = [
+                i for i in args.get("ProcessingInputs", [])
+                if not i.get("S3Input", {}).get("LocalPath", "").rstrip("/").endswith("/input/code")
+            ]
         else:
             entry = "train"
             inputs = {

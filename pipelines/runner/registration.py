@@ -65,6 +65,14 @@ def register_step(
         "code_version": str(summary.get("code_version", "")),
         "model_package_group": str(args.get("ModelPackageGroupName", "")),
     }
+    # Idempotent: a cached re-run hands the same model.tar.gz to Register again; it keeps its
+    # version (and approval) instead of piling up copies.
+    existing = next((v for v in registry.list_versions(settings)
+                     if v.tags.get("model_data_url") == model_url), None)
+    if existing is not None:
+        echo(f"{model_url} is already version {existing.version} ({existing.approval_status})")
+        return _properties(args, settings.registered_model_name, existing.version,
+                           existing.approval_status)
     with tempfile.TemporaryDirectory() as tmp:
         tar_path = Path(tmp) / "model.tar.gz"
         bucket, key = split_s3_uri(model_url)
@@ -80,10 +88,15 @@ def register_step(
     if status == "Approved":
         registry.approve(settings, ref.version)
         echo(f"approved {ref.name} version {ref.version}: it is now champion")
+    return _properties(args, ref.name, ref.version, status)
+
+
+def _properties(args: dict[str, Any], name: str, version: str, status: str) -> dict[str, Any]:
+    """DescribeModelPackage-like properties; the ARN is the MLflow model URI locally."""
     return {
         **args,
-        "ModelPackageArn": f"models:/{ref.name}/{ref.version}",
-        "ModelPackageName": f"{ref.name}/{ref.version}",
-        "ModelPackageVersion": int(ref.version),
+        "ModelPackageArn": f"models:/{name}/{version}",
+        "ModelPackageName": f"{name}/{version}",
+        "ModelPackageVersion": int(version),
         "ModelApprovalStatus": status,
     }

@@ -97,6 +97,7 @@ def test_second_run_is_served_from_cache(first_run: dict[str, Any], stack_settin
     for step in ("Prepare", "Train", "Evaluate"):
         assert summary["step_status"][step] == "Cached", summary["cache"]
     assert summary["accuracy"] == first_run["accuracy"]
+    assert summary["model_version"] == first_run["model_version"]  # Register is idempotent
 
 
 def test_gate_failure_stops_before_register(first_run: dict[str, Any], stack_settings: Settings) -> None:
