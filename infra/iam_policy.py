@@ -32,8 +32,12 @@ _POSITIVE = {
     "ArnLike": lambda pattern, value: _wildcard(pattern).fullmatch(value) is not None,
     "Bool": lambda pattern, value: pattern.lower() == value.lower(),
 }
-_NEGATIVE = {"StringNotEquals": "StringEquals", "StringNotLike": "StringLike", "ArnNotEquals": "ArnEquals",
-             "ArnNotLike": "ArnLike"}
+_NEGATIVE = {
+    "StringNotEquals": "StringEquals",
+    "StringNotLike": "StringLike",
+    "ArnNotEquals": "ArnEquals",
+    "ArnNotLike": "ArnLike",
+}
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -52,7 +56,9 @@ def statements(docs: Mapping[str, Any] | Iterable[Mapping[str, Any]]) -> list[Ma
 
 def matches_action(statement: Mapping[str, Any], action: str) -> bool:
     if "NotAction" in statement:
-        return not any(_wildcard(p, True).fullmatch(action) for p in _as_list(statement["NotAction"]))
+        return not any(
+            _wildcard(p, True).fullmatch(action) for p in _as_list(statement["NotAction"])
+        )
     return any(_wildcard(p, True).fullmatch(action) for p in _as_list(statement.get("Action")))
 
 
@@ -106,8 +112,12 @@ def evaluate(
     """IAM's decision for one request against one or more policy documents."""
     allowed = False
     for st in statements(docs):
-        if not (matches_action(st, action) and matches_resource(st, resource)
-                and matches_principal(st, principal) and matches_condition(st, context or {})):
+        if not (
+            matches_action(st, action)
+            and matches_resource(st, resource)
+            and matches_principal(st, principal)
+            and matches_condition(st, context or {})
+        ):
             continue
         if st.get("Effect") == "Deny":
             return "deny"
@@ -125,6 +135,8 @@ def allowing_statements(
         if st.get("Effect") != "Allow":
             continue
         actions = _as_list(st.get("Action"))
-        if "NotAction" in st or any(pattern.fullmatch(a) or _wildcard(a, True).fullmatch(action_glob) for a in actions):
+        if "NotAction" in st or any(
+            pattern.fullmatch(a) or _wildcard(a, True).fullmatch(action_glob) for a in actions
+        ):
             found.append(st)
     return found

@@ -57,29 +57,42 @@ def stack_outputs(stack_name: str, settings: Settings) -> dict[str, str]:
 def config_from_stack(cfg: PipelineConfig, outputs: Mapping[str, str]) -> PipelineConfig:
     """`cfg` with role, bucket, names and tracking server from the infra stack's outputs."""
     changes: dict[str, Any] = {
-        field: outputs[key] for key, field in STACK_OUTPUTS.items() if outputs.get(key)}
+        field: outputs[key] for key, field in STACK_OUTPUTS.items() if outputs.get(key)
+    }
     return replace(cfg, **changes)
 
 
 # ---- pipeline lifecycle ----------------------------------------------------------------
 
 
-def upsert(cfg: PipelineConfig, settings: Settings, role_arn: str | None = None, *,
-           source_root: Path | None = None, client: Any = None, s3: Any = None) -> str:
+def upsert(
+    cfg: PipelineConfig,
+    settings: Settings,
+    role_arn: str | None = None,
+    *,
+    source_root: Path | None = None,
+    client: Any = None,
+    s3: Any = None,
+) -> str:
     """Create or update the pipeline for `cfg`; returns the pipeline ARN."""
     from pipelines.definition import build_definition
 
     role = role_arn or cfg.role_arn
     if not role:
-        raise ValueError("upsert needs an execution role: pass role_arn, set --role-arn or "
-                         "--stack (the infra stack's outputs)")
+        raise ValueError(
+            "upsert needs an execution role: pass role_arn, set --role-arn or "
+            "--stack (the infra stack's outputs)"
+        )
     cfg = replace(cfg, role_arn=role)
-    built = build_definition(cfg, source_root=source_root,
-                             staging_root=settings.state_dir / "code")
+    built = build_definition(cfg, source_root=source_root, staging_root=settings.state_dir / "code")
     built.bundle.upload(s3 if s3 is not None else s3_client(settings))
     sm = _client(settings, client)
-    request = {"PipelineName": cfg.pipeline_name, "PipelineDefinition": built.definition,
-               "RoleArn": role, "PipelineDescription": "lepton image-classification pipeline"}
+    request = {
+        "PipelineName": cfg.pipeline_name,
+        "PipelineDefinition": built.definition,
+        "RoleArn": role,
+        "PipelineDescription": "lepton image-classification pipeline",
+    }
     try:
         return sm.create_pipeline(**request)["PipelineArn"]
     except ClientError as exc:
@@ -89,9 +102,14 @@ def upsert(cfg: PipelineConfig, settings: Settings, role_arn: str | None = None,
     return sm.update_pipeline(**request)["PipelineArn"]
 
 
-def start(pipeline_name: str, parameters: Mapping[str, object] | None = None, *,
-          display_name: str | None = None, settings: Settings | None = None,
-          client: Any = None) -> str:
+def start(
+    pipeline_name: str,
+    parameters: Mapping[str, object] | None = None,
+    *,
+    display_name: str | None = None,
+    settings: Settings | None = None,
+    client: Any = None,
+) -> str:
     """Start an execution with parameter overrides (name -> value); returns its ARN."""
     request: dict[str, Any] = {
         "PipelineName": pipeline_name,
@@ -102,9 +120,15 @@ def start(pipeline_name: str, parameters: Mapping[str, object] | None = None, *,
     return _client(settings, client).start_pipeline_execution(**request)["PipelineExecutionArn"]
 
 
-def wait(execution_arn: str, timeout_s: float = 6 * 3600, poll_s: float = 30, *,
-         settings: Settings | None = None, client: Any = None,
-         on_poll: Callable[[str], None] | None = None) -> str:
+def wait(
+    execution_arn: str,
+    timeout_s: float = 6 * 3600,
+    poll_s: float = 30,
+    *,
+    settings: Settings | None = None,
+    client: Any = None,
+    on_poll: Callable[[str], None] | None = None,
+) -> str:
     """Poll until the execution ends; returns Succeeded, Failed or Stopped (TimeoutError else)."""
     sm = _client(settings, client)
     deadline = time.monotonic() + timeout_s
@@ -137,13 +161,22 @@ def status(target: str, *, settings: Settings | None = None, client: Any = None)
         pipeline_name = target.split(":pipeline/", 1)[1].split("/execution/", 1)[0]
     else:
         pipeline_name = target
-        runs = sm.list_pipeline_executions(PipelineName=target, SortBy="CreationTime",
-                                           SortOrder="Descending", MaxResults=10)
-        summaries = sorted(runs.get("PipelineExecutionSummaries", []),
-                           key=lambda s: s.get("StartTime") or 0, reverse=True)
+        runs = sm.list_pipeline_executions(
+            PipelineName=target, SortBy="CreationTime", SortOrder="Descending", MaxResults=10
+        )
+        summaries = sorted(
+            runs.get("PipelineExecutionSummaries", []),
+            key=lambda s: s.get("StartTime") or 0,
+            reverse=True,
+        )
         if not summaries:
-            return {"pipeline_name": target, "execution_arn": None, "status": None,
-                    "failure_reason": None, "steps": []}
+            return {
+                "pipeline_name": target,
+                "execution_arn": None,
+                "status": None,
+                "failure_reason": None,
+                "steps": [],
+            }
         arn = summaries[0]["PipelineExecutionArn"]
     state = sm.describe_pipeline_execution(PipelineExecutionArn=arn)
     return {
@@ -158,53 +191,66 @@ def status(target: str, *, settings: Settings | None = None, client: Any = None)
 def _steps(sm: Any, execution_arn: str) -> list[dict[str, Any]]:
     try:
         pages = sm.get_paginator("list_pipeline_execution_steps").paginate(
-            PipelineExecutionArn=execution_arn, SortOrder="Ascending")
+            PipelineExecutionArn=execution_arn, SortOrder="Ascending"
+        )
         raw = [s for page in pages for s in page.get("PipelineExecutionSteps", [])]
     except (ClientError, NotImplementedError):  # moto does not implement it
         return []
-    return [{
-        "name": s.get("StepName"),
-        "type": next(iter(s.get("Metadata") or {}), None),
-        "status": s.get("StepStatus"),
-        "start": _iso(s.get("StartTime")),
-        "end": _iso(s.get("EndTime")),
-        "failure_reason": s.get("FailureReason"),
-        "cache_hit_from": (s.get("CacheHitResult") or {}).get("SourcePipelineExecutionArn"),
-    } for s in raw]
+    return [
+        {
+            "name": s.get("StepName"),
+            "type": next(iter(s.get("Metadata") or {}), None),
+            "status": s.get("StepStatus"),
+            "start": _iso(s.get("StartTime")),
+            "end": _iso(s.get("EndTime")),
+            "failure_reason": s.get("FailureReason"),
+            "cache_hit_from": (s.get("CacheHitResult") or {}).get("SourcePipelineExecutionArn"),
+        }
+        for s in raw
+    ]
 
 
 def _iso(value: Any) -> str | None:
     return value.isoformat() if hasattr(value, "isoformat") else value
 
 
-def describe(pipeline_name: str, *, settings: Settings | None = None,
-             client: Any = None) -> dict[str, Any]:
+def describe(
+    pipeline_name: str, *, settings: Settings | None = None, client: Any = None
+) -> dict[str, Any]:
     """The pipeline as SageMaker holds it, with its definition parsed."""
     d = _client(settings, client).describe_pipeline(PipelineName=pipeline_name)
-    return {"arn": d["PipelineArn"], "name": d["PipelineName"], "status": d.get("PipelineStatus"),
-            "role_arn": d.get("RoleArn"), "last_modified": _iso(d.get("LastModifiedTime")),
-            "definition": json.loads(d["PipelineDefinition"])}
+    return {
+        "arn": d["PipelineArn"],
+        "name": d["PipelineName"],
+        "status": d.get("PipelineStatus"),
+        "role_arn": d.get("RoleArn"),
+        "last_modified": _iso(d.get("LastModifiedTime")),
+        "definition": json.loads(d["PipelineDefinition"]),
+    }
 
 
 # ---- the gate's champion --------------------------------------------------------------
 
 
-def champion_accuracy(model_package_group: str, settings: Settings, *, client: Any = None,
-                      s3: Any = None) -> float | None:
+def champion_accuracy(
+    model_package_group: str, settings: Settings, *, client: Any = None, s3: Any = None
+) -> float | None:
     """Accuracy of the newest Approved package in the group (from its evaluation.json), or None."""
     sm = _client(settings, client)
     try:
         packages = sm.list_model_packages(
-            ModelPackageGroupName=model_package_group, ModelApprovalStatus="Approved",
-            SortBy="CreationTime", SortOrder="Descending", MaxResults=1,
+            ModelPackageGroupName=model_package_group,
+            ModelApprovalStatus="Approved",
+            SortBy="CreationTime",
+            SortOrder="Descending",
+            MaxResults=1,
         ).get("ModelPackageSummaryList", [])
     except ClientError:
         return None  # no group yet: no champion
     if not packages:
         return None
     package = sm.describe_model_package(ModelPackageName=packages[0]["ModelPackageArn"])
-    uri = (package.get("ModelMetrics", {}).get("ModelQuality", {}).get("Statistics", {})
-           .get("S3Uri"))
+    uri = package.get("ModelMetrics", {}).get("ModelQuality", {}).get("Statistics", {}).get("S3Uri")
     if not uri:
         return None
     bucket, key = split_s3_uri(uri)
@@ -213,8 +259,9 @@ def champion_accuracy(model_package_group: str, settings: Settings, *, client: A
     return float(report["multiclass_classification_metrics"]["accuracy"]["value"])
 
 
-def start_parameters(cfg: PipelineConfig, champion: float | None,
-                     overrides: Mapping[str, object] | None = None) -> dict[str, object]:
+def start_parameters(
+    cfg: PipelineConfig, champion: float | None, overrides: Mapping[str, object] | None = None
+) -> dict[str, object]:
     """Parameters for `start`: the gate's MinimumChampionAccuracy, then explicit overrides."""
     params: dict[str, object] = {"MinimumChampionAccuracy": cfg.minimum_champion_accuracy(champion)}
     params.update(overrides or {})

@@ -100,9 +100,15 @@ class PipelineConfig:
                 f"model_approval_status must be one of {APPROVAL_STATUSES}, "
                 f"got {self.model_approval_status!r}"
             )
-        for name in ("processing_instance_count", "training_instance_count", "epochs",
-                     "per_device_batch_size", "endpoint_instance_count", "volume_size_gb",
-                     "max_run_s"):
+        for name in (
+            "processing_instance_count",
+            "training_instance_count",
+            "epochs",
+            "per_device_batch_size",
+            "endpoint_instance_count",
+            "volume_size_gb",
+            "max_run_s",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("processes_per_node", "retries"):
@@ -251,19 +257,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for f in fields(PipelineConfig):
         flag, kind = _flag(f.name), _kind(f.name)
         if kind == "bool":
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=None)
+            parser.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None
+            )
         elif kind == "pairs":
-            parser.add_argument(flag, dest=f.name, type=_pair, action="append", default=None,
-                                metavar="NAME=VALUE")
+            parser.add_argument(
+                flag, dest=f.name, type=_pair, action="append", default=None, metavar="NAME=VALUE"
+            )
         else:
-            conv = {"int": int, "float": float, "int_tuple": _tuple_of(int),
-                    "float_tuple": _tuple_of(float)}.get(kind, str)
+            conv = {
+                "int": int,
+                "float": float,
+                "int_tuple": _tuple_of(int),
+                "float_tuple": _tuple_of(float),
+            }.get(kind, str)
             parser.add_argument(flag, dest=f.name, type=conv, default=None)
 
 
-def config_from_namespace(ns: argparse.Namespace,
-                          base: PipelineConfig | None = None) -> PipelineConfig:
+def config_from_namespace(
+    ns: argparse.Namespace, base: PipelineConfig | None = None
+) -> PipelineConfig:
     """The config of parsed `add_arguments` flags over `base` (extra attributes ignored)."""
     base = base or PipelineConfig()
     changes: dict[str, Any] = {}

@@ -47,9 +47,21 @@ if TYPE_CHECKING:
     from pipelines.settings import Settings
 
 __all__ = [
-    "DEPLOY", "EVALUATE", "GATE", "GATE_FAILED", "PREPARE", "REGISTER", "TRAIN", "STEP_NAMES",
-    "PARAMETER_NAMES", "BuiltDefinition", "build_definition", "definition_json", "get_pipeline",
-    "resolve_images", "names",
+    "DEPLOY",
+    "EVALUATE",
+    "GATE",
+    "GATE_FAILED",
+    "PREPARE",
+    "REGISTER",
+    "TRAIN",
+    "STEP_NAMES",
+    "PARAMETER_NAMES",
+    "BuiltDefinition",
+    "build_definition",
+    "definition_json",
+    "get_pipeline",
+    "resolve_images",
+    "names",
 ]
 
 STEP_NAMES = (PREPARE, TRAIN, EVALUATE, GATE, REGISTER, DEPLOY, GATE_FAILED)
@@ -65,9 +77,14 @@ def resolve_images(cfg: PipelineConfig) -> Images:
     from sagemaker.core import image_uris
 
     def dlc(scope: str, version: str, instance_type: str) -> str:
-        return image_uris.retrieve("pytorch", region=cfg.region, version=version,
-                                   py_version=cfg.py_version, instance_type=instance_type,
-                                   image_scope=scope)
+        return image_uris.retrieve(
+            "pytorch",
+            region=cfg.region,
+            version=version,
+            py_version=cfg.py_version,
+            instance_type=instance_type,
+            image_scope=scope,
+        )
 
     return Images(
         processing=cfg.processing_image_uri
@@ -81,8 +98,12 @@ def resolve_images(cfg: PipelineConfig) -> Images:
     )
 
 
-def get_pipeline(cfg: PipelineConfig, session: Any, source_root: Path | None = None,
-                 staging_root: Path | None = None) -> Any:
+def get_pipeline(
+    cfg: PipelineConfig,
+    session: Any,
+    source_root: Path | None = None,
+    staging_root: Path | None = None,
+) -> Any:
     """The pipeline for `cfg`. `session` is a PipelineSession: an offline one (see
     `build_definition`) stages uploads, a real one uploads code when `definition()` runs.
     `source_root` is the repository whose code the steps run (default: this checkout)."""
@@ -93,8 +114,10 @@ def get_pipeline(cfg: PipelineConfig, session: Any, source_root: Path | None = N
     code_dir = stage_source(source_root or REPO_ROOT, staging_root)
     for script in (cfg.train_entry_script, "prepare.py", "evaluate.py", "deploy.py"):
         if not (code_dir / script).is_file():  # caught here rather than by SageMaker, hours later
-            raise FileNotFoundError(f"entry point {script} is missing from the code bundle of "
-                                    f"{source_root or REPO_ROOT} (see builders/offline.py)")
+            raise FileNotFoundError(
+                f"entry point {script} is missing from the code bundle of "
+                f"{source_root or REPO_ROOT} (see builders/offline.py)"
+            )
     ctx = BuildContext(
         cfg=cfg,
         params=params,
@@ -109,8 +132,9 @@ def get_pipeline(cfg: PipelineConfig, session: Any, source_root: Path | None = N
     register = build_register_step(ctx, train, evaluate)
     deploy = build_deploy_step(ctx, register)
     gate_failed = build_gate_failed_step(ctx, evaluate, report)
-    gate = build_gate_step(ctx, evaluate, report, if_steps=[register, deploy],
-                           else_steps=[gate_failed])
+    gate = build_gate_step(
+        ctx, evaluate, report, if_steps=[register, deploy], else_steps=[gate_failed]
+    )
     return Pipeline(
         name=cfg.pipeline_name,
         parameters=params.all(),
@@ -130,8 +154,9 @@ class BuiltDefinition:
         return json.loads(self.definition)
 
 
-def build_definition(cfg: PipelineConfig, source_root: Path | None = None,
-                     staging_root: Path | None = None) -> BuiltDefinition:
+def build_definition(
+    cfg: PipelineConfig, source_root: Path | None = None, staging_root: Path | None = None
+) -> BuiltDefinition:
     """Build the definition JSON and its code bundle with no AWS call."""
     with offline_sdk(cfg.region):
         session = offline_session(cfg.region, cfg.bucket, _code_prefix(cfg))

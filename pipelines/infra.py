@@ -63,7 +63,10 @@ def cloudformation_client(settings: Settings) -> Any:
 
 def stack_outputs(stack_name: str, cfn_client: Any) -> dict[str, str]:
     """`{OutputKey: OutputValue}` of a deployed stack; StackError if it does not exist."""
-    return {o["OutputKey"]: o["OutputValue"] for o in _describe(stack_name, cfn_client).get("Outputs", [])}
+    return {
+        o["OutputKey"]: o["OutputValue"]
+        for o in _describe(stack_name, cfn_client).get("Outputs", [])
+    }
 
 
 def settings_env(outputs: Mapping[str, str]) -> dict[str, str]:
@@ -96,7 +99,9 @@ def _describe(stack_name: str, cfn_client: Any) -> dict[str, Any]:
         stacks = cfn_client.describe_stacks(StackName=stack_name)["Stacks"]
     except ClientError as exc:
         if "does not exist" in str(exc):
-            raise StackError(f"stack {stack_name!r} does not exist (deploy it: lepton infra deploy)") from exc
+            raise StackError(
+                f"stack {stack_name!r} does not exist (deploy it: lepton infra deploy)"
+            ) from exc
         raise
     return stacks[0]
 
@@ -107,7 +112,9 @@ def validate_template(path: Path | str = TEMPLATE_PATH) -> list[str]:
     from cfnlint.api import lint_file  # dev dependency, imported only when validating
 
     matches = lint_file(Path(path))
-    return [f"{m.filename}:{m.linenumber}:{m.columnnumber}: {m.rule.id} {m.message}" for m in matches]
+    return [
+        f"{m.filename}:{m.linenumber}:{m.columnnumber}: {m.rule.id} {m.message}" for m in matches
+    ]
 
 
 def template_parameters(path: Path | str = TEMPLATE_PATH) -> dict[str, dict[str, Any]]:
@@ -173,7 +180,9 @@ def deploy_stack(
     declared = template_parameters(path)
     unknown = sorted(set(given) - set(declared))
     if unknown:
-        raise ValueError(f"unknown template parameters: {', '.join(unknown)} (known: {', '.join(sorted(declared))})")
+        raise ValueError(
+            f"unknown template parameters: {', '.join(unknown)} (known: {', '.join(sorted(declared))})"
+        )
 
     existing = _existing_stack(stack_name, cfn_client)
     if existing is not None and existing["StackStatus"] == "ROLLBACK_COMPLETE":
@@ -181,12 +190,18 @@ def deploy_stack(
             f"stack {stack_name!r} is ROLLBACK_COMPLETE (its first create failed); delete it, then deploy again"
         )
     if existing is not None and existing["StackStatus"].endswith("_IN_PROGRESS"):
-        raise StackError(f"stack {stack_name!r} is {existing['StackStatus']}; wait for it to finish")
+        raise StackError(
+            f"stack {stack_name!r} is {existing['StackStatus']}; wait for it to finish"
+        )
 
     previous = {p["ParameterKey"] for p in (existing or {}).get("Parameters", [])}
-    cfn_params: list[dict[str, Any]] = [{"ParameterKey": k, "ParameterValue": v} for k, v in given.items()]
+    cfn_params: list[dict[str, Any]] = [
+        {"ParameterKey": k, "ParameterValue": v} for k, v in given.items()
+    ]
     cfn_params += [
-        {"ParameterKey": k, "UsePreviousValue": True} for k in declared if k not in given and k in previous
+        {"ParameterKey": k, "UsePreviousValue": True}
+        for k in declared
+        if k not in given and k in previous
     ]
     kwargs: dict[str, Any] = {
         "StackName": stack_name,
@@ -195,7 +210,10 @@ def deploy_stack(
         "Capabilities": list(CAPABILITIES),
         "Tags": [{"Key": k, "Value": v} for k, v in (tags or {}).items()],
     }
-    waiter_config = {"Delay": poll_seconds, "MaxAttempts": max(1, int(max_wait_seconds / max(1.0, poll_seconds)))}
+    waiter_config = {
+        "Delay": poll_seconds,
+        "MaxAttempts": max(1, int(max_wait_seconds / max(1.0, poll_seconds))),
+    }
     try:
         if existing is None:
             cfn_client.create_stack(**kwargs, OnFailure="ROLLBACK")
@@ -205,13 +223,17 @@ def deploy_stack(
                 cfn_client.update_stack(**kwargs)
             except ClientError as exc:
                 if "No updates are to be performed" in str(exc):
-                    return DeployResult(stack_name, "unchanged", stack_outputs(stack_name, cfn_client))
+                    return DeployResult(
+                        stack_name, "unchanged", stack_outputs(stack_name, cfn_client)
+                    )
                 raise
             action, waiter = "updated", "stack_update_complete"
         if wait:
             cfn_client.get_waiter(waiter).wait(StackName=stack_name, WaiterConfig=waiter_config)
     except WaiterError as exc:
-        raise StackError(f"stack {stack_name!r} did not deploy: {failure_reasons(stack_name, cfn_client)}") from exc
+        raise StackError(
+            f"stack {stack_name!r} did not deploy: {failure_reasons(stack_name, cfn_client)}"
+        ) from exc
     outputs = stack_outputs(stack_name, cfn_client) if wait else {}
     return DeployResult(stack_name, action, outputs)
 
@@ -228,7 +250,10 @@ def failure_reasons(stack_name: str, cfn_client: Any, limit: int = 5) -> str:
     """The newest `*_FAILED` stack events as `Resource: reason; ...`."""
     events = cfn_client.describe_stack_events(StackName=stack_name).get("StackEvents", [])
     failed = [e for e in events if str(e.get("ResourceStatus", "")).endswith("FAILED")]
-    reasons = [f"{e.get('LogicalResourceId')}: {e.get('ResourceStatusReason', '?')}" for e in failed[:limit]]
+    reasons = [
+        f"{e.get('LogicalResourceId')}: {e.get('ResourceStatusReason', '?')}"
+        for e in failed[:limit]
+    ]
     return "; ".join(reasons) or "no failed resource reported (see the CloudFormation console)"
 
 
@@ -249,10 +274,18 @@ def run_summary_markdown(run: Mapping[str, Any] | None, title: str = "Retraining
     `model_package_arn`, `endpoint`.
     """
     if not run:
-        return f"## {title}\n\nNo run record was written (`.lepton/last-run.json`); see the job log.\n"
+        return (
+            f"## {title}\n\nNo run record was written (`.lepton/last-run.json`); see the job log.\n"
+        )
     lines = [f"## {title}: {run.get('status', 'unknown')}", ""]
-    for label, key in (("Pipeline", "pipeline_name"), ("Execution", "execution_arn"), ("Execution", "id"),
-                       ("Model package", "model_package_arn"), ("Endpoint", "endpoint"), ("Failure", "failure")):
+    for label, key in (
+        ("Pipeline", "pipeline_name"),
+        ("Execution", "execution_arn"),
+        ("Execution", "id"),
+        ("Model package", "model_package_arn"),
+        ("Endpoint", "endpoint"),
+        ("Failure", "failure"),
+    ):
         if run.get(key):
             lines.append(f"- **{label}**: `{run[key]}`")
     steps = _steps(run)
@@ -270,7 +303,9 @@ def run_summary_markdown(run: Mapping[str, Any] | None, title: str = "Retraining
         lines += ["", "| step | status | seconds | note |", "| --- | --- | --- | --- |"]
         for s in steps:
             note = str(s.get("message") or "").replace("|", "\\|").replace("\n", " ")[:200]
-            lines.append(f"| {s.get('name')} | {s.get('status')} | {s.get('seconds') or ''} | {note} |")
+            lines.append(
+                f"| {s.get('name')} | {s.get('status')} | {s.get('seconds') or ''} | {note} |"
+            )
     links = run.get("links") or {}
     if links:
         lines += ["", "Links: " + " · ".join(f"[{label}]({url})" for label, url in links.items())]
@@ -287,9 +322,17 @@ def _steps(run: Mapping[str, Any]) -> list[dict[str, Any]]:
 def _metrics_from_steps(steps: list[dict[str, Any]]) -> dict[str, Any]:
     for step in steps:
         for doc in (step.get("property_files") or {}).values():
-            found = (doc or {}).get("multiclass_classification_metrics") if isinstance(doc, Mapping) else None
+            found = (
+                (doc or {}).get("multiclass_classification_metrics")
+                if isinstance(doc, Mapping)
+                else None
+            )
             if found:
-                return {k: v.get("value") for k, v in found.items() if isinstance(v, Mapping) and "value" in v}
+                return {
+                    k: v.get("value")
+                    for k, v in found.items()
+                    if isinstance(v, Mapping) and "value" in v
+                }
     return {}
 
 

@@ -98,11 +98,22 @@ def seaweedfs(settings: Settings) -> Service:
     # Every port weed mini opens is derived from the S3 port, so two state folders with
     # different LEPTON_S3_PORT never collide (gRPC ports are http + 10000 by SeaweedFS rule).
     cmd = [
-        _bin("weed"), "mini", f"-dir={data_dir}", f"-ip={settings.host}",
-        f"-ip.bind={settings.host}", f"-s3.port={p}", f"-master.port={p + 1}",
-        f"-volume.port={p + 2}", f"-filer.port={p + 3}", f"-admin.port={p + 4}",
-        f"-webdav.port={p + 5}", f"-s3.port.iceberg={p + 6}", f"-s3.port.lance={p + 7}",
-        "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
+        _bin("weed"),
+        "mini",
+        f"-dir={data_dir}",
+        f"-ip={settings.host}",
+        f"-ip.bind={settings.host}",
+        f"-s3.port={p}",
+        f"-master.port={p + 1}",
+        f"-volume.port={p + 2}",
+        f"-filer.port={p + 3}",
+        f"-admin.port={p + 4}",
+        f"-webdav.port={p + 5}",
+        f"-s3.port.iceberg={p + 6}",
+        f"-s3.port.lance={p + 7}",
+        "-webdav=false",
+        "-admin.ui=false",
+        "-master.telemetry=false",
     ]
     env = {
         "AWS_ACCESS_KEY_ID": creds.access_key_id,
@@ -124,10 +135,19 @@ def mlflow_server(settings: Settings) -> Service:
     assert creds is not None
     db = settings.state_dir / "mlflow" / "mlflow.db"
     cmd = [
-        _bin("mlflow"), "server", "--host", settings.host, "--port", str(settings.mlflow_port),
-        "--backend-store-uri", f"sqlite:///{db}",
-        "--artifacts-destination", f"s3://{settings.mlflow_bucket}/artifacts",
-        "--serve-artifacts", "--workers", "1",
+        _bin("mlflow"),
+        "server",
+        "--host",
+        settings.host,
+        "--port",
+        str(settings.mlflow_port),
+        "--backend-store-uri",
+        f"sqlite:///{db}",
+        "--artifacts-destination",
+        f"s3://{settings.mlflow_bucket}/artifacts",
+        "--serve-artifacts",
+        "--workers",
+        "1",
     ]
     env = {
         # The server alone holds S3 credentials; clients get artifacts through it.

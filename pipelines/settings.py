@@ -157,7 +157,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         s3_port=_int(env, "LEPTON_S3_PORT", defaults.s3_port),
         mlflow_port=_int(env, "LEPTON_MLFLOW_PORT", defaults.mlflow_port),
         endpoint_port=_int(env, "LEPTON_ENDPOINT_PORT", defaults.endpoint_port),
-        s3_endpoint_url_override=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None,
+        s3_endpoint_url_override=env.get("AWS_ENDPOINT_URL_S3")
+        or env.get("AWS_ENDPOINT_URL")
+        or None,
         tracking_uri_override=env.get("MLFLOW_TRACKING_URI") or None,
         data_bucket=env.get("LEPTON_DATA_BUCKET", defaults.data_bucket),
         artifact_bucket=env.get("LEPTON_ARTIFACT_BUCKET", defaults.artifact_bucket),

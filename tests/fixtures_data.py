@@ -25,13 +25,15 @@ def mnist_subset(per_class: int, offset: int = 0) -> tuple[np.ndarray, np.ndarra
 
     images, labels = builtin_arrays("mnist-5k")
     picked = np.concatenate(
-        [np.flatnonzero(labels == c)[offset:offset + per_class] for c in range(10)])
+        [np.flatnonzero(labels == c)[offset : offset + per_class] for c in range(10)]
+    )
     picked.sort()
     return images[picked], labels[picked], picked
 
 
-def write_image_folder(root: Path, images: np.ndarray, labels: np.ndarray,
-                       ids: np.ndarray) -> list[str]:
+def write_image_folder(
+    root: Path, images: np.ndarray, labels: np.ndarray, ids: np.ndarray
+) -> list[str]:
     """Write `<root>/<label>/mnist-<id>.png`; returns the relative keys."""
     from pipelines.data.importers import png_bytes
 
@@ -78,17 +80,22 @@ def plant_bad_files(root: Path, outside: Path) -> dict[str, str]:
         "3/notes.txt": (b"not an image", "unknown_extension"),
         "3/.DS_Store": (b"\x00\x00\x00\x01Bud1", "unknown_extension"),
         "loose.png": (good_png, "unknown_label"),
-        "3\u200b/zero-width-class.png": (encode(Image.new("L", (9, 9), 1), "PNG"),
-                                          "unknown_label"),
+        "3\u200b/zero-width-class.png": (encode(Image.new("L", (9, 9), 1), "PNG"), "unknown_label"),
         f"3/zz-copy-of-{three.name}": (three.read_bytes(), "duplicate"),
         f"5/conflict-{four.name}": (four.read_bytes(), "duplicate_conflicting_labels"),
         f"4/{four.name}": (four.read_bytes(), "duplicate_conflicting_labels"),  # the original
         # Odd but good: every mode and container the policy accepts.
-        "7/rgba.png": (encode(Image.fromarray(
-            rng.integers(0, 256, (20, 20, 4), dtype=np.uint8), "RGBA"), "PNG"), ""),
+        "7/rgba.png": (
+            encode(
+                Image.fromarray(rng.integers(0, 256, (20, 20, 4), dtype=np.uint8), "RGBA"), "PNG"
+            ),
+            "",
+        ),
         "7/palette.png": (encode(noise.resize((30, 30)).convert("P"), "PNG"), ""),
-        "7/gray16.png": (encode(Image.fromarray(
-            rng.integers(0, 65535, (24, 24), dtype=np.uint16)), "PNG"), ""),
+        "7/gray16.png": (
+            encode(Image.fromarray(rng.integers(0, 65535, (24, 24), dtype=np.uint16)), "PNG"),
+            "",
+        ),
         "7/photo.jpg": (encode(noise, "JPEG", quality=90), ""),
         "7/photo.webp": (encode(noise.resize((40, 40)), "WEBP", lossless=True), ""),
         "7/photo.bmp": (encode(noise.resize((12, 20)), "BMP"), ""),

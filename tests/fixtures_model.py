@@ -63,10 +63,20 @@ def build_tiny_dataset(out_dir: Path) -> Path:
 
 def train_subprocess_env(**extra: str) -> dict[str, str]:
     """Environment for running ``python -m training.train`` in tests: no tracking, 1 thread."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SM_", "MLFLOW_", "LEPTON_")) and k not in (
-               "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
-               "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SM_", "MLFLOW_", "LEPTON_"))
+        and k
+        not in (
+            "RANK",
+            "LOCAL_RANK",
+            "WORLD_SIZE",
+            "LOCAL_WORLD_SIZE",
+            "MASTER_ADDR",
+            "MASTER_PORT",
+        )
+    }
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("OMP_NUM_THREADS", "1")
     env.update(extra)
@@ -85,16 +95,24 @@ def trained_model_dir(tiny_dataset_dir: Path, tmp_path_factory: pytest.TempPathF
     root = tmp_path_factory.mktemp("trained")
     model_dir, output_dir, ckpt_dir = root / "model", root / "output", root / "checkpoints"
     cmd = [
-        sys.executable, "-m", "training.train",
-        "--setup", "tiny",
-        "--dataset", str(tiny_dataset_dir),
-        "--model-dir", str(model_dir),
-        "--output-data-dir", str(output_dir),
-        "--checkpoint-dir", str(ckpt_dir),
+        sys.executable,
+        "-m",
+        "training.train",
+        "--setup",
+        "tiny",
+        "--dataset",
+        str(tiny_dataset_dir),
+        "--model-dir",
+        str(model_dir),
+        "--output-data-dir",
+        str(output_dir),
+        "--checkpoint-dir",
+        str(ckpt_dir),
         "--no-tracking",
     ]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=train_subprocess_env(), capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        cmd, cwd=REPO_ROOT, env=train_subprocess_env(), capture_output=True, text=True, timeout=300
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"training failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     for name in ("model.onnx", "model.pt", "metadata.json"):

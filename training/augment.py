@@ -40,20 +40,25 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
     zoom = 1.0 + uniform(cfg.scale)
     # affine_grid works in [-1, 1] coordinates: a shift of p pixels is 2p/size
     tx, ty = uniform(2 * cfg.shift_px / w), uniform(2 * cfg.shift_px / h)
-    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if cfg.hflip \
+    flip = (
+        torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+        if cfg.hflip
         else torch.ones(n)
+    )
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1),
-                         torch.stack([sin * flip, cos, ty], 1)], 1)
+    theta = torch.stack(
+        [torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1
+    )
     theta = theta.to(device=x.device, dtype=torch.float32)
     grid = F.affine_grid(theta, [n, x.shape[1], h, w], align_corners=False)
-    return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros",
-                         align_corners=False)
+    return F.grid_sample(
+        x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )
 
 
 def step_seed(seed: int, global_step: int, rank: int) -> int:
     """A 63-bit seed that depends only on (run seed, optimiser step, rank)."""
-    value = (seed * 0x9E3779B97F4A7C15 + global_step * 0xBF58476D1CE4E5B9 + rank * 0x94D049BB133111EB)
+    value = seed * 0x9E3779B97F4A7C15 + global_step * 0xBF58476D1CE4E5B9 + rank * 0x94D049BB133111EB
     return value % (2**63 - 1)
 
 

@@ -32,8 +32,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^step-(\d{9})\.ckpt$")
-REQUIRED_KEYS = ("state_dict", "optimizer_states", "lr_schedulers", "loops", "epoch",
-                 "global_step")
+REQUIRED_KEYS = ("state_dict", "optimizer_states", "lr_schedulers", "loops", "epoch", "global_step")
 
 
 def checkpoint_path(checkpoint_dir: str | os.PathLike[str], global_step: int) -> Path:
@@ -66,8 +65,10 @@ def find_resume_checkpoint(checkpoint_dir: str | os.PathLike[str]) -> Path | Non
         try:
             load_checkpoint_file(path)
         except Exception as exc:  # a corrupt zip, a truncated file, a foreign object
-            message = f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); " \
-                      "falling back to the previous one"
+            message = (
+                f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); "
+                "falling back to the previous one"
+            )
             log.warning(message)
             warnings.warn(message, RuntimeWarning, stacklevel=2)
             continue
@@ -91,8 +92,9 @@ def _fsync_dir(folder: Path) -> None:
 class AtomicCheckpointIO(TorchCheckpointIO):
     """torch.save to ``.tmp`` in the same folder, fsync, ``os.replace``; loads weights-only."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
-                        storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -109,8 +111,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise
         _fsync_dir(target.parent)
 
-    def load_checkpoint(self, path: Any, map_location: Any | None = None,
-                        weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
 
 
@@ -138,8 +141,9 @@ class GracefulStop(pl.Callback):
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._handler)
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                             batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         stop = self.requested
         if trainer.world_size > 1:
             import torch.distributed as dist
@@ -154,8 +158,9 @@ class GracefulStop(pl.Callback):
 class PeriodicCheckpoint(pl.Callback):
     """Checkpoint every ``every_n_epochs`` epochs, at the end of training and on SIGTERM."""
 
-    def __init__(self, checkpoint_dir: str | os.PathLike[str], every_n_epochs: int = 1,
-                 keep: int = 3) -> None:
+    def __init__(
+        self, checkpoint_dir: str | os.PathLike[str], every_n_epochs: int = 1, keep: int = 3
+    ) -> None:
         super().__init__()
         if every_n_epochs < 1 or keep < 1:
             raise ValueError("every_n_epochs and keep must be >= 1")
@@ -175,7 +180,7 @@ class PeriodicCheckpoint(pl.Callback):
         return path
 
     def _prune(self) -> None:
-        for old in list_checkpoints(self.checkpoint_dir)[self.keep:]:
+        for old in list_checkpoints(self.checkpoint_dir)[self.keep :]:
             try:
                 old.unlink()
             except OSError as exc:  # another writer or a sync agent may hold it
@@ -187,8 +192,9 @@ class PeriodicCheckpoint(pl.Callback):
         if last or epochs_done % self.every_n_epochs == 0:
             self.save(trainer)
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                     exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
         if not isinstance(exception, SIGTERMException):
             return  # a crash: the last periodic checkpoint is the safe point to resume from
         try:

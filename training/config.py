@@ -89,8 +89,16 @@ def mnist_default() -> TrainConfig:
 
 def tiny() -> TrainConfig:
     """A few seconds on 8x8 digits: what the test fixtures train."""
-    return TrainConfig(width=8, epochs=4, per_device_batch_size=64, lr_peak=1e-2,
-                       warmup_steps=10, aug_shift_px=0.5, aug_rotate_deg=5.0, num_threads=1)
+    return TrainConfig(
+        width=8,
+        epochs=4,
+        per_device_batch_size=64,
+        lr_peak=1e-2,
+        warmup_steps=10,
+        aug_shift_px=0.5,
+        aug_rotate_deg=5.0,
+        num_threads=1,
+    )
 
 
 def dev_run() -> TrainConfig:
@@ -100,10 +108,20 @@ def dev_run() -> TrainConfig:
 
 def resnet18_transfer() -> TrainConfig:
     """Transfer learning on larger images: frozen backbone for one epoch, then fine-tuning."""
-    return TrainConfig(arch="resnet18", epochs=10, per_device_batch_size=64, optimizer="sgd",
-                       lr_peak=0.05, schedule="cosine", warmup_steps=200, aug_shift_px=8.0,
-                       aug_rotate_deg=0.0, aug_scale=0.1, aug_hflip=True,
-                       freeze_backbone_epochs=1)
+    return TrainConfig(
+        arch="resnet18",
+        epochs=10,
+        per_device_batch_size=64,
+        optimizer="sgd",
+        lr_peak=0.05,
+        schedule="cosine",
+        warmup_steps=200,
+        aug_shift_px=8.0,
+        aug_rotate_deg=0.0,
+        aug_scale=0.1,
+        aug_hflip=True,
+        freeze_backbone_epochs=1,
+    )
 
 
 SETUPS: dict[str, Callable[[], TrainConfig]] = {
@@ -194,13 +212,22 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     Defaults are suppressed so that only flags given on the command line override the base
     config (named setup, then SM_HPS).
     """
-    parser.add_argument("--setup", default=argparse.SUPPRESS, choices=sorted(SETUPS),
-                        help="named setup to start from (default: mnist_default)")
+    parser.add_argument(
+        "--setup",
+        default=argparse.SUPPRESS,
+        choices=sorted(SETUPS),
+        help="named setup to start from (default: mnist_default)",
+    )
     for f in fields(TrainConfig):
         dashed, under = f"--{f.name.replace('_', '-')}", f"--{f.name}"
         names = [dashed] if dashed == under else [dashed, under]
-        parser.add_argument(*names, dest=f.name, default=argparse.SUPPRESS, metavar="V",
-                            help=f"{f.name} (default {_format(f.default)})")
+        parser.add_argument(
+            *names,
+            dest=f.name,
+            default=argparse.SUPPRESS,
+            metavar="V",
+            help=f"{f.name} (default {_format(f.default)})",
+        )
 
 
 def config_overrides(namespace: argparse.Namespace) -> dict[str, str]:

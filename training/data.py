@@ -58,10 +58,17 @@ def _pass_through(batch: Any) -> Any:
 class ResumableSampler(DistributedSampler):  # type: ignore[type-arg]
     """DistributedSampler that can skip the first ``n`` of its indices once (mid-epoch resume)."""
 
-    def __init__(self, dataset: Dataset[Any], *, num_replicas: int, rank: int, shuffle: bool,
-                 seed: int) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
-                         seed=seed, drop_last=False)
+    def __init__(
+        self, dataset: Dataset[Any], *, num_replicas: int, rank: int, shuffle: bool, seed: int
+    ) -> None:
+        super().__init__(
+            dataset,
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=False,
+        )
         self.skip_next = 0
 
     def __iter__(self) -> Iterator[int]:
@@ -107,8 +114,9 @@ class RestoreLoaderPosition(pl.Callback):
     def __init__(self) -> None:
         self._states: list[dict[str, int]] = []
 
-    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           checkpoint: dict[str, Any]) -> None:
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         fit_state = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
         self._states = list(fit_state.get("combined_loader", []))
 
@@ -124,9 +132,17 @@ class RestoreLoaderPosition(pl.Callback):
 class ShardDataModule(pl.LightningDataModule):
     """Train/val/test loaders over one dataset folder; the manifest is read by the caller."""
 
-    def __init__(self, dataset_dir: str | os.PathLike[str], manifest: Mapping[str, Any], *,
-                 per_device_batch_size: int, eval_batch_size: int, seed: int,
-                 num_workers: int = 0, verify: bool = True) -> None:
+    def __init__(
+        self,
+        dataset_dir: str | os.PathLike[str],
+        manifest: Mapping[str, Any],
+        *,
+        per_device_batch_size: int,
+        eval_batch_size: int,
+        seed: int,
+        num_workers: int = 0,
+        verify: bool = True,
+    ) -> None:
         super().__init__()
         self.dataset_dir = os.fspath(dataset_dir)
         self.manifest = manifest
@@ -140,8 +156,9 @@ class ShardDataModule(pl.LightningDataModule):
     def load(self, split: str) -> ArrayDataset:
         """Read (once) and return one split."""
         if split not in self.datasets:
-            images, labels = load_split(self.dataset_dir, split, verify=self.verify,
-                                        manifest=self.manifest)
+            images, labels = load_split(
+                self.dataset_dir, split, verify=self.verify, manifest=self.manifest
+            )
             self.datasets[split] = ArrayDataset(images, labels)
         return self.datasets[split]
 
@@ -161,13 +178,19 @@ class ShardDataModule(pl.LightningDataModule):
     def _loader(self, split: str, *, train: bool) -> DataLoader[Batch]:
         dataset = self.load(split)
         world, rank = self._replicas()
-        sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=train,
-                                   seed=self.seed)
+        sampler = ResumableSampler(
+            dataset, num_replicas=world, rank=rank, shuffle=train, seed=self.seed
+        )
         cls = ResumableLoader if train else DataLoader
-        return cls(dataset, batch_size=self.per_device_batch_size if train else
-                   self.eval_batch_size, sampler=sampler, collate_fn=_pass_through,
-                   num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                   drop_last=False)
+        return cls(
+            dataset,
+            batch_size=self.per_device_batch_size if train else self.eval_batch_size,
+            sampler=sampler,
+            collate_fn=_pass_through,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+        )
 
     def train_dataloader(self) -> DataLoader[Batch]:
         return self._loader("train", train=True)

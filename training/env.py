@@ -53,8 +53,10 @@ class TrainEnv:
         """Hosts in the job, derived from world size and processes per host."""
         nodes, rest = divmod(self.world_size, max(self.local_world_size, 1))
         if rest:
-            raise ValueError(f"WORLD_SIZE={self.world_size} is not a multiple of "
-                             f"LOCAL_WORLD_SIZE={self.local_world_size}")
+            raise ValueError(
+                f"WORLD_SIZE={self.world_size} is not a multiple of "
+                f"LOCAL_WORLD_SIZE={self.local_world_size}"
+            )
         return max(nodes, 1)
 
 

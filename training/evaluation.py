@@ -17,7 +17,7 @@ def predict_logits(model: nn.Module, images: np.ndarray, batch_size: int = 500) 
     outputs: list[np.ndarray] = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
-            chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size]))
+            chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
             x = chunk.permute(0, 3, 1, 2).to(device=device, dtype=torch.float32)
             outputs.append(model(x).float().cpu().numpy())
     if not outputs:
@@ -49,15 +49,23 @@ def classification_metrics(matrix: np.ndarray) -> dict[str, float]:
     }
 
 
-def evaluate_split(model: nn.Module, images: np.ndarray, labels: np.ndarray, num_classes: int,
-                   batch_size: int = 500) -> dict[str, Any]:
+def evaluate_split(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    batch_size: int = 500,
+) -> dict[str, Any]:
     """Metrics, confusion matrix and mean loss of ``model`` on one split."""
     logits = predict_logits(model, images, batch_size)
     if len(labels) == 0:
         return {"metrics": {}, "confusion_matrix": np.zeros((num_classes, num_classes), int)}
     preds = logits.argmax(axis=1)
     matrix = confusion_matrix(labels, preds, num_classes)
-    loss = float(nn.functional.cross_entropy(torch.from_numpy(logits),
-                                             torch.from_numpy(labels.astype(np.int64))))
+    loss = float(
+        nn.functional.cross_entropy(
+            torch.from_numpy(logits), torch.from_numpy(labels.astype(np.int64))
+        )
+    )
     metrics: Mapping[str, float] = {**classification_metrics(matrix), "loss": loss}
     return {"metrics": dict(metrics), "confusion_matrix": matrix}

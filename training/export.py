@@ -43,9 +43,15 @@ class ExportResult:
     max_abs_diff: dict[str, float]  # "onnx" / "torchscript" -> max |logit difference|
 
 
-def build_metadata(manifest: Mapping[str, Any], *, arch: str, metrics: Mapping[str, float],
-                   data_manifest_sha256: str, code_version: str,
-                   mlflow_run_id: str | None) -> dict[str, Any]:
+def build_metadata(
+    manifest: Mapping[str, Any],
+    *,
+    arch: str,
+    metrics: Mapping[str, float],
+    data_manifest_sha256: str,
+    code_version: str,
+    mlflow_run_id: str | None,
+) -> dict[str, Any]:
     """metadata.json content for a model trained on the dataset described by ``manifest``."""
     config = manifest.get("config") or {}
     return {
@@ -56,8 +62,9 @@ def build_metadata(manifest: Mapping[str, Any], *, arch: str, metrics: Mapping[s
         "mean": [float(v) for v in manifest["mean"]],
         "std": [float(v) for v in manifest["std"]],
         "input_scale": "0-255",
-        "preprocessing_version": int(manifest.get("preprocessing_version",
-                                                  config.get("preprocessing_version", 1))),
+        "preprocessing_version": int(
+            manifest.get("preprocessing_version", config.get("preprocessing_version", 1))
+        ),
         "arch": arch,
         "metrics": {k: float(v) for k, v in metrics.items()},
         "data_manifest_sha256": data_manifest_sha256,
@@ -71,9 +78,15 @@ def _onnx_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated upstream
         torch.onnx.export(
-            model, (example,), buf,  # type: ignore[arg-type]  # file-like works (legacy)
-            input_names=["pixels"], output_names=["logits"], opset_version=ONNX_OPSET,
-            dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+            model,
+            (example,),
+            buf,  # type: ignore[arg-type]  # file-like works (legacy)
+            input_names=["pixels"],
+            output_names=["logits"],
+            opset_version=ONNX_OPSET,
+            dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
+            dynamo=False,
+        )
     return buf.getvalue()
 
 
@@ -110,14 +123,22 @@ def _check(name: str, reference: np.ndarray, got: np.ndarray, rtol: float, atol:
     diff = float(np.max(np.abs(got - reference))) if reference.size else 0.0
     scale = float(np.max(np.abs(reference))) if reference.size else 0.0
     if not np.isfinite(diff) or diff > atol + rtol * scale:
-        raise ExportMismatch(f"{name} export differs from the trained model: max |diff| "
-                             f"{diff:.3g} > {atol} + {rtol} * {scale:.3g}")
+        raise ExportMismatch(
+            f"{name} export differs from the trained model: max |diff| "
+            f"{diff:.3g} > {atol} + {rtol} * {scale:.3g}"
+        )
     return diff
 
 
-def export_model(model: nn.Module, model_dir: str | os.PathLike[str], *, example: torch.Tensor,
-                 metadata: Mapping[str, Any], rtol: float = 1e-3,
-                 atol: float = 1e-3) -> ExportResult:
+def export_model(
+    model: nn.Module,
+    model_dir: str | os.PathLike[str],
+    *,
+    example: torch.Tensor,
+    metadata: Mapping[str, Any],
+    rtol: float = 1e-3,
+    atol: float = 1e-3,
+) -> ExportResult:
     """Check then write model.onnx, model.pt and metadata.json (last) into ``model_dir``.
 
     ``model`` takes float32 ``[N, C, H, W]`` pixels in 0..255 (its first layer normalises);
@@ -137,27 +158,36 @@ def export_model(model: nn.Module, model_dir: str | os.PathLike[str], *, example
     ts_model = _torchscript_bytes(model, example)
     pixels = example.numpy()
     diffs = {
-        "onnx": max(_check("ONNX", reference, run_onnx(onnx_model, pixels), rtol, atol),
-                    _check("ONNX (batch 1)", reference_one, run_onnx(onnx_model, pixels[:1]),
-                           rtol, atol)),
+        "onnx": max(
+            _check("ONNX", reference, run_onnx(onnx_model, pixels), rtol, atol),
+            _check("ONNX (batch 1)", reference_one, run_onnx(onnx_model, pixels[:1]), rtol, atol),
+        ),
         "torchscript": max(
             _check("TorchScript", reference, run_torchscript(ts_model, pixels), rtol, atol),
-            _check("TorchScript (batch 1)", reference_one, run_torchscript(ts_model, pixels[:1]),
-                   rtol, atol)),
+            _check(
+                "TorchScript (batch 1)",
+                reference_one,
+                run_torchscript(ts_model, pixels[:1]),
+                rtol,
+                atol,
+            ),
+        ),
     }
     meta = json.dumps(dict(metadata), indent=2, sort_keys=True).encode() + b"\n"
     out = Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
-    for name, data in (("model.onnx", onnx_model), ("model.pt", ts_model),
-                       ("metadata.json", meta)):
+    for name, data in (("model.onnx", onnx_model), ("model.pt", ts_model), ("metadata.json", meta)):
         atomic_write_bytes(out / name, data)
         files[name] = hashlib.sha256(data).hexdigest()
     return ExportResult(out, files, diffs)
 
 
-def pack_model_tar(model_dir: str | os.PathLike[str], out_path: str | os.PathLike[str],
-                   names: Sequence[str] | None = None) -> str:
+def pack_model_tar(
+    model_dir: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    names: Sequence[str] | None = None,
+) -> str:
     """Write ``model.tar.gz`` of ``model_dir`` reproducibly; returns its sha256.
 
     Members are the folder's regular files (or ``names``) in sorted order with zeroed
@@ -165,8 +195,11 @@ def pack_model_tar(model_dir: str | os.PathLike[str], out_path: str | os.PathLik
     same files always give the same bytes.
     """
     src = Path(model_dir)
-    members = sorted(names) if names is not None else sorted(
-        p.name for p in src.iterdir() if p.is_file() and not p.name.startswith("."))
+    members = (
+        sorted(names)
+        if names is not None
+        else sorted(p.name for p in src.iterdir() if p.is_file() and not p.name.startswith("."))
+    )
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name in members:

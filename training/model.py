@@ -43,8 +43,9 @@ class Normalize(nn.Module):
 class Classifier(nn.Module):
     """``Normalize`` front layer + backbone producing logits ``[N, K]``."""
 
-    def __init__(self, backbone: nn.Module, head_name: str, mean: Sequence[float],
-                 std: Sequence[float]) -> None:
+    def __init__(
+        self, backbone: nn.Module, head_name: str, mean: Sequence[float], std: Sequence[float]
+    ) -> None:
         super().__init__()
         self.normalize = Normalize(mean, std)
         self.backbone = backbone
@@ -65,8 +66,11 @@ class Classifier(nn.Module):
 
 
 def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
-            nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    ]
 
 
 class SmallCNN(nn.Module):
@@ -82,9 +86,15 @@ class SmallCNN(nn.Module):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            *_conv_bn_relu(channels, w), *_conv_bn_relu(w, w), nn.MaxPool2d(2),
-            *_conv_bn_relu(w, 2 * w), *_conv_bn_relu(2 * w, 2 * w), nn.MaxPool2d(2),
-            *_conv_bn_relu(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            *_conv_bn_relu(channels, w),
+            *_conv_bn_relu(w, w),
+            nn.MaxPool2d(2),
+            *_conv_bn_relu(w, 2 * w),
+            *_conv_bn_relu(2 * w, 2 * w),
+            nn.MaxPool2d(2),
+            *_conv_bn_relu(2 * w, 4 * w),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
         )
         self.fc = nn.Linear(4 * w, num_classes)
 
@@ -92,20 +102,26 @@ class SmallCNN(nn.Module):
         return self.fc(self.features(x))
 
 
-def _replace_first_conv(parent: nn.Module, attr: str, channels: int,
-                        small_input: bool = False) -> None:
+def _replace_first_conv(
+    parent: nn.Module, attr: str, channels: int, small_input: bool = False
+) -> None:
     """Give the stem conv ``channels`` inputs (and optionally a 3x3 stride-1 kernel)."""
     old = getattr(parent, attr)
     if old.in_channels == channels and not small_input:
         return
-    kernel, stride, padding = (3, 1, 1) if small_input else (old.kernel_size, old.stride,
-                                                              old.padding)
-    setattr(parent, attr, nn.Conv2d(channels, old.out_channels, kernel, stride, padding,
-                                    bias=old.bias is not None))
+    kernel, stride, padding = (
+        (3, 1, 1) if small_input else (old.kernel_size, old.stride, old.padding)
+    )
+    setattr(
+        parent,
+        attr,
+        nn.Conv2d(channels, old.out_channels, kernel, stride, padding, bias=old.bias is not None),
+    )
 
 
-def _torchvision_backbone(arch: str, channels: int, num_classes: int,
-                          image_size: Sequence[int]) -> tuple[nn.Module, str]:
+def _torchvision_backbone(
+    arch: str, channels: int, num_classes: int, image_size: Sequence[int]
+) -> tuple[nn.Module, str]:
     from torchvision import models  # lazy: the small CNN path does not need torchvision
 
     small = max(image_size) <= 64  # ImageNet stems downsample 4x: too much for 28-64 px
@@ -156,7 +172,7 @@ def read_weights(uri: str) -> dict[str, torch.Tensor]:
 def _strip_prefixes(key: str) -> str:
     for prefix in ("module.", "model.", "net.", "backbone."):
         while key.startswith(prefix):
-            key = key[len(prefix):]
+            key = key[len(prefix) :]
     return key
 
 
@@ -174,24 +190,44 @@ def load_pretrained(model: Classifier, uri: str) -> list[str]:
         src = source.get(name)
         if src is None or name.startswith(head_prefix):
             continue
-        if src.ndim == 4 and tensor.ndim == 4 and src.shape[1] == 3 and tensor.shape[1] == 1 \
-                and src.shape[0] == tensor.shape[0] and src.shape[2:] == tensor.shape[2:]:
+        if (
+            src.ndim == 4
+            and tensor.ndim == 4
+            and src.shape[1] == 3
+            and tensor.shape[1] == 1
+            and src.shape[0] == tensor.shape[0]
+            and src.shape[2:] == tensor.shape[2:]
+        ):
             src = src.sum(dim=1, keepdim=True)
         if src.shape == tensor.shape:
             loadable[name] = src.to(tensor.dtype)
     if not loadable:
-        raise ValueError(f"no tensor in {uri} matches the {type(model.backbone).__name__} "
-                         "backbone; wrong file or wrong arch?")
+        raise ValueError(
+            f"no tensor in {uri} matches the {type(model.backbone).__name__} "
+            "backbone; wrong file or wrong arch?"
+        )
     model.backbone.load_state_dict(loadable, strict=False)
     skipped = sorted(set(target) - set(loadable))
-    log.info("pretrained: loaded %d tensors from %s, %d left initialised", len(loadable), uri,
-             len(skipped))
+    log.info(
+        "pretrained: loaded %d tensors from %s, %d left initialised",
+        len(loadable),
+        uri,
+        len(skipped),
+    )
     return skipped
 
 
-def build_model(arch: str, *, channels: int, num_classes: int, image_size: Sequence[int],
-                mean: Sequence[float], std: Sequence[float], width: int = 16,
-                pretrained_weights: str = "") -> Classifier:
+def build_model(
+    arch: str,
+    *,
+    channels: int,
+    num_classes: int,
+    image_size: Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    width: int = 16,
+    pretrained_weights: str = "",
+) -> Classifier:
     """The network for ``arch`` with a Normalize front layer and a ``num_classes`` head."""
     if len(mean) != channels:
         raise ValueError(f"{channels} channels but {len(mean)} mean values")

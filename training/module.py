@@ -48,8 +48,9 @@ class ClassifierModule(pl.LightningModule):
         self.model = model
         self.cfg = cfg
         self.num_classes = num_classes
-        self.augment = AugmentConfig(cfg.aug_shift_px, cfg.aug_rotate_deg, cfg.aug_scale,
-                                     cfg.aug_hflip)
+        self.augment = AugmentConfig(
+            cfg.aug_shift_px, cfg.aug_rotate_deg, cfg.aug_scale, cfg.aug_hflip
+        )
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_f1 = MulticlassF1Score(num_classes, average="macro")
@@ -75,7 +76,9 @@ class ClassifierModule(pl.LightningModule):
         reseed(seed, self.device)  # dropout / stochastic depth
         self._generator.manual_seed(seed)  # augmentation
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
         x, y = batch
         x = self._pixels(x)
         if self.augment.enabled:
@@ -117,11 +120,18 @@ class ClassifierModule(pl.LightningModule):
         if self._loss_count == 0:
             return
         mean_loss = self._loss_sum / self._loss_count
-        self.log("train_loss", mean_loss, on_step=False, on_epoch=True, sync_dist=True,
-                 batch_size=1)
+        self.log(
+            "train_loss", mean_loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=1
+        )
         # compute() already reduces across ranks; sync_dist then averages equal values
-        self.log("train_acc", self.train_acc.compute(), on_step=False, on_epoch=True,
-                 sync_dist=True, batch_size=1)
+        self.log(
+            "train_acc",
+            self.train_acc.compute(),
+            on_step=False,
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=1,
+        )
 
     # -- validation --------------------------------------------------------------------------
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -141,8 +151,10 @@ class ClassifierModule(pl.LightningModule):
         no_decay: list[torch.nn.Parameter] = []
         for p in self.model.parameters():
             (no_decay if p.ndim <= 1 else decay).append(p)
-        return [{"params": decay, "weight_decay": self.cfg.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0}]
+        return [
+            {"params": decay, "weight_decay": self.cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
 
     def configure_optimizers(self) -> Any:
         cfg = self.cfg
@@ -150,13 +162,16 @@ class ClassifierModule(pl.LightningModule):
         assert self.total_steps > 0, "no optimiser steps: empty train split?"
         if cfg.optimizer == "adamw":
             opt: torch.optim.Optimizer = torch.optim.AdamW(
-                self._param_groups(), lr=cfg.lr_peak, betas=(cfg.momentum, 0.999))
+                self._param_groups(), lr=cfg.lr_peak, betas=(cfg.momentum, 0.999)
+            )
         else:
-            opt = torch.optim.SGD(self._param_groups(), lr=cfg.lr_peak, momentum=cfg.momentum,
-                                  nesterov=True)
+            opt = torch.optim.SGD(
+                self._param_groups(), lr=cfg.lr_peak, momentum=cfg.momentum, nesterov=True
+            )
         # Warm-up never takes more than a fifth of the run: on a small dataset (a few steps per
         # epoch) the configured 100 steps would otherwise leave no time at peak or in decay.
         warmup = min(cfg.warmup_steps, max(1, self.total_steps // 5))
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lr_factor(cfg.schedule, warmup, self.total_steps))
+            opt, lr_factor(cfg.schedule, warmup, self.total_steps)
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -33,12 +33,17 @@ class EpochReporter(pl.Callback):
         self._val_seconds = 0.0
         self._local_images = 0
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
         self._local_images += len(batch[1])
 
-    def on_validation_epoch_start(self, trainer: pl.Trainer,
-                                  pl_module: pl.LightningModule) -> None:
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._val_start = time.perf_counter()
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -51,13 +56,22 @@ class EpochReporter(pl.Callback):
         self.train_seconds += train_s
         self.train_images += images
         # every rank reads the metrics: computing a sync_dist metric is a collective
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
-                   if getattr(v, "numel", lambda: 1)() == 1}
+        metrics = {
+            k: float(v)
+            for k, v in trainer.callback_metrics.items()
+            if getattr(v, "numel", lambda: 1)() == 1
+        }
         if not trainer.is_global_zero:
             return
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else 0.0
-        metrics.update({"lr": float(lr), "images_per_s": images / train_s,
-                        "epoch_train_s": train_s, "epoch_val_s": self._val_seconds})
+        metrics.update(
+            {
+                "lr": float(lr),
+                "images_per_s": images / train_s,
+                "epoch_train_s": train_s,
+                "epoch_val_s": self._val_seconds,
+            }
+        )
         epoch = trainer.current_epoch
         self.history.append({"epoch": float(epoch), **metrics})
         self.tracker.log_metrics(metrics, step=epoch)

@@ -61,24 +61,39 @@ def init_process_group(env: TrainEnv, backend: str, timeout: timedelta) -> None:
     if env.world_size <= 1 or dist.is_initialized():
         return
     if not env.master_addr or not env.master_port:
-        raise RuntimeError("WORLD_SIZE > 1 but MASTER_ADDR/MASTER_PORT are not set: launch "
-                           "with torchrun (or SageMaker's torchrun launcher)")
+        raise RuntimeError(
+            "WORLD_SIZE > 1 but MASTER_ADDR/MASTER_PORT are not set: launch "
+            "with torchrun (or SageMaker's torchrun launcher)"
+        )
     if backend == "nccl":
         torch.cuda.set_device(env.local_rank)
-    store = dist.TCPStore(env.master_addr, env.master_port, env.world_size,
-                          is_master=env.rank == 0 and not env.agent_store, timeout=timeout)
-    dist.init_process_group(backend, store=dist.PrefixStore(f"lepton/attempt_{env.restart_count}",
-                                                            store),
-                            rank=env.rank, world_size=env.world_size, timeout=timeout)
+    store = dist.TCPStore(
+        env.master_addr,
+        env.master_port,
+        env.world_size,
+        is_master=env.rank == 0 and not env.agent_store,
+        timeout=timeout,
+    )
+    dist.init_process_group(
+        backend,
+        store=dist.PrefixStore(f"lepton/attempt_{env.restart_count}", store),
+        rank=env.rank,
+        world_size=env.world_size,
+        timeout=timeout,
+    )
 
 
-def build_trainer(cfg: TrainConfig, env: TrainEnv, callbacks: list[pl.Callback],
-                  **overrides: Any) -> pl.Trainer:
+def build_trainer(
+    cfg: TrainConfig, env: TrainEnv, callbacks: list[pl.Callback], **overrides: Any
+) -> pl.Trainer:
     """A Trainer for this process in a job of ``env.world_size`` processes."""
     gpu = use_gpu(env)
     devices = env.local_world_size if env.world_size > 1 else 1
     if env.world_size > 1:
-        backend, timeout = ("nccl" if gpu else "gloo"), timedelta(seconds=cfg.process_group_timeout_s)
+        backend, timeout = (
+            ("nccl" if gpu else "gloo"),
+            timedelta(seconds=cfg.process_group_timeout_s),
+        )
         init_process_group(env, backend, timeout)
         strategy: Any = DDPStrategy(
             process_group_backend=backend,

@@ -125,8 +125,9 @@ def write_dataset(
     shards: list[dict[str, Any]] = []
     split_info: dict[str, Any] = {}
     for split, (images, labels) in splits.items():
-        counts: list[int] = (np.bincount(labels, minlength=len(classes)).tolist()
-                             if len(labels) else [])
+        counts: list[int] = (
+            np.bincount(labels, minlength=len(classes)).tolist() if len(labels) else []
+        )
         split_info[split] = {
             "count": int(len(labels)),
             "class_counts": {c: int(n) for c, n in zip(classes, counts, strict=False)},
@@ -210,10 +211,14 @@ def read_manifest(dataset_dir: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         manifest = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise DatasetError(f"{MANIFEST_NAME} in {os.fspath(dataset_dir)!r} is not JSON: {exc}") \
-            from exc
-    missing = [k for k in ("classes", "image_size", "channels", "mean", "std", "shards")
-               if k not in manifest]
+        raise DatasetError(
+            f"{MANIFEST_NAME} in {os.fspath(dataset_dir)!r} is not JSON: {exc}"
+        ) from exc
+    missing = [
+        k
+        for k in ("classes", "image_size", "channels", "mean", "std", "shards")
+        if k not in manifest
+    ]
     if missing:
         raise DatasetError(f"{MANIFEST_NAME} in {os.fspath(dataset_dir)!r} lacks {missing}")
     if manifest.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
@@ -225,8 +230,9 @@ def _load_shard_bytes(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         images, labels = npz["images"], npz["labels"]
     if images.dtype != np.uint8 or images.ndim != 4 or labels.ndim != 1:
-        raise DatasetError(f"shard {name}: bad arrays {images.dtype}{images.shape}, "
-                           f"{labels.dtype}{labels.shape}")
+        raise DatasetError(
+            f"shard {name}: bad arrays {images.dtype}{images.shape}, {labels.dtype}{labels.shape}"
+        )
     return images, labels.astype(np.int64, copy=False)
 
 
@@ -261,8 +267,9 @@ def load_split(
                 )
         x, y = _load_shard_bytes(data, name)
         if "count" in entry and len(y) != int(entry["count"]):
-            raise DatasetError(f"shard {name} holds {len(y)} samples, manifest says "
-                               f"{entry['count']}")
+            raise DatasetError(
+                f"shard {name} holds {len(y)} samples, manifest says {entry['count']}"
+            )
         images.append(x)
         labels.append(y)
     if not images:

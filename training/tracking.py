@@ -36,7 +36,8 @@ def quiet_sagemaker_header_plugin() -> None:
     "list index out of range" against any other server; MLflow logs that on every call.
     """
     logging.getLogger("mlflow.tracking.request_header.registry").addFilter(
-        lambda record: "list index out of range" not in record.getMessage())
+        lambda record: "list index out of range" not in record.getMessage()
+    )
 
 
 class TrackingUnavailable(RuntimeError):
@@ -53,8 +54,13 @@ class NullTracker:
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
     def log_figure(self, figure: Any, artifact_file: str) -> None: ...
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None: ...
-    def log_onnx_model(self, onnx_path: str | os.PathLike[str], input_example: np.ndarray,
-                       output_example: np.ndarray, step: int = 0) -> None: ...
+    def log_onnx_model(
+        self,
+        onnx_path: str | os.PathLike[str],
+        input_example: np.ndarray,
+        output_example: np.ndarray,
+        step: int = 0,
+    ) -> None: ...
     def end(self, status: str = "FINISHED") -> None: ...
 
 
@@ -112,7 +118,7 @@ class MlflowTracker(NullTracker):
         existing = self.client.get_run(self.run_id).data.params
         new = [Param(k, str(v)[:6000]) for k, v in sorted(params.items()) if k not in existing]
         for i in range(0, len(new), 100):  # MLflow accepts at most 100 params per batch
-            self.client.log_batch(self.run_id, params=new[i:i + 100])
+            self.client.log_batch(self.run_id, params=new[i : i + 100])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -136,8 +142,13 @@ class MlflowTracker(NullTracker):
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
         self.client.log_dict(self.run_id, dict(data), artifact_file)
 
-    def log_onnx_model(self, onnx_path: str | os.PathLike[str], input_example: np.ndarray,
-                       output_example: np.ndarray, step: int = 0) -> None:
+    def log_onnx_model(
+        self,
+        onnx_path: str | os.PathLike[str],
+        input_example: np.ndarray,
+        output_example: np.ndarray,
+        step: int = 0,
+    ) -> None:
         """Log the exported ONNX model (flavour ``onnx``) with signature and input example.
 
         MLflow 3 links the run's metrics at ``step`` to the logged model (copying them into the
@@ -157,9 +168,13 @@ class MlflowTracker(NullTracker):
         # the fluent API needs an active run; leaving the block ends the run (FINISHED, or
         # FAILED if logging raises), so this is the last thing a successful job does
         with mlflow.start_run(run_id=self.run_id):
-            mlflow.onnx.log_model(onnx.load(os.fspath(onnx_path)), name="model",
-                                  signature=signature, input_example=input_example,
-                                  step=step)
+            mlflow.onnx.log_model(
+                onnx.load(os.fspath(onnx_path)),
+                name="model",
+                signature=signature,
+                input_example=input_example,
+                step=step,
+            )
         self._ended = True
 
     def _flush(self) -> None:
@@ -194,9 +209,15 @@ def _experiment_id(client: Any, name: str) -> str:
         return str(exp.experiment_id)
 
 
-def start_tracking(uri: str | None, *, experiment_name: str | None, run_name: str | None,
-                   checkpoint_dir: str | os.PathLike[str], resume: bool,
-                   tags: Mapping[str, str] | None = None) -> NullTracker:
+def start_tracking(
+    uri: str | None,
+    *,
+    experiment_name: str | None,
+    run_name: str | None,
+    checkpoint_dir: str | os.PathLike[str],
+    resume: bool,
+    tags: Mapping[str, str] | None = None,
+) -> NullTracker:
     """A tracker for this job (global rank 0 only); NullTracker when ``uri`` is None.
 
     With ``resume`` and a run id stored in ``checkpoint_dir``, that run is reopened.
@@ -218,8 +239,7 @@ def start_tracking(uri: str | None, *, experiment_name: str | None, run_name: st
             client.update_run(run_id, status="RUNNING")
             print(f"tracking: resuming MLflow run {run_id}", flush=True)
         except Exception as exc:
-            log.warning("stored MLflow run %s not usable (%s); starting a new run", candidate,
-                        exc)
+            log.warning("stored MLflow run %s not usable (%s); starting a new run", candidate, exc)
     if run_id is None:
         exp_id = _experiment_id(client, experiment_name or "lepton")
         run = client.create_run(exp_id, run_name=run_name, tags=dict(tags or {}))
@@ -253,7 +273,14 @@ def confusion_matrix_figure(matrix: np.ndarray, classes: list[str]) -> Any:
         high = matrix.max() / 2 if matrix.size else 0
         for i in range(k):
             for j in range(k):
-                ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=7,
-                        color="white" if matrix[i, j] > high else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(int(matrix[i, j])),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if matrix[i, j] > high else "black",
+                )
     fig.tight_layout()
     return fig

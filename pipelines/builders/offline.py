@@ -201,8 +201,11 @@ def offline_sdk(region: str) -> Iterator[None]:
 
         logging.root.handlers[:] = root_handlers
         logging.root.setLevel(root_level)
-        sdk_loggers = [lg for name, lg in logging.Logger.manager.loggerDict.items()
-                       if name.startswith("sagemaker") and isinstance(lg, logging.Logger)]
+        sdk_loggers = [
+            lg
+            for name, lg in logging.Logger.manager.loggerDict.items()
+            if name.startswith("sagemaker") and isinstance(lg, logging.Logger)
+        ]
         levels = [lg.level for lg in sdk_loggers]
         for lg in sdk_loggers:
             lg.setLevel(logging.ERROR)
@@ -240,8 +243,9 @@ def _offline_boto_session(region: str) -> Any:
     models between builds); dummy credentials; it refuses every request."""
     import boto3
 
-    session = boto3.session.Session(region_name=region, aws_access_key_id="offline",
-                                    aws_secret_access_key="offline")
+    session = boto3.session.Session(
+        region_name=region, aws_access_key_id="offline", aws_secret_access_key="offline"
+    )
     session.events.register("before-call", _refuse_call, unique_id="lepton-offline-refuse")
     return session
 
@@ -259,15 +263,24 @@ def offline_session(region: str, bucket: str, code_prefix: str) -> Any:
             self.bundle = CodeBundle(bucket=bucket, prefix=code_prefix)
             # A non-empty config keeps SDK config files (and S3-hosted ones) out of the build;
             # emptied right after, because every lookup re-validates a non-empty config (~1 s).
-            super().__init__(boto_session=boto_session, default_bucket=bucket,
-                             sagemaker_config={"SchemaVersion": "1.0"})
+            super().__init__(
+                boto_session=boto_session,
+                default_bucket=bucket,
+                sagemaker_config={"SchemaVersion": "1.0"},
+            )
             self.sagemaker_config: dict[str, Any] = {}
 
         def default_bucket(self) -> str:
             return bucket  # the base class would create the bucket if it were missing
 
-        def upload_data(self, path: str, bucket: str | None = None, key_prefix: str = "data",
-                        callback: Any = None, extra_args: Any = None) -> str:
+        def upload_data(
+            self,
+            path: str,
+            bucket: str | None = None,
+            key_prefix: str = "data",
+            callback: Any = None,
+            extra_args: Any = None,
+        ) -> str:
             if Path(path).is_file():
                 return self.bundle.stage(path)
             return self.bundle.stage_files(_portable_sm_drivers(_read_tree(Path(path))))

@@ -55,9 +55,7 @@ def make_parameters(cfg: PipelineConfig) -> Params:
         ),
         processes_per_node=ParameterInteger(n.PROCESSES_PER_NODE, d[n.PROCESSES_PER_NODE]),
         epochs=ParameterInteger(n.EPOCHS, d[n.EPOCHS]),
-        per_device_batch_size=ParameterInteger(
-            n.PER_DEVICE_BATCH_SIZE, d[n.PER_DEVICE_BATCH_SIZE]
-        ),
+        per_device_batch_size=ParameterInteger(n.PER_DEVICE_BATCH_SIZE, d[n.PER_DEVICE_BATCH_SIZE]),
         learning_rate=ParameterFloat(n.LEARNING_RATE, d[n.LEARNING_RATE]),
         accuracy_threshold=ParameterFloat(n.ACCURACY_THRESHOLD, d[n.ACCURACY_THRESHOLD]),
         minimum_champion_accuracy=ParameterFloat(

@@ -61,12 +61,18 @@ def _job_retry_policies(ctx: BuildContext) -> list[Any]:
     if ctx.cfg.retries == 0:
         return []
     return [
-        StepRetryPolicy(exception_types=[StepErr.SERVICE_FAULT, StepErr.THROTTLING],
-                        interval_seconds=30, backoff_rate=2.0, max_attempts=ctx.cfg.retries),
+        StepRetryPolicy(
+            exception_types=[StepErr.SERVICE_FAULT, StepErr.THROTTLING],
+            interval_seconds=30,
+            backoff_rate=2.0,
+            max_attempts=ctx.cfg.retries,
+        ),
         SageMakerJobStepRetryPolicy(
             exception_types=[Job.RESOURCE_LIMIT],
             failure_reason_types=[Job.CAPACITY_ERROR, Job.INTERNAL_ERROR],
-            interval_seconds=60, backoff_rate=2.0, max_attempts=ctx.cfg.retries,
+            interval_seconds=60,
+            backoff_rate=2.0,
+            max_attempts=ctx.cfg.retries,
         ),
     ]
 
@@ -76,8 +82,16 @@ def _step_output_uri(ctx: BuildContext, step: str, output: str) -> Any:
     from sagemaker.core.workflow.execution_variables import ExecutionVariables
     from sagemaker.core.workflow.functions import Join
 
-    return Join(on="/", values=[ctx.cfg.s3_root, "executions",
-                                ExecutionVariables.PIPELINE_EXECUTION_ID, step, output])
+    return Join(
+        on="/",
+        values=[
+            ctx.cfg.s3_root,
+            "executions",
+            ExecutionVariables.PIPELINE_EXECUTION_ID,
+            step,
+            output,
+        ],
+    )
 
 
 def _input(name: str, source: Any, destination: str) -> Any:
@@ -85,8 +99,9 @@ def _input(name: str, source: Any, destination: str) -> Any:
 
     return ProcessingInput(
         input_name=name,
-        s3_input=ProcessingS3Input(s3_uri=source, local_path=destination, s3_data_type="S3Prefix",
-                                   s3_input_mode="File"),
+        s3_input=ProcessingS3Input(
+            s3_uri=source, local_path=destination, s3_data_type="S3Prefix", s3_input_mode="File"
+        ),
     )
 
 
@@ -95,8 +110,9 @@ def _output(name: str, source: str, destination: Any) -> Any:
 
     return ProcessingOutput(
         output_name=name,
-        s3_output=ProcessingS3Output(s3_uri=destination, local_path=source,
-                                     s3_upload_mode="EndOfJob"),
+        s3_output=ProcessingS3Output(
+            s3_uri=destination, local_path=source, s3_upload_mode="EndOfJob"
+        ),
     )
 
 
@@ -131,25 +147,41 @@ def prepare_arguments(cfg: PipelineConfig) -> list[str]:
     """Prepare's container arguments: `pipelines.data.config.to_args` of the prepare config."""
     from pipelines.data.config import PrepareConfig, to_args
 
-    return to_args(PrepareConfig(
-        input=n.RAW_DIR, output=n.DATASET_OUT_DIR, dataset=cfg.dataset_name,
-        image_size=cfg.image_size, channels=cfg.channels, split_fractions=cfg.split_fractions,
-    ))
+    return to_args(
+        PrepareConfig(
+            input=n.RAW_DIR,
+            output=n.DATASET_OUT_DIR,
+            dataset=cfg.dataset_name,
+            image_size=cfg.image_size,
+            channels=cfg.channels,
+            split_fractions=cfg.split_fractions,
+        )
+    )
 
 
 def build_prepare_step(ctx: BuildContext) -> Any:
     from sagemaker.mlops.workflow import ProcessingStep
 
-    processor = _processor(ctx, "prepare.py", ctx.params.processing_instance_count,
-                           "lepton-prepare")
+    processor = _processor(
+        ctx, "prepare.py", ctx.params.processing_instance_count, "lepton-prepare"
+    )
     step_args = processor.run(
         inputs=[_code_input(ctx), _input("raw", ctx.params.input_data_uri, n.RAW_DIR)],
-        outputs=[_output(n.DATASET_OUTPUT, n.DATASET_OUT_DIR,
-                         _step_output_uri(ctx, n.PREPARE, n.DATASET_OUTPUT))],
+        outputs=[
+            _output(
+                n.DATASET_OUTPUT,
+                n.DATASET_OUT_DIR,
+                _step_output_uri(ctx, n.PREPARE, n.DATASET_OUTPUT),
+            )
+        ],
         arguments=prepare_arguments(ctx.cfg),
     )
-    return ProcessingStep(n.PREPARE, step_args=step_args, cache_config=_cache(ctx),
-                          retry_policies=_job_retry_policies(ctx))
+    return ProcessingStep(
+        n.PREPARE,
+        step_args=step_args,
+        cache_config=_cache(ctx),
+        retry_policies=_job_retry_policies(ctx),
+    )
 
 
 def train_config_hyperparameters(cfg: PipelineConfig) -> dict[str, str]:
@@ -157,8 +189,9 @@ def train_config_hyperparameters(cfg: PipelineConfig) -> dict[str, str]:
     applied (an unknown name raises ValueError)."""
     from training.config import from_hyperparameters, named_setup, to_hyperparameters
 
-    return to_hyperparameters(from_hyperparameters(dict(cfg.extra_hyperparameters),
-                                                   base=named_setup(cfg.train_setup)))
+    return to_hyperparameters(
+        from_hyperparameters(dict(cfg.extra_hyperparameters), base=named_setup(cfg.train_setup))
+    )
 
 
 def hyperparameters(ctx: BuildContext) -> dict[str, Any]:
@@ -166,11 +199,13 @@ def hyperparameters(ctx: BuildContext) -> dict[str, Any]:
     The SDK's torchrun driver passes each as `--name value`; SageMaker also sets SM_HPS."""
     p = ctx.params
     hps: dict[str, Any] = dict(train_config_hyperparameters(ctx.cfg))
-    hps.update({
-        "epochs": p.epochs.to_string(),
-        "per_device_batch_size": p.per_device_batch_size.to_string(),
-        "lr_peak": p.learning_rate.to_string(),
-    })
+    hps.update(
+        {
+            "epochs": p.epochs.to_string(),
+            "per_device_batch_size": p.per_device_batch_size.to_string(),
+            "lr_peak": p.learning_rate.to_string(),
+        }
+    )
     return hps
 
 
@@ -181,11 +216,23 @@ def _checkpoint_uri(ctx: BuildContext, prepare: Any) -> Any:
     from sagemaker.core.workflow.functions import Join
 
     p = ctx.params
-    return Join(on="/", values=[
-        f"{ctx.cfg.s3_root}/checkpoints/{ctx.code_version}", prepare.properties.ProcessingJobName,
-        Join(on="-", values=[p.epochs, p.per_device_batch_size, p.learning_rate,
-                             p.training_instance_count, p.processes_per_node]),
-    ])
+    return Join(
+        on="/",
+        values=[
+            f"{ctx.cfg.s3_root}/checkpoints/{ctx.code_version}",
+            prepare.properties.ProcessingJobName,
+            Join(
+                on="-",
+                values=[
+                    p.epochs,
+                    p.per_device_batch_size,
+                    p.learning_rate,
+                    p.training_instance_count,
+                    p.processes_per_node,
+                ],
+            ),
+        ],
+    )
 
 
 def build_train_step(ctx: BuildContext, prepare: Any) -> Any:
@@ -216,15 +263,19 @@ def build_train_step(ctx: BuildContext, prepare: Any) -> Any:
         # Baked into the SDK's driver files: on SageMaker ProcessesPerNode does not change it
         # (None -> one process per GPU); the local runner reads LEPTON_NPROC_PER_NODE instead.
         distributed=Torchrun(process_count_per_node=cfg.processes_per_node or None),
-        compute=Compute(instance_type=p.training_instance_type,
-                        instance_count=p.training_instance_count,
-                        volume_size_in_gb=cfg.volume_size_gb,
-                        enable_managed_spot_training=cfg.use_spot or None),
+        compute=Compute(
+            instance_type=p.training_instance_type,
+            instance_count=p.training_instance_count,
+            volume_size_in_gb=cfg.volume_size_gb,
+            enable_managed_spot_training=cfg.use_spot or None,
+        ),
         stopping_condition=StoppingCondition(
             max_runtime_in_seconds=cfg.max_run_s,
-            max_wait_time_in_seconds=cfg.max_wait_s if cfg.use_spot else None),
-        checkpoint_config=CheckpointConfig(s3_uri=_checkpoint_uri(ctx, prepare),
-                                           local_path=n.CHECKPOINT_DIR),
+            max_wait_time_in_seconds=cfg.max_wait_s if cfg.use_spot else None,
+        ),
+        checkpoint_config=CheckpointConfig(
+            s3_uri=_checkpoint_uri(ctx, prepare), local_path=n.CHECKPOINT_DIR
+        ),
         output_data_config=OutputDataConfig(s3_output_path=f"{cfg.s3_root}/models"),
         hyperparameters=hyperparameters(ctx),
         environment=env,
@@ -236,8 +287,12 @@ def build_train_step(ctx: BuildContext, prepare: Any) -> Any:
     step_args = trainer.train(
         input_data_config=[InputData(channel_name=n.DATASET_OUTPUT, data_source=dataset)]
     )
-    return TrainingStep(n.TRAIN, step_args=step_args, cache_config=_cache(ctx),
-                        retry_policies=_job_retry_policies(ctx))
+    return TrainingStep(
+        n.TRAIN,
+        step_args=step_args,
+        cache_config=_cache(ctx),
+        retry_policies=_job_retry_policies(ctx),
+    )
 
 
 def build_evaluate_step(ctx: BuildContext, prepare: Any, train: Any) -> tuple[Any, Any]:
@@ -253,15 +308,32 @@ def build_evaluate_step(ctx: BuildContext, prepare: Any, train: Any) -> tuple[An
             _input("model", train.properties.ModelArtifacts.S3ModelArtifacts, n.MODEL_IN_DIR),
             _input(n.DATASET_OUTPUT, dataset, n.DATASET_IN_DIR),
         ],
-        outputs=[_output(n.EVALUATION_OUTPUT, n.EVALUATION_OUT_DIR,
-                         _step_output_uri(ctx, n.EVALUATE, n.EVALUATION_OUTPUT))],
-        arguments=["--model", n.MODEL_IN_DIR, "--dataset", n.DATASET_IN_DIR,
-                   "--output", n.EVALUATION_OUT_DIR],
+        outputs=[
+            _output(
+                n.EVALUATION_OUTPUT,
+                n.EVALUATION_OUT_DIR,
+                _step_output_uri(ctx, n.EVALUATE, n.EVALUATION_OUTPUT),
+            )
+        ],
+        arguments=[
+            "--model",
+            n.MODEL_IN_DIR,
+            "--dataset",
+            n.DATASET_IN_DIR,
+            "--output",
+            n.EVALUATION_OUT_DIR,
+        ],
     )
-    report = PropertyFile(name=n.EVALUATION_REPORT, output_name=n.EVALUATION_OUTPUT,
-                          path=n.EVALUATION_FILE)
-    step = ProcessingStep(n.EVALUATE, step_args=step_args, property_files=[report],
-                          cache_config=_cache(ctx), retry_policies=_job_retry_policies(ctx))
+    report = PropertyFile(
+        name=n.EVALUATION_REPORT, output_name=n.EVALUATION_OUTPUT, path=n.EVALUATION_FILE
+    )
+    step = ProcessingStep(
+        n.EVALUATE,
+        step_args=step_args,
+        property_files=[report],
+        cache_config=_cache(ctx),
+        retry_policies=_job_retry_policies(ctx),
+    )
     return step, report
 
 
@@ -294,7 +366,8 @@ def build_register_step(ctx: BuildContext, train: Any, evaluate: Any) -> Any:
         env_vars={  # the SageMaker PyTorch inference container runs inference/handler.py
             "SAGEMAKER_PROGRAM": cfg.inference_program,
             "SAGEMAKER_SUBMIT_DIRECTORY": ctx.session.upload_data(
-                str(sourcedir), bucket=cfg.bucket, key_prefix=f"{cfg.prefix}/code/serve"),
+                str(sourcedir), bucket=cfg.bucket, key_prefix=f"{cfg.prefix}/code/serve"
+            ),
         },
     )
     step_args = builder.register(
@@ -304,14 +377,22 @@ def build_register_step(ctx: BuildContext, train: Any, evaluate: Any) -> Any:
         response_types=list(n.RESPONSE_TYPES),
         inference_instances=[cfg.endpoint_instance_type],
         transform_instances=[cfg.endpoint_instance_type],
-        model_metrics=ModelMetrics(model_statistics=MetricsSource(
-            content_type="application/json", s3_uri=evaluation_json_uri(evaluate))),
+        model_metrics=ModelMetrics(
+            model_statistics=MetricsSource(
+                content_type="application/json", s3_uri=evaluation_json_uri(evaluate)
+            )
+        ),
         domain="COMPUTER_VISION",
         task="IMAGE_CLASSIFICATION",
     )
-    retry = [StepRetryPolicy(
-        exception_types=[StepExceptionTypeEnum.SERVICE_FAULT, StepExceptionTypeEnum.THROTTLING],
-        interval_seconds=10, backoff_rate=2.0, max_attempts=max(ctx.cfg.retries, 1))]
+    retry = [
+        StepRetryPolicy(
+            exception_types=[StepExceptionTypeEnum.SERVICE_FAULT, StepExceptionTypeEnum.THROTTLING],
+            interval_seconds=10,
+            backoff_rate=2.0,
+            max_attempts=max(ctx.cfg.retries, 1),
+        )
+    ]
     return ModelStep(n.REGISTER, step_args=step_args, retry_policies=retry)
 
 
@@ -324,11 +405,16 @@ def build_deploy_step(ctx: BuildContext, register: Any) -> Any:
     step_args = processor.run(
         inputs=[_code_input(ctx)],
         arguments=[
-            "--model-package-arn", register.properties.ModelPackageArn,
-            "--endpoint-name", cfg.endpoint_name,
-            "--instance-type", cfg.endpoint_instance_type,
-            "--instance-count", str(cfg.endpoint_instance_count),
-            "--role-arn", ctx.role,
+            "--model-package-arn",
+            register.properties.ModelPackageArn,
+            "--endpoint-name",
+            cfg.endpoint_name,
+            "--instance-type",
+            cfg.endpoint_instance_type,
+            "--instance-count",
+            str(cfg.endpoint_instance_count),
+            "--role-arn",
+            ctx.role,
         ],
     )
     return ProcessingStep(n.DEPLOY, step_args=step_args, retry_policies=_job_retry_policies(ctx))
@@ -339,17 +425,23 @@ def build_gate_failed_step(ctx: BuildContext, evaluate: Any, report: Any) -> Any
     from sagemaker.mlops.workflow import FailStep
 
     p = ctx.params
-    message = Join(on=" ", values=[
-        "Quality gate failed: test accuracy", accuracy(evaluate, report),
-        "must be >= AccuracyThreshold", p.accuracy_threshold,
-        "and >= MinimumChampionAccuracy (champion accuracy - tolerance)",
-        p.minimum_champion_accuracy,
-    ])
+    message = Join(
+        on=" ",
+        values=[
+            "Quality gate failed: test accuracy",
+            accuracy(evaluate, report),
+            "must be >= AccuracyThreshold",
+            p.accuracy_threshold,
+            "and >= MinimumChampionAccuracy (champion accuracy - tolerance)",
+            p.minimum_champion_accuracy,
+        ],
+    )
     return FailStep(n.GATE_FAILED, error_message=message)
 
 
-def build_gate_step(ctx: BuildContext, evaluate: Any, report: Any, if_steps: list[Any],
-                    else_steps: list[Any]) -> Any:
+def build_gate_step(
+    ctx: BuildContext, evaluate: Any, report: Any, if_steps: list[Any], else_steps: list[Any]
+) -> Any:
     """Pass iff accuracy >= AccuracyThreshold and accuracy >= MinimumChampionAccuracy."""
     from sagemaker.core.workflow.conditions import ConditionGreaterThanOrEqualTo
     from sagemaker.mlops.workflow import ConditionStep

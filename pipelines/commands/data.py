@@ -17,7 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="write mnist-5k, digits or a local ImageFolder as PNG files to an S3 prefix or folder",
     )
     imp.add_argument("source", help="mnist-5k | digits | path to a local ImageFolder")
-    imp.add_argument("dest", nargs="?", help="s3:// prefix or folder (default s3://<data bucket>/raw/<name>)")
+    imp.add_argument(
+        "dest", nargs="?", help="s3:// prefix or folder (default s3://<data bucket>/raw/<name>)"
+    )
     imp.add_argument("--limit", type=int, help="import at most this many images (evenly sampled)")
     imp.add_argument("--threads", type=int, default=8, help="parallel uploads")
     imp.set_defaults(func=_import)
@@ -37,7 +39,9 @@ def _import(args: argparse.Namespace) -> int:
     settings = load_settings()
     name = Path(args.source.rstrip("/")).name
     dest = args.dest or f"s3://{settings.data_bucket}/raw/{name}"
-    count = import_dataset(args.source, dest, settings, threads=args.threads, limit=args.limit, log=print)
+    count = import_dataset(
+        args.source, dest, settings, threads=args.threads, limit=args.limit, log=print
+    )
     print(f"imported {count} files to {dest}")
     return 0
 

@@ -23,7 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     deploy.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
     deploy.add_argument("--no-wait", action="store_true")
     deploy.set_defaults(func=_deploy)
-    outputs = actions.add_parser("outputs", help="the stack's outputs (json, or env lines for the CLI)")
+    outputs = actions.add_parser(
+        "outputs", help="the stack's outputs (json, or env lines for the CLI)"
+    )
     outputs.add_argument("--stack", default="lepton")
     outputs.add_argument("--format", choices=("json", "env"), default="json")
     outputs.set_defaults(func=_outputs)
@@ -43,8 +45,11 @@ def _deploy(args: argparse.Namespace) -> int:
     from pipelines.infra import cloudformation_client, deploy_stack, parse_parameters
 
     result = deploy_stack(
-        args.stack, cloudformation_client(load_settings()), template_path=args.template,
-        parameters=parse_parameters(args.parameter), tags=parse_parameters(args.tag),
+        args.stack,
+        cloudformation_client(load_settings()),
+        template_path=args.template,
+        parameters=parse_parameters(args.parameter),
+        tags=parse_parameters(args.tag),
         wait=not args.no_wait,
     )
     print(f"stack {result.stack_name}: {result.action}")
@@ -56,6 +61,9 @@ def _outputs(args: argparse.Namespace) -> int:
     from pipelines.infra import cloudformation_client, format_env, settings_env, stack_outputs
 
     outputs = stack_outputs(args.stack, cloudformation_client(load_settings()))
-    print(json.dumps(outputs, indent=2) if args.format == "json"
-          else format_env(settings_env(outputs)))
+    print(
+        json.dumps(outputs, indent=2)
+        if args.format == "json"
+        else format_env(settings_env(outputs))
+    )
     return 0

@@ -32,24 +32,36 @@ SETUPS: dict[str, Callable[[Settings], PipelineConfig]] = {
 def register(actions: argparse._SubParsersAction) -> None:
     taken = set(actions.choices)
     name = "definition" if "definition" not in taken else "aws-definition"
-    d = actions.add_parser(name, help="print the SageMaker pipeline definition JSON (offline, "
-                                      "--setup aws|local and every config flag)")
+    d = actions.add_parser(
+        name,
+        help="print the SageMaker pipeline definition JSON (offline, "
+        "--setup aws|local and every config flag)",
+    )
     _config_arguments(d)
     d.add_argument("--out", type=Path, help="write it to this file instead of stdout")
     d.set_defaults(func=_definition)
-    u = actions.add_parser("upsert", help="upload the code bundle and create/update the "
-                                          "SageMaker pipeline (role/bucket: flags or --stack)")
+    u = actions.add_parser(
+        "upsert",
+        help="upload the code bundle and create/update the "
+        "SageMaker pipeline (role/bucket: flags or --stack)",
+    )
     _config_arguments(u)
     u.set_defaults(func=_upsert)
     s = actions.add_parser("start", help="start an execution on SageMaker")
     s.add_argument("--pipeline-name", default=PipelineConfig.pipeline_name)
-    s.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                   help="parameter override (repeatable)")
-    s.add_argument("--model-package-group", default=None,
-                   help="group whose newest Approved package is the champion "
-                        "(default: LEPTON_MODEL_NAME)")
-    s.add_argument("--champion-tolerance", type=float,
-                   default=PipelineConfig.champion_tolerance)
+    s.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="parameter override (repeatable)",
+    )
+    s.add_argument(
+        "--model-package-group",
+        default=None,
+        help="group whose newest Approved package is the champion (default: LEPTON_MODEL_NAME)",
+    )
+    s.add_argument("--champion-tolerance", type=float, default=PipelineConfig.champion_tolerance)
     s.add_argument("--wait", action="store_true", help="then wait and print the final status")
     s.set_defaults(func=_start)
     w = actions.add_parser("wait", help="wait for a SageMaker execution to end")
@@ -57,19 +69,31 @@ def register(actions: argparse._SubParsersAction) -> None:
     w.add_argument("--timeout", type=float, default=6 * 3600, help="seconds")
     w.add_argument("--poll", type=float, default=30, help="seconds between polls")
     w.set_defaults(func=_wait)
-    st = actions.add_parser("status", help="a SageMaker execution's status (or a pipeline's "
-                                           "latest), step by step")
-    st.add_argument("target", nargs="?", default=PipelineConfig.pipeline_name,
-                    help="pipeline name or execution ARN")
+    st = actions.add_parser(
+        "status", help="a SageMaker execution's status (or a pipeline's latest), step by step"
+    )
+    st.add_argument(
+        "target",
+        nargs="?",
+        default=PipelineConfig.pipeline_name,
+        help="pipeline name or execution ARN",
+    )
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=_status)
 
 
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--setup", choices=sorted(SETUPS), default="aws",
-                        help="named config to start from (default: aws)")
-    parser.add_argument("--stack", help="take role, bucket and names from this CloudFormation "
-                                        "stack's outputs (infra/template.yaml)")
+    parser.add_argument(
+        "--setup",
+        choices=sorted(SETUPS),
+        default="aws",
+        help="named config to start from (default: aws)",
+    )
+    parser.add_argument(
+        "--stack",
+        help="take role, bucket and names from this CloudFormation "
+        "stack's outputs (infra/template.yaml)",
+    )
     add_arguments(parser)
 
 
@@ -85,8 +109,9 @@ def _definition(args: argparse.Namespace) -> int:
     from pipelines.definition import definition_json
 
     settings = load_settings()
-    text = json.dumps(json.loads(definition_json(config_from_cli(args, settings), settings)),
-                      indent=2)
+    text = json.dumps(
+        json.loads(definition_json(config_from_cli(args, settings), settings)), indent=2
+    )
     if args.out:
         args.out.write_text(text + "\n")
     else:
@@ -108,12 +133,16 @@ def _start(args: argparse.Namespace) -> int:
         if not sep or not key:
             raise ValueError(f"--param takes NAME=VALUE, got {pair!r}")
         overrides[key] = value
-    group = str(overrides.get("ModelPackageGroupName") or args.model_package_group
-                or settings.registered_model_name)
+    group = str(
+        overrides.get("ModelPackageGroupName")
+        or args.model_package_group
+        or settings.registered_model_name
+    )
     champion = aws.champion_accuracy(group, settings)
     cfg = PipelineConfig(champion_tolerance=args.champion_tolerance)
-    arn = aws.start(args.pipeline_name, aws.start_parameters(cfg, champion, overrides),
-                    settings=settings)
+    arn = aws.start(
+        args.pipeline_name, aws.start_parameters(cfg, champion, overrides), settings=settings
+    )
     print(arn)
     if not args.wait:
         return 0
@@ -133,12 +162,14 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
-    print(f"{info['pipeline_name']}  {info['status'] or 'never run'}  "
-          f"{info['execution_arn'] or ''}")
+    print(
+        f"{info['pipeline_name']}  {info['status'] or 'never run'}  {info['execution_arn'] or ''}"
+    )
     if info["failure_reason"]:
         print(f"  failure: {info['failure_reason']}")
     for step in info["steps"]:
-        extra = step["failure_reason"] or (f"cached from {step['cache_hit_from']}"
-                                           if step["cache_hit_from"] else "")
+        extra = step["failure_reason"] or (
+            f"cached from {step['cache_hit_from']}" if step["cache_hit_from"] else ""
+        )
         print(f"  {step['name']:<14} {step['status'] or '-':<10} {extra}")
     return 0

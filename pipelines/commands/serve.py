@@ -12,14 +12,22 @@ from pathlib import Path
 
 from pipelines.settings import load_settings
 
-CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
-                 ".npy": "application/x-npy", ".json": "application/json"}
+CONTENT_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".npy": "application/x-npy",
+    ".json": "application/json",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser("serve", help="serve a model over HTTP (SageMaker container contract)")
-    serve.add_argument("--model", required=True,
-                       help="models:/NAME@champion | models:/NAME/VERSION | s3://.../model.tar.gz | PATH")
+    serve.add_argument(
+        "--model",
+        required=True,
+        help="models:/NAME@champion | models:/NAME/VERSION | s3://.../model.tar.gz | PATH",
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, help="default: LEPTON_ENDPOINT_PORT or 8080")
     serve.add_argument("--workers", type=int, default=1)
@@ -41,8 +49,18 @@ def _serve(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="lepton-serve-") as tmp:
         model_dir = download_model(settings, args.model, Path(tmp))
         port = args.port or settings.endpoint_port
-        argv = ["--model", str(model_dir), "--host", args.host, "--port", str(port),
-                "--workers", str(args.workers), "--backend", args.backend]
+        argv = [
+            "--model",
+            str(model_dir),
+            "--host",
+            args.host,
+            "--port",
+            str(port),
+            "--workers",
+            str(args.workers),
+            "--backend",
+            args.backend,
+        ]
         return int(server.main(argv) or 0)
 
 
@@ -57,18 +75,25 @@ def _predict(args: argparse.Namespace) -> int:
             failures += 1
             continue
         request = urllib.request.Request(
-            f"{endpoint}/invocations{query}", data=path.read_bytes(), method="POST",
-            headers={"Content-Type": ctype, "Accept": "application/json"})
+            f"{endpoint}/invocations{query}",
+            data=path.read_bytes(),
+            method="POST",
+            headers={"Content-Type": ctype, "Accept": "application/json"},
+        )
         try:
             with urllib.request.urlopen(request, timeout=30) as resp:
                 body = json.loads(resp.read())
         except urllib.error.HTTPError as err:
-            print(f"{path}: HTTP {err.code}: {err.read().decode(errors='replace')}", file=sys.stderr)
+            print(
+                f"{path}: HTTP {err.code}: {err.read().decode(errors='replace')}", file=sys.stderr
+            )
             failures += 1
             continue
         except urllib.error.URLError as err:
-            raise ConnectionError(f"no endpoint at {endpoint} ({err.reason}); "
-                                  "deploy one with `make pipeline-run` or `lepton serve`") from err
+            raise ConnectionError(
+                f"no endpoint at {endpoint} ({err.reason}); "
+                "deploy one with `make pipeline-run` or `lepton serve`"
+            ) from err
         for pred in body["predictions"]:
             ranked = ", ".join(f"{t['label']} {t['score']:.3f}" for t in pred["top_k"])
             print(f"{path}: {pred['label']}  ({ranked})")

@@ -26,11 +26,25 @@ def _train(args: argparse.Namespace) -> int:
     rest = [a for a in args.train_args if a != "--"]
     settings = load_settings()
     # Same environment a pipeline step gets: S3 endpoint and keys, tracking server.
-    env = {**os.environ, **settings.s3_env(), "MLFLOW_TRACKING_URI": settings.tracking_uri,
-           "MLFLOW_EXPERIMENT_NAME": os.environ.get("MLFLOW_EXPERIMENT_NAME", settings.experiment_name)}
+    env = {
+        **os.environ,
+        **settings.s3_env(),
+        "MLFLOW_TRACKING_URI": settings.tracking_uri,
+        "MLFLOW_EXPERIMENT_NAME": os.environ.get(
+            "MLFLOW_EXPERIMENT_NAME", settings.experiment_name
+        ),
+    }
     if args.nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={args.nproc}", "-m", "training.train", *rest]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={args.nproc}",
+            "-m",
+            "training.train",
+            *rest,
+        ]
     else:
         cmd = [sys.executable, "-m", "training.train", *rest]
     return subprocess.call(cmd, env=env)

@@ -47,11 +47,20 @@ class PrepareConfig:
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         fr = self.split_fractions
         if len(fr) != 3 or any(f < 0 for f in fr) or not math.isclose(sum(fr), 1.0, abs_tol=1e-9):
-            raise ValueError(f"split_fractions must be 3 non-negative numbers summing to 1, got {fr}")
+            raise ValueError(
+                f"split_fractions must be 3 non-negative numbers summing to 1, got {fr}"
+            )
         if fr[0] <= 0:
             raise ValueError("the train fraction must be > 0")
-        for name in ("min_images_per_class", "min_side", "max_pixels", "max_file_bytes",
-                     "shard_size", "shard_max_bytes", "chunk_size"):
+        for name in (
+            "min_images_per_class",
+            "min_side",
+            "max_pixels",
+            "max_file_bytes",
+            "shard_size",
+            "shard_max_bytes",
+            "chunk_size",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.workers < 0:
@@ -89,7 +98,9 @@ class PrepareConfig:
 
     def config_sha256(self) -> str:
         # Same formula as training.shards.write_dataset, so both producers agree.
-        return hashlib.sha256(json.dumps(self.manifest_config(), sort_keys=True).encode()).hexdigest()
+        return hashlib.sha256(
+            json.dumps(self.manifest_config(), sort_keys=True).encode()
+        ).hexdigest()
 
     @property
     def output_is_s3(self) -> bool:
@@ -123,25 +134,47 @@ def add_arguments(parser: argparse.ArgumentParser, positional: bool = False) -> 
         parser.add_argument("input", metavar="RAW", help="raw ImageFolder/.jsonl: path or s3://")
         parser.add_argument("output", metavar="OUT", help="dataset folder or s3:// prefix")
     else:
-        parser.add_argument("--input", required=True,
-                            help="raw ImageFolder (folder or s3:// prefix) or .jsonl manifest")
+        parser.add_argument(
+            "--input",
+            required=True,
+            help="raw ImageFolder (folder or s3:// prefix) or .jsonl manifest",
+        )
         parser.add_argument("--output", required=True, help="dataset folder or s3:// prefix")
     parser.add_argument("--dataset", default=d.dataset, help="dataset name (default: input's)")
-    parser.add_argument("--image-size", type=_pair, default=d.image_size, metavar="H,W",
-                        help=f"resize to H,W pixels (default {d.image_size[0]},{d.image_size[1]})")
+    parser.add_argument(
+        "--image-size",
+        type=_pair,
+        default=d.image_size,
+        metavar="H,W",
+        help=f"resize to H,W pixels (default {d.image_size[0]},{d.image_size[1]})",
+    )
     parser.add_argument("--channels", type=int, choices=(1, 3), default=d.channels)
-    parser.add_argument("--split", dest="split_fractions", type=_fractions,
-                        default=d.split_fractions, metavar="TRAIN,VAL,TEST",
-                        help="split fractions by content hash (default 0.8,0.1,0.1)")
+    parser.add_argument(
+        "--split",
+        dest="split_fractions",
+        type=_fractions,
+        default=d.split_fractions,
+        metavar="TRAIN,VAL,TEST",
+        help="split fractions by content hash (default 0.8,0.1,0.1)",
+    )
     parser.add_argument("--min-images-per-class", type=int, default=d.min_images_per_class)
     parser.add_argument("--min-side", type=int, default=d.min_side, help="pixels")
     parser.add_argument("--max-pixels", type=int, default=d.max_pixels, help="width*height")
     parser.add_argument("--max-file-bytes", type=int, default=d.max_file_bytes)
     parser.add_argument("--shard-size", type=int, default=d.shard_size, help="images per shard")
-    parser.add_argument("--shard-max-bytes", type=int, default=d.shard_max_bytes,
-                        help="pixel bytes per shard at most")
-    parser.add_argument("--classes", type=_classes, default=d.classes, metavar="A,B,...",
-                        help="class list in index order (default: class folders, sorted)")
+    parser.add_argument(
+        "--shard-max-bytes",
+        type=int,
+        default=d.shard_max_bytes,
+        help="pixel bytes per shard at most",
+    )
+    parser.add_argument(
+        "--classes",
+        type=_classes,
+        default=d.classes,
+        metavar="A,B,...",
+        help="class list in index order (default: class folders, sorted)",
+    )
     parser.add_argument("--imbalance-ratio", type=float, default=d.imbalance_ratio)
     parser.add_argument("--workers", type=int, default=d.workers, help="0 = every core")
     parser.add_argument("--chunk-size", type=int, default=d.chunk_size)
@@ -160,18 +193,30 @@ def to_args(cfg: PrepareConfig) -> list[str]:
     if cfg.dataset:
         args += ["--dataset", cfg.dataset]
     args += [
-        "--image-size", f"{cfg.image_size[0]},{cfg.image_size[1]}",
-        "--channels", str(cfg.channels),
-        "--split", ",".join(repr(float(f)) for f in cfg.split_fractions),
-        "--min-images-per-class", str(cfg.min_images_per_class),
-        "--min-side", str(cfg.min_side),
-        "--max-pixels", str(cfg.max_pixels),
-        "--max-file-bytes", str(cfg.max_file_bytes),
-        "--shard-size", str(cfg.shard_size),
-        "--shard-max-bytes", str(cfg.shard_max_bytes),
-        "--imbalance-ratio", repr(float(cfg.imbalance_ratio)),
-        "--workers", str(cfg.workers),
-        "--chunk-size", str(cfg.chunk_size),
+        "--image-size",
+        f"{cfg.image_size[0]},{cfg.image_size[1]}",
+        "--channels",
+        str(cfg.channels),
+        "--split",
+        ",".join(repr(float(f)) for f in cfg.split_fractions),
+        "--min-images-per-class",
+        str(cfg.min_images_per_class),
+        "--min-side",
+        str(cfg.min_side),
+        "--max-pixels",
+        str(cfg.max_pixels),
+        "--max-file-bytes",
+        str(cfg.max_file_bytes),
+        "--shard-size",
+        str(cfg.shard_size),
+        "--shard-max-bytes",
+        str(cfg.shard_max_bytes),
+        "--imbalance-ratio",
+        repr(float(cfg.imbalance_ratio)),
+        "--workers",
+        str(cfg.workers),
+        "--chunk-size",
+        str(cfg.chunk_size),
     ]
     if cfg.classes:
         if any("," in c for c in cfg.classes):

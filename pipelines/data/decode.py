@@ -90,8 +90,9 @@ def _read_one(entry: tuple[int, RawItem], client: Any) -> tuple[int, bytes | Exc
         return index, exc
 
 
-def _read_all(entries: list[tuple[int, RawItem]],
-              spec: DecodeSpec) -> Iterator[tuple[int, bytes | Exception]]:
+def _read_all(
+    entries: list[tuple[int, RawItem]], spec: DecodeSpec
+) -> Iterator[tuple[int, bytes | Exception]]:
     """Items' bytes in order. S3 reads overlap (a few ms of latency each would otherwise
     dominate small images); at most READ_WINDOW files are held at once."""
     if not any(item.location.startswith("s3://") for _, item in entries):
@@ -101,7 +102,7 @@ def _read_all(entries: list[tuple[int, RawItem]],
     client = _client_for(spec)
     with ThreadPoolExecutor(READ_THREADS) as pool:
         for start in range(0, len(entries), READ_WINDOW):
-            window = entries[start:start + READ_WINDOW]
+            window = entries[start : start + READ_WINDOW]
             yield from pool.map(lambda e: _read_one(e, client), window)
 
 
@@ -154,7 +155,7 @@ def _channel_stats(stack: np.ndarray, result: ChunkResult, batch_bytes: int = 8 
     where = np.flatnonzero(result.rows >= 0)  # result rows in spill order
     step = max(1, batch_bytes // (8 * stack[0].size))
     for start in range(0, n, step):
-        x = stack[start:start + step].reshape(min(step, n - start), -1, n_chan)
+        x = stack[start : start + step].reshape(min(step, n - start), -1, n_chan)
         x = x.astype(np.int64)
-        result.channel_sums[where[start:start + step]] = x.sum(axis=1)
-        result.channel_sumsqs[where[start:start + step]] = (x * x).sum(axis=1)
+        result.channel_sums[where[start : start + step]] = x.sum(axis=1)
+        result.channel_sumsqs[where[start : start + step]] = (x * x).sum(axis=1)

@@ -80,7 +80,9 @@ def folder_files(root: str | os.PathLike[str]) -> list[tuple[str, str]]:
     """
     top = Path(root)
     if not top.is_dir():
-        raise SourceError(f"{os.fspath(root)!r} is neither a built-in dataset {BUILTINS} nor a folder")
+        raise SourceError(
+            f"{os.fspath(root)!r} is neither a built-in dataset {BUILTINS} nor a folder"
+        )
     out: list[tuple[str, str]] = []
     for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
         dirnames.sort()
@@ -91,16 +93,25 @@ def folder_files(root: str | os.PathLike[str]) -> list[tuple[str, str]]:
             rel = Path(os.path.relpath(path, top)).as_posix()
             label = rel.split("/", 1)[0] if "/" in rel else None
             if label is None or clean_label(label) is None:
-                raise SourceError(f"{rel!r} is not inside a usable class folder (ImageFolder "
-                                  "layout is <root>/<class>/<file>)")
+                raise SourceError(
+                    f"{rel!r} is not inside a usable class folder (ImageFolder "
+                    "layout is <root>/<class>/<file>)"
+                )
             out.append((rel, path))
     if not out:
         raise SourceError(f"folder {os.fspath(root)!r} has no files")
     return out
 
 
-def import_dataset(name_or_path: str, dest_uri: str, settings: Settings | None,
-                   *, threads: int = 8, limit: int | None = None, log: Log | None = None) -> int:
+def import_dataset(
+    name_or_path: str,
+    dest_uri: str,
+    settings: Settings | None,
+    *,
+    threads: int = 8,
+    limit: int | None = None,
+    log: Log | None = None,
+) -> int:
     """Write a built-in dataset or a local ImageFolder to `dest_uri` (folder or s3:// prefix).
 
     Returns the number of files written. Existing files with the same keys are overwritten
@@ -121,8 +132,10 @@ def import_dataset(name_or_path: str, dest_uri: str, settings: Settings | None,
         now = time.perf_counter()
         if now - last[0] >= 2.0 or done == total:
             last[0] = now
-            log(f"{done}/{total} files ({100 * done // max(total, 1)}%), "
-                f"{done / max(now - t0, 1e-9):.0f} files/s")
+            log(
+                f"{done}/{total} files ({100 * done // max(total, 1)}%), "
+                f"{done / max(now - t0, 1e-9):.0f} files/s"
+            )
 
     written = upload_files(pairs, dest_uri, settings, threads=threads, progress=progress)
     log(f"done: {written} files in {time.perf_counter() - t0:.1f}s")

@@ -73,7 +73,9 @@ class Destination:
     def read_bytes(self, name: str) -> bytes | None:
         if self.is_s3:
             try:
-                return self.client.get_object(Bucket=self.bucket, Key=self.prefix + name)["Body"].read()
+                return self.client.get_object(Bucket=self.bucket, Key=self.prefix + name)[
+                    "Body"
+                ].read()
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                     return None
@@ -98,9 +100,10 @@ class Destination:
             names: set[str] = set()
             try:
                 pages = self.client.get_paginator("list_objects_v2").paginate(
-                    Bucket=self.bucket, Prefix=self.prefix, Delimiter="/")
+                    Bucket=self.bucket, Prefix=self.prefix, Delimiter="/"
+                )
                 for page in pages:
-                    names.update(o["Key"][len(self.prefix):] for o in page.get("Contents", []))
+                    names.update(o["Key"][len(self.prefix) :] for o in page.get("Contents", []))
             except (ClientError, BotoCoreError) as exc:
                 raise OutputError(f"cannot list output {self.uri}: {_err(exc)}") from exc
             return names
@@ -158,7 +161,7 @@ class Destination:
 
     def _delete(self, names: list[str]) -> None:
         for start in range(0, len(names), 1000):
-            batch = [{"Key": self.prefix + n} for n in names[start:start + 1000]]
+            batch = [{"Key": self.prefix + n} for n in names[start : start + 1000]]
             try:
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch})
             except (ClientError, BotoCoreError) as exc:

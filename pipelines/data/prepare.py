@@ -90,23 +90,33 @@ def _check_not_nested(cfg: PrepareConfig) -> None:
     else:
         nested = False
     if nested:
-        raise PrepareError(f"input {cfg.input!r} and output {cfg.output!r} overlap; "
-                           "write the dataset somewhere outside the raw data")
+        raise PrepareError(
+            f"input {cfg.input!r} and output {cfg.output!r} overlap; "
+            "write the dataset somewhere outside the raw data"
+        )
 
 
-def is_up_to_date(manifest: dict[str, Any] | None, fingerprint: str, cfg: PrepareConfig,
-                  existing: set[str]) -> bool:
+def is_up_to_date(
+    manifest: dict[str, Any] | None, fingerprint: str, cfg: PrepareConfig, existing: set[str]
+) -> bool:
     if not manifest:
         return False
-    same = (manifest.get("raw_fingerprint") == fingerprint
-            and manifest.get("config_sha256") == cfg.config_sha256()
-            and manifest.get("code_version") == code_version())
+    same = (
+        manifest.get("raw_fingerprint") == fingerprint
+        and manifest.get("config_sha256") == cfg.config_sha256()
+        and manifest.get("code_version") == code_version()
+    )
     files = {s.get("file") for s in manifest.get("shards", [])} | {REPORT_NAME}
     return same and files <= existing
 
 
-def prepare(cfg: PrepareConfig, settings: Settings | None = None, *, log: Log | None = None,
-            listing: Listing | None = None) -> PrepareResult:
+def prepare(
+    cfg: PrepareConfig,
+    settings: Settings | None = None,
+    *,
+    log: Log | None = None,
+    listing: Listing | None = None,
+) -> PrepareResult:
     """Prepare a dataset from `cfg.input` into `cfg.output` (see the module docstring).
 
     `settings` gives S3 access; None uses boto3's default chain (a step in a container).
@@ -134,10 +144,11 @@ def prepare(cfg: PrepareConfig, settings: Settings | None = None, *, log: Log | 
         log(f"{len(listing.items)} files listed, fingerprint {fingerprint[:12]}")
         existing = dest.read_manifest()
         if not cfg.force and is_up_to_date(existing, fingerprint, cfg, dest.existing_names()):
-            log(f"{cfg.output} is up to date (same raw fingerprint, config and code); nothing to do")
+            log(
+                f"{cfg.output} is up to date (same raw fingerprint, config and code); nothing to do"
+            )
             assert existing is not None
-            return PrepareResult(cfg.output, True, existing,
-                                 seconds=time.perf_counter() - t_start)
+            return PrepareResult(cfg.output, True, existing, seconds=time.perf_counter() - t_start)
         return _build(cfg, settings, log, listing, fingerprint, dest, spills, t_start)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -149,8 +160,9 @@ def _shard_count(n: int, image_bytes: int, cfg: PrepareConfig) -> int:
     return max(math.ceil(n / cfg.shard_size), math.ceil(n * image_bytes / cfg.shard_max_bytes))
 
 
-def _dedupe(items: list[RawItem], decoded: DecodedSet, ok: np.ndarray,
-            quarantined: dict[int, Quarantined]) -> np.ndarray:
+def _dedupe(
+    items: list[RawItem], decoded: DecodedSet, ok: np.ndarray, quarantined: dict[int, Quarantined]
+) -> np.ndarray:
     """`ok` (indices into `decoded`, listing order) minus exact duplicates, which are quarantined."""
     keep = np.ones(len(ok), dtype=bool)
     members = np.sort(np.concatenate(duplicate_groups(decoded.sha256[ok]) or [np.zeros(0, int)]))
@@ -167,8 +179,16 @@ def _dedupe(items: list[RawItem], decoded: DecodedSet, ok: np.ndarray,
     return ok[keep]
 
 
-def _build(cfg: PrepareConfig, settings: Settings | None, log: Log, listing: Listing,
-           fingerprint: str, dest: Destination, spills: str, t_start: float) -> PrepareResult:
+def _build(
+    cfg: PrepareConfig,
+    settings: Settings | None,
+    log: Log,
+    listing: Listing,
+    fingerprint: str,
+    dest: Destination,
+    spills: str,
+    t_start: float,
+) -> PrepareResult:
     items = listing.items
     quarantined: dict[int, Quarantined] = {}
     wanted = set(cfg.classes)
@@ -195,46 +215,65 @@ def _build(cfg: PrepareConfig, settings: Settings | None, log: Log, listing: Lis
     for pos, (reason, detail) in decoded.rejected.items():
         quarantined[pos] = Quarantined(items[pos].key, reason, detail)
     used = _dedupe(items, decoded, np.flatnonzero(decoded.rows >= 0), quarantined)
-    labels = np.array([index_of[items[int(p)].label or ""] for p in decoded.positions[used]],
-                      dtype=np.int64)
+    labels = np.array(
+        [index_of[items[int(p)].label or ""] for p in decoded.positions[used]], dtype=np.int64
+    )
     counts = dict(zip(classes, np.bincount(labels, minlength=len(classes)).tolist(), strict=True))
-    report_list = sorted((q.as_dict() for q in quarantined.values()),
-                         key=lambda q: (q["key"], q["reason"]))
+    report_list = sorted(
+        (q.as_dict() for q in quarantined.values()), key=lambda q: (q["key"], q["reason"])
+    )
     assert len(used) + len(report_list) == len(items), "every input must be accounted for"
     problems = class_problems(counts, cfg.min_images_per_class)
     if problems:
-        raise PrepareError("not a valid dataset, nothing written to the output: "
-                           + "; ".join(problems)
-                           + f". Quarantined: {reason_counts(quarantined.values()) or 'none'}")
+        raise PrepareError(
+            "not a valid dataset, nothing written to the output: "
+            + "; ".join(problems)
+            + f". Quarantined: {reason_counts(quarantined.values()) or 'none'}"
+        )
 
-    split_of = np.array([SPLITS.index(assign_split(bytes(h), cfg.split_fractions))
-                         for h in decoded.sha256[used]], dtype=np.int64)
+    split_of = np.array(
+        [SPLITS.index(assign_split(bytes(h), cfg.split_fractions)) for h in decoded.sha256[used]],
+        dtype=np.int64,
+    )
     words = decoded.sha256[used].view(">u8")  # [n, 4]: lexsort by content hash, stable order
     by_split: dict[str, np.ndarray] = {}
     for k, split in enumerate(SPLITS):
         members = np.flatnonzero(split_of == k)
         order = np.lexsort(tuple(words[members, c] for c in range(3, -1, -1)))
         by_split[split] = members[order]  # positions into `used`
-    split_counts = {s: dict(zip(classes, np.bincount(labels[m], minlength=len(classes)).tolist(),
-                                strict=True)) for s, m in by_split.items()}
+    split_counts = {
+        s: dict(zip(classes, np.bincount(labels[m], minlength=len(classes)).tolist(), strict=True))
+        for s, m in by_split.items()
+    }
 
     train = used[by_split["train"]]
     h, w = cfg.image_size
-    sums = [int(v) for v in decoded.channel_sums[train].astype(object).sum(axis=0)] if len(
-        train) else [0] * cfg.channels
-    sumsqs = [int(v) for v in decoded.channel_sumsqs[train].astype(object).sum(axis=0)] if len(
-        train) else [0] * cfg.channels
+    sums = (
+        [int(v) for v in decoded.channel_sums[train].astype(object).sum(axis=0)]
+        if len(train)
+        else [0] * cfg.channels
+    )
+    sumsqs = (
+        [int(v) for v in decoded.channel_sumsqs[train].astype(object).sum(axis=0)]
+        if len(train)
+        else [0] * cfg.channels
+    )
     mean, std = channel_mean_std(sums, sumsqs, len(train) * h * w)
 
-    warnings = imbalance_warnings(split_counts, dict(zip(SPLITS, cfg.split_fractions, strict=True)),
-                                  cfg.imbalance_ratio)
+    warnings = imbalance_warnings(
+        split_counts, dict(zip(SPLITS, cfg.split_fractions, strict=True)), cfg.imbalance_ratio
+    )
     changed = sum(1 for q in quarantined.values() if q.reason == "changed")
     if changed:
-        warnings.append(f"{changed} object(s) changed or vanished between listing and reading; "
-                        "they are quarantined as 'changed' (run again for a consistent snapshot)")
+        warnings.append(
+            f"{changed} object(s) changed or vanished between listing and reading; "
+            "they are quarantined as 'changed' (run again for a consistent snapshot)"
+        )
     if quarantined:
-        warnings.append(f"{len(quarantined)} of {len(items)} files quarantined: "
-                        f"{reason_counts(quarantined.values())}")
+        warnings.append(
+            f"{len(quarantined)} of {len(items)} files quarantined: "
+            f"{reason_counts(quarantined.values())}"
+        )
     for warning in warnings:
         log(f"warning: {warning}")
 
@@ -257,8 +296,12 @@ def _build(cfg: PrepareConfig, settings: Settings | None, log: Log, listing: Lis
     stale = dest.remove_stale_shards({s["file"] for s in shards})
     if stale:
         log(f"removed {len(stale)} stale shard(s) of an earlier run")
-    report = {"total": len(items), "used": len(used), "quarantined": report_list,
-              "warnings": warnings}
+    report = {
+        "total": len(items),
+        "used": len(used),
+        "quarantined": report_list,
+        "warnings": warnings,
+    }
     dest.put_json(REPORT_NAME, report)
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -268,8 +311,9 @@ def _build(cfg: PrepareConfig, settings: Settings | None, log: Log, listing: Lis
         "channels": cfg.channels,
         "mean": mean,
         "std": std,
-        "splits": {s: {"count": len(m), "class_counts": split_counts[s]}
-                   for s, m in by_split.items()},
+        "splits": {
+            s: {"count": len(m), "class_counts": split_counts[s]} for s, m in by_split.items()
+        },
         "shards": shards,
         "code_version": code_version(),
         "raw_fingerprint": fingerprint,
@@ -278,7 +322,9 @@ def _build(cfg: PrepareConfig, settings: Settings | None, log: Log, listing: Lis
     }
     manifest_sha = dest.put_manifest(manifest)
     seconds = time.perf_counter() - t_start
-    log(f"done: {len(used)} images in {len(shards)} shards "
+    log(
+        f"done: {len(used)} images in {len(shards)} shards "
         f"({', '.join(f'{s} {len(m)}' for s, m in by_split.items())}), "
-        f"{len(report_list)} quarantined, manifest sha256 {manifest_sha[:12]}, {seconds:.1f}s")
+        f"{len(report_list)} quarantined, manifest sha256 {manifest_sha[:12]}, {seconds:.1f}s"
+    )
     return PrepareResult(cfg.output, False, manifest, report, seconds, rate)

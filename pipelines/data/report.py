@@ -77,8 +77,10 @@ def resolve_duplicates(
             keys = [candidates[p][0] for p in positions]
             for p in positions:
                 others = [k for k in keys if k != candidates[p][0]][:3]
-                dropped[p] = ("duplicate_conflicting_labels",
-                              f"same content under labels {labels}: also {others}")
+                dropped[p] = (
+                    "duplicate_conflicting_labels",
+                    f"same content under labels {labels}: also {others}",
+                )
             continue
         kept.add(positions[0])
         for p in positions[1:]:
@@ -94,8 +96,9 @@ def class_problems(counts: Mapping[str, int], min_images: int) -> list[str]:
     low = {c: n for c, n in counts.items() if n < min_images}
     if low:
         shown = ", ".join(f"{c!r}: {n}" for c, n in sorted(low.items())[:20])
-        problems.append(f"{len(low)} class(es) under the minimum of {min_images} usable images "
-                        f"({shown})")
+        problems.append(
+            f"{len(low)} class(es) under the minimum of {min_images} usable images ({shown})"
+        )
     return problems
 
 
@@ -107,10 +110,15 @@ def imbalance_warnings(
     warnings: list[str] = []
     train = split_counts.get("train", {})
     if train and min(train.values()) > 0:
-        big, small = max(train.items(), key=lambda kv: kv[1]), min(train.items(), key=lambda kv: kv[1])
+        big, small = (
+            max(train.items(), key=lambda kv: kv[1]),
+            min(train.items(), key=lambda kv: kv[1]),
+        )
         if big[1] / small[1] > ratio:
-            warnings.append(f"class imbalance in train: {big[0]!r} has {big[1]} images, "
-                            f"{small[0]!r} has {small[1]} (ratio {big[1] / small[1]:.1f} > {ratio})")
+            warnings.append(
+                f"class imbalance in train: {big[0]!r} has {big[1]} images, "
+                f"{small[0]!r} has {small[1]} (ratio {big[1] / small[1]:.1f} > {ratio})"
+            )
     for split, counts in split_counts.items():
         if fractions.get(split, 0) <= 0:
             continue

@@ -106,10 +106,12 @@ def list_source(uri: str, settings: Settings | None, threads: int = 8) -> Listin
     return list_local_folder(uri)
 
 
-def _bounded_map(fn: Callable[[T], R], seq: Sequence[T], threads: int,
-                 batch: int = 128, window: int = 64) -> list[R]:
+def _bounded_map(
+    fn: Callable[[T], R], seq: Sequence[T], threads: int, batch: int = 128, window: int = 64
+) -> list[R]:
     """`[fn(x) for x in seq]` on threads, `batch` items a task (a future per small file costs
     more than hashing it) and at most `window` tasks alive (bounded memory)."""
+
     def run(part: Sequence[T]) -> list[R]:
         return [fn(x) for x in part]
 
@@ -119,7 +121,7 @@ def _bounded_map(fn: Callable[[T], R], seq: Sequence[T], threads: int,
     step = batch * window
     with ThreadPoolExecutor(max(1, threads)) as pool:
         for start in range(0, len(seq), step):
-            parts = [seq[i:i + batch] for i in range(start, min(start + step, len(seq)), batch)]
+            parts = [seq[i : i + batch] for i in range(start, min(start + step, len(seq)), batch)]
             for done in pool.map(run, parts):
                 out.extend(done)
     return out
@@ -138,12 +140,20 @@ def _item_from_key(key: str, location: str, size: int, etag: str) -> RawItem:
     """ImageFolder rule: the first path component of `key` is the label."""
     parts = key.split("/")
     if len(parts) < 2:
-        return RawItem(key, None, location, size, etag, ("unknown_label", "not inside a class folder"))
+        return RawItem(
+            key, None, location, size, etag, ("unknown_label", "not inside a class folder")
+        )
     label = clean_label(parts[0])
     label = sys.intern(label) if label is not None else None
     if label is None or any(p in ("", ".", "..") for p in parts[1:]):
-        return RawItem(key, None, location, size, etag,
-                       ("unknown_label", f"unusable class folder or path {parts[0]!r}"))
+        return RawItem(
+            key,
+            None,
+            location,
+            size,
+            etag,
+            ("unknown_label", f"unusable class folder or path {parts[0]!r}"),
+        )
     return RawItem(key, label, location, size, etag)
 
 
@@ -175,8 +185,9 @@ def list_local_folder(root: str, threads: int = 1) -> Listing:
         if os.path.islink(path):
             real = os.path.realpath(path)
             if os.path.commonpath([real, real_top]) != real_top:
-                return RawItem(key, None, path, -1, "",
-                               ("unsafe_key", "symlink leads outside the input"))
+                return RawItem(
+                    key, None, path, -1, "", ("unsafe_key", "symlink leads outside the input")
+                )
         try:
             size, etag = _sha256_file(path)
         except OSError as exc:
@@ -199,7 +210,7 @@ def list_s3_prefix(uri: str, settings: Settings | None) -> Listing:
     try:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
-                key = obj["Key"][len(prefix):]
+                key = obj["Key"][len(prefix) :]
                 if key.endswith("/") and obj.get("Size", 0) == 0:
                     continue  # a "folder" placeholder object, not a file
                 location = f"s3://{bucket}/{obj['Key']}"
@@ -239,25 +250,56 @@ def list_manifest(uri: str, settings: Settings | None, threads: int = 8) -> List
             if not isinstance(ref, str) or not ref:
                 raise ValueError("source-ref is not a string")
         except (ValueError, KeyError, TypeError) as exc:
-            rows.append((n, RawItem(f"{uri}#L{n}", None, "", -1, "",
-                                    ("invalid_manifest_line", f"line {n}: {exc}"))))
+            rows.append(
+                (
+                    n,
+                    RawItem(
+                        f"{uri}#L{n}",
+                        None,
+                        "",
+                        -1,
+                        "",
+                        ("invalid_manifest_line", f"line {n}: {exc}"),
+                    ),
+                )
+            )
             continue
         label = clean_label(_manifest_label(record))
         if is_s3_uri(ref):
             rows.append((n, (ref, label, ref)))
             continue
         if base is None or os.path.isabs(ref):
-            rows.append((n, RawItem(ref, None, "", -1, "", ("unsafe_key", "not an s3:// URI or "
-                                                            "a path relative to the manifest"))))
+            rows.append(
+                (
+                    n,
+                    RawItem(
+                        ref,
+                        None,
+                        "",
+                        -1,
+                        "",
+                        ("unsafe_key", "not an s3:// URI or a path relative to the manifest"),
+                    ),
+                )
+            )
             continue
         real = os.path.realpath(os.path.join(base, ref))
         if os.path.commonpath([real, base]) != base:
-            rows.append((n, RawItem(ref, None, "", -1, "", ("unsafe_key", "leads outside the "
-                                                            "manifest's folder"))))
+            rows.append(
+                (
+                    n,
+                    RawItem(
+                        ref, None, "", -1, "", ("unsafe_key", "leads outside the manifest's folder")
+                    ),
+                )
+            )
             continue
         rows.append((n, (ref, label, real)))
-    client: Any = make_client(settings) if any(
-        isinstance(r, tuple) and is_s3_uri(r[2]) for _, r in rows) else None
+    client: Any = (
+        make_client(settings)
+        if any(isinstance(r, tuple) and is_s3_uri(r[2]) for _, r in rows)
+        else None
+    )
 
     def stat(row: tuple[int, RawItem | tuple[str, str | None, str]]) -> tuple[int, RawItem]:
         n, r = row
@@ -329,8 +371,9 @@ def read_item(item: RawItem, client: Any) -> bytes:
     if item.etag:
         now = "sha256:" + hashlib.sha256(data).hexdigest()
         if now != item.etag:
-            raise ObjectChanged(f"content hash was {item.etag[7:19]}… when listed, "
-                                f"{now[7:19]}… when read")
+            raise ObjectChanged(
+                f"content hash was {item.etag[7:19]}… when listed, {now[7:19]}… when read"
+            )
     return data
 
 

@@ -34,8 +34,15 @@ class DecodedSet:
             rejected.update(r.rejected)
         if not results:
             z = np.zeros(0, np.int64)
-            return cls(z, np.zeros((0, 32), np.uint8), z, z, np.zeros((0, channels), np.int64),
-                       np.zeros((0, channels), np.int64), rejected)
+            return cls(
+                z,
+                np.zeros((0, 32), np.uint8),
+                z,
+                z,
+                np.zeros((0, channels), np.int64),
+                np.zeros((0, channels), np.int64),
+                rejected,
+            )
         out = cls(
             positions=np.concatenate([r.positions for r in results]),
             sha256=np.concatenate([r.sha256 for r in results]),
@@ -49,14 +56,20 @@ class DecodedSet:
         return out
 
 
-def _chunks(entries: list[tuple[int, RawItem]],
-            size: int) -> Iterator[tuple[int, list[tuple[int, RawItem]]]]:
+def _chunks(
+    entries: list[tuple[int, RawItem]], size: int
+) -> Iterator[tuple[int, list[tuple[int, RawItem]]]]:
     for start in range(0, len(entries), size):
-        yield start // size, entries[start:start + size]
+        yield start // size, entries[start : start + size]
 
 
-def run_decode_pass(entries: list[tuple[int, RawItem]], spec: DecodeSpec, workers: int,
-                    chunk_size: int, log: Callable[[str], None]) -> tuple[DecodedSet, float]:
+def run_decode_pass(
+    entries: list[tuple[int, RawItem]],
+    spec: DecodeSpec,
+    workers: int,
+    chunk_size: int,
+    log: Callable[[str], None],
+) -> tuple[DecodedSet, float]:
     """Decode `entries` (listing index, item) on `workers` processes (0 = every core).
 
     Returns the results and the pass's throughput in images per second.
@@ -75,8 +88,10 @@ def run_decode_pass(entries: list[tuple[int, RawItem]], spec: DecodeSpec, worker
         now = time.perf_counter()
         if now - last >= 2.0 or done == len(entries):
             last = now
-            log(f"decoded {done}/{len(entries)} ({100 * done // max(1, len(entries))}%), "
-                f"{bad} rejected, {done / max(now - t0, 1e-9):.0f} images/s")
+            log(
+                f"decoded {done}/{len(entries)} ({100 * done // max(1, len(entries))}%), "
+                f"{bad} rejected, {done / max(now - t0, 1e-9):.0f} images/s"
+            )
 
     if workers == 1:
         init_worker(spec)

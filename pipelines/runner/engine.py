@@ -164,7 +164,7 @@ class LocalRunner:
                 "LEPTON_ENDPOINT_PORT": str(self.settings.endpoint_port),
                 "LEPTON_MLFLOW_PORT": str(self.settings.mlflow_port),
                 "LEPTON_S3_PORT": str(self.settings.s3_port),
-            "LEPTON_CODE_VERSION": code_version(),
+                "LEPTON_CODE_VERSION": code_version(),
             }
         )
         return jobs.JobEnv(env=env, s3=self.s3, echo=self.echo)
@@ -228,8 +228,11 @@ class LocalRunner:
         self.echo(f"{spec.name} ({spec.type}): started")
         try:
             # A Condition resolves its own conditions; its branches are steps not yet run.
-            args = {} if spec.type == "Condition" else resolve(spec.body.get("Arguments", {}),
-                                                                 self.context())
+            args = (
+                {}
+                if spec.type == "Condition"
+                else resolve(spec.body.get("Arguments", {}), self.context())
+            )
             if spec.type in CACHEABLE:
                 self.run_cacheable(spec, record, args)
             elif spec.type == "Condition":
@@ -332,7 +335,8 @@ class LocalRunner:
             # fingerprinted above, so an unrelated change must not invalidate this step.
             stable = {k: v for k, v in args.items() if k != "ProcessingOutputConfig"}
             stable["ProcessingInputs"] = [
-                i for i in args.get("ProcessingInputs", [])
+                i
+                for i in args.get("ProcessingInputs", [])
                 if not i.get("S3Input", {}).get("LocalPath", "").rstrip("/").endswith("/input/code")
             ]
         else:

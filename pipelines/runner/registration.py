@@ -67,12 +67,15 @@ def register_step(
     }
     # Idempotent: a cached re-run hands the same model.tar.gz to Register again; it keeps its
     # version (and approval) instead of piling up copies.
-    existing = next((v for v in registry.list_versions(settings)
-                     if v.tags.get("model_data_url") == model_url), None)
+    existing = next(
+        (v for v in registry.list_versions(settings) if v.tags.get("model_data_url") == model_url),
+        None,
+    )
     if existing is not None:
         echo(f"{model_url} is already version {existing.version} ({existing.approval_status})")
-        return _properties(args, settings.registered_model_name, existing.version,
-                           existing.approval_status)
+        return _properties(
+            args, settings.registered_model_name, existing.version, existing.approval_status
+        )
     with tempfile.TemporaryDirectory() as tmp:
         tar_path = Path(tmp) / "model.tar.gz"
         bucket, key = split_s3_uri(model_url)

@@ -34,8 +34,13 @@ THRESHOLD = 0.80
 
 def _request(**changes: Any) -> RunRequest:
     # 32 per process: enough optimiser steps per epoch on 1,200 training images.
-    base = {"epochs": EPOCHS, "nproc": 2, "accuracy_threshold": THRESHOLD,
-            "import_limit": IMPORT_LIMIT, "extra_parameters": (("PerDeviceBatchSize", "32"),)}
+    base = {
+        "epochs": EPOCHS,
+        "nproc": 2,
+        "accuracy_threshold": THRESHOLD,
+        "import_limit": IMPORT_LIMIT,
+        "extra_parameters": (("PerDeviceBatchSize", "32"),),
+    }
     return RunRequest(**{**base, **changes})
 
 
@@ -64,19 +69,30 @@ def test_run_produces_every_artifact(first_run: dict[str, Any], stack_settings: 
     model_uri = steps["Train"].properties["ModelArtifacts"]["S3ModelArtifacts"]
     assert model_uri.endswith("model.tar.gz") and _s3_exists(stack_settings, model_uri)
     evaluation = steps["Evaluate"].property_files["EvaluationReport"]
-    assert evaluation["multiclass_classification_metrics"]["accuracy"]["value"] == first_run["accuracy"]
+    assert (
+        evaluation["multiclass_classification_metrics"]["accuracy"]["value"]
+        == first_run["accuracy"]
+    )
 
     client = mlflow.MlflowClient(stack_settings.tracking_uri)
-    version = client.get_model_version(stack_settings.registered_model_name,
-                                       str(first_run["model_version"]))
+    version = client.get_model_version(
+        stack_settings.registered_model_name, str(first_run["model_version"])
+    )
     assert version.tags["pipeline_execution"] == first_run["execution_id"]
     assert version.tags["data_manifest_sha256"]
     run_info = client.get_run(version.run_id)
     assert run_info.data.params  # the training config as params
     assert any(k.startswith("val") or k.startswith("train") for k in run_info.data.metrics)
     summary_file = json.loads((stack_settings.state_dir / "last-run.json").read_text())
-    for key in ("accuracy", "gate_passed", "model_version", "endpoint_url", "mlflow_url",
-                "step_seconds", "total_seconds"):
+    for key in (
+        "accuracy",
+        "gate_passed",
+        "model_version",
+        "endpoint_url",
+        "mlflow_url",
+        "step_seconds",
+        "total_seconds",
+    ):
         assert key in summary_file
 
 
@@ -91,7 +107,9 @@ def test_endpoint_classifies_held_out_images(first_run: dict[str, Any]) -> None:
     assert right >= 6, samples
 
 
-def test_second_run_is_served_from_cache(first_run: dict[str, Any], stack_settings: Settings) -> None:
+def test_second_run_is_served_from_cache(
+    first_run: dict[str, Any], stack_settings: Settings
+) -> None:
     summary = run(stack_settings, _request(), out=lambda _m: None)
     assert summary["status"] == "Succeeded", summary["failure"]
     for step in ("Prepare", "Train", "Evaluate"):
@@ -100,7 +118,9 @@ def test_second_run_is_served_from_cache(first_run: dict[str, Any], stack_settin
     assert summary["model_version"] == first_run["model_version"]  # Register is idempotent
 
 
-def test_gate_failure_stops_before_register(first_run: dict[str, Any], stack_settings: Settings) -> None:
+def test_gate_failure_stops_before_register(
+    first_run: dict[str, Any], stack_settings: Settings
+) -> None:
     summary = run(stack_settings, _request(accuracy_threshold=1.01), out=lambda _m: None)
     assert summary["status"] == "Failed"
     assert summary["gate_passed"] is False
@@ -119,16 +139,32 @@ def _wait_for(predicate, timeout_s: float) -> None:
     raise TimeoutError("condition not reached")
 
 
-def test_kill_during_training_then_resume(first_run: dict[str, Any], stack_settings: Settings) -> None:
+def test_kill_during_training_then_resume(
+    first_run: dict[str, Any], stack_settings: Settings
+) -> None:
     before = set(list_ids(stack_settings.state_dir))
-    env = {**os.environ, "LEPTON_STATE_DIR": str(stack_settings.state_dir),
-           "LEPTON_S3_PORT": str(stack_settings.s3_port),
-           "LEPTON_MLFLOW_PORT": str(stack_settings.mlflow_port),
-           "LEPTON_ENDPOINT_PORT": str(stack_settings.endpoint_port)}
+    env = {
+        **os.environ,
+        "LEPTON_STATE_DIR": str(stack_settings.state_dir),
+        "LEPTON_S3_PORT": str(stack_settings.s3_port),
+        "LEPTON_MLFLOW_PORT": str(stack_settings.mlflow_port),
+        "LEPTON_ENDPOINT_PORT": str(stack_settings.endpoint_port),
+    }
     # --no-cache: Train must really run so that there is something to interrupt.
-    cmd = [sys.executable, "-m", "pipelines.cli", "pipeline", "run", "--no-cache",
-           "--epochs", str(EPOCHS), "--accuracy-threshold", str(THRESHOLD),
-           "--param", "PerDeviceBatchSize=32"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "pipeline",
+        "run",
+        "--no-cache",
+        "--epochs",
+        str(EPOCHS),
+        "--accuracy-threshold",
+        str(THRESHOLD),
+        "--param",
+        "PerDeviceBatchSize=32",
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     new_id: list[str] = []
 
@@ -153,7 +189,10 @@ def test_kill_during_training_then_resume(first_run: dict[str, Any], stack_setti
 
     out = subprocess.run(
         [sys.executable, "-m", "pipelines.cli", "pipeline", "resume", new_id[0]],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Prepare: already succeeded (resume)" in out.stdout

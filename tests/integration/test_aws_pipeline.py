@@ -42,16 +42,22 @@ def source_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Settings]:
-    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_SAGEMAKER",
-                 "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+    for name in (
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_ENDPOINT_URL_SAGEMAKER",
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     with moto.mock_aws():
         boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
-        yield Settings(mode="aws", region=REGION, state_dir=tmp_path / "state",
-                       artifact_bucket=BUCKET)
+        yield Settings(
+            mode="aws", region=REGION, state_dir=tmp_path / "state", artifact_bucket=BUCKET
+        )
 
 
 def _keys(prefix: str = "") -> list[str]:
@@ -60,9 +66,12 @@ def _keys(prefix: str = "") -> list[str]:
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
-def test_upsert_start_wait_status(env: Settings, source_root: Path,
-                                  monkeypatch: pytest.MonkeyPatch,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_upsert_start_wait_status(
+    env: Settings,
+    source_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     cfg = aws_default(None, BUCKET, REGION, pipeline_name="lepton-it", epochs=3)
     with pytest.raises(ValueError, match="execution role"):
         aws.upsert(cfg, env, source_root=source_root)
@@ -91,21 +100,39 @@ def test_upsert_start_wait_status(env: Settings, source_root: Path,
     monkeypatch.setenv("LEPTON_STATE_DIR", str(env.state_dir))
     monkeypatch.setenv("LEPTON_DEBUG", "1")  # raise instead of printing one line
     before = len(code_keys)
-    assert main(["pipeline", "upsert", "--role-arn", ROLE, "--pipeline-name", "lepton-it",
-                 "--epochs", "5"]) == 0
+    assert (
+        main(
+            [
+                "pipeline",
+                "upsert",
+                "--role-arn",
+                ROLE,
+                "--pipeline-name",
+                "lepton-it",
+                "--epochs",
+                "5",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.strip() == arn
     assert len(_keys(f"{cfg.prefix}/code/")) == before
-    defaults = {p["Name"]: p["DefaultValue"]
-                for p in aws.describe("lepton-it", settings=env)["definition"]["Parameters"]}
+    defaults = {
+        p["Name"]: p["DefaultValue"]
+        for p in aws.describe("lepton-it", settings=env)["definition"]["Parameters"]
+    }
     assert defaults["Epochs"] == 5
 
     assert aws.status("lepton-it", settings=env)["status"] is None  # never run
-    execution = aws.start("lepton-it", {"Epochs": 2, "MinimumChampionAccuracy": 0.9},
-                          display_name="it", settings=env)
+    execution = aws.start(
+        "lepton-it", {"Epochs": 2, "MinimumChampionAccuracy": 0.9}, display_name="it", settings=env
+    )
     assert aws.is_execution_arn(execution)
     seen: list[str] = []
-    assert aws.wait(execution, timeout_s=5, poll_s=0.01, settings=env,
-                    on_poll=seen.append) == "Succeeded"
+    assert (
+        aws.wait(execution, timeout_s=5, poll_s=0.01, settings=env, on_poll=seen.append)
+        == "Succeeded"
+    )
     assert seen == ["Succeeded"]
     for target in ("lepton-it", execution):
         info = aws.status(target, settings=env)
@@ -114,11 +141,15 @@ def test_upsert_start_wait_status(env: Settings, source_root: Path,
     sm = boto3.client("sagemaker", region_name=REGION)
     params = sm.list_pipeline_parameters_for_execution(PipelineExecutionArn=execution)
     assert {p["Name"]: p["Value"] for p in params["PipelineParameters"]} == {
-        "Epochs": "2", "MinimumChampionAccuracy": "0.9"}
+        "Epochs": "2",
+        "MinimumChampionAccuracy": "0.9",
+    }
 
     # the same through the CLI
-    assert main(["pipeline", "start", "--pipeline-name", "lepton-it", "--param", "Epochs=1",
-                 "--wait"]) == 0
+    assert (
+        main(["pipeline", "start", "--pipeline-name", "lepton-it", "--param", "Epochs=1", "--wait"])
+        == 0
+    )
     cli_arn, final = capsys.readouterr().out.split()
     assert aws.is_execution_arn(cli_arn) and final == "Succeeded"
     assert main(["pipeline", "wait", cli_arn, "--poll", "0.01"]) == 0
@@ -138,16 +169,26 @@ def test_champion_accuracy_and_start_parameters(env: Settings) -> None:
     sm.create_model_package_group(ModelPackageGroupName="lepton-it")
     assert aws.champion_accuracy("lepton-it", env) is None  # no approved package
     boto3.client("s3", region_name=REGION).put_object(
-        Bucket=BUCKET, Key="ev/evaluation.json",
-        Body=json.dumps({"multiclass_classification_metrics": {"accuracy": {"value": 0.975}}}))
+        Bucket=BUCKET,
+        Key="ev/evaluation.json",
+        Body=json.dumps({"multiclass_classification_metrics": {"accuracy": {"value": 0.975}}}),
+    )
     sm.create_model_package(
-        ModelPackageGroupName="lepton-it", ModelApprovalStatus="Approved",
+        ModelPackageGroupName="lepton-it",
+        ModelApprovalStatus="Approved",
         InferenceSpecification={
             "Containers": [{"Image": "img", "ModelDataUrl": f"s3://{BUCKET}/m/model.tar.gz"}],
             "SupportedContentTypes": ["image/png"],
-            "SupportedResponseMIMETypes": ["application/json"]},
-        ModelMetrics={"ModelQuality": {"Statistics": {
-            "ContentType": "application/json", "S3Uri": f"s3://{BUCKET}/ev/evaluation.json"}}},
+            "SupportedResponseMIMETypes": ["application/json"],
+        },
+        ModelMetrics={
+            "ModelQuality": {
+                "Statistics": {
+                    "ContentType": "application/json",
+                    "S3Uri": f"s3://{BUCKET}/ev/evaluation.json",
+                }
+            }
+        },
     )
     champion = aws.champion_accuracy("lepton-it", env)
     assert champion == pytest.approx(0.975)
@@ -159,13 +200,23 @@ def test_champion_accuracy_and_start_parameters(env: Settings) -> None:
 def test_config_from_stack_outputs() -> None:
     """The output names are infra/template.yaml's."""
     template = (REPO_ROOT / "infra" / "template.yaml").read_text()
-    outputs = template[template.index("\nOutputs:"):]
+    outputs = template[template.index("\nOutputs:") :]
     for key in aws.STACK_OUTPUTS:
         assert f"\n  {key}:" in outputs, key
-    cfg = aws.config_from_stack(PipelineConfig(), {
-        "SageMakerExecutionRoleArn": ROLE, "ArtifactBucketName": "from-stack",
-        "PipelineName": "lepton-prod", "RawDataUri": "s3://d/raw", "Unrelated": "x"})
+    cfg = aws.config_from_stack(
+        PipelineConfig(),
+        {
+            "SageMakerExecutionRoleArn": ROLE,
+            "ArtifactBucketName": "from-stack",
+            "PipelineName": "lepton-prod",
+            "RawDataUri": "s3://d/raw",
+            "Unrelated": "x",
+        },
+    )
     assert (cfg.role_arn, cfg.bucket, cfg.pipeline_name, cfg.input_data_uri) == (
-        ROLE, "from-stack", "lepton-prod", "s3://d/raw")
+        ROLE,
+        "from-stack",
+        "lepton-prod",
+        "s3://d/raw",
+    )
     assert aws.config_from_stack(cfg, {}) == cfg
-

@@ -31,8 +31,9 @@ def quiet(_msg: str) -> None:
 
 def keys_under(settings: Settings, prefix: str) -> list[str]:
     client = s3_client(settings)
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=settings.data_bucket,
-                                                             Prefix=prefix)
+    pages = client.get_paginator("list_objects_v2").paginate(
+        Bucket=settings.data_bucket, Prefix=prefix
+    )
     return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
 
 
@@ -64,14 +65,17 @@ def test_s3_to_s3_then_up_to_date(s3_settings: Settings, digits_uri: str, tmp_pa
     result = prepare(cfg, s3_settings, log=quiet)
     assert not result.skipped and result.report["used"] + len(result.report["quarantined"]) == 1797
     names = {k.rsplit("/", 1)[-1] for k in keys_under(s3_settings, "datasets/digits/")}
-    assert names == {s["file"] for s in result.manifest["shards"]} | {"manifest.json",
-                                                                      "quality_report.json"}
+    assert names == {s["file"] for s in result.manifest["shards"]} | {
+        "manifest.json",
+        "quality_report.json",
+    }
     local = tmp_path / "copy"
     download(s3_settings, "datasets/digits/", local)
     assert read_manifest(local) == result.manifest
     images, labels = load_split(local, "train")  # verifies every shard's sha256
-    assert images.shape[1:] == (8, 8, 1) and len(labels) == result.manifest["splits"]["train"][
-        "count"]
+    assert (
+        images.shape[1:] == (8, 8, 1) and len(labels) == result.manifest["splits"]["train"]["count"]
+    )
     msgs: list[str] = []
     assert prepare(cfg, s3_settings, log=msgs.append).skipped
     assert any("up to date" in m for m in msgs)
@@ -84,34 +88,60 @@ def mnist_uri(s3_settings: Settings, raw_mnist_dir: Path) -> str:
     return uri
 
 
-def test_step_reads_s3_with_default_chain(s3_settings: Settings, mnist_uri: str,
-                                          tmp_path: Path) -> None:
+def test_step_reads_s3_with_default_chain(
+    s3_settings: Settings, mnist_uri: str, tmp_path: Path
+) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "LEPTON_"))}
     env.update(s3_settings.s3_env())  # what the local runner gives a step
     out = tmp_path / "ds"
-    cmd = [sys.executable, "-m", "pipelines.steps.prepare", "--input", mnist_uri,
-           "--output", str(out), "--min-images-per-class", "5", "--shard-size", "100"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.steps.prepare",
+        "--input",
+        mnist_uri,
+        "--output",
+        str(out),
+        "--min-images-per-class",
+        "5",
+        "--shard-size",
+        "100",
+    ]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr
     same = tmp_path / "in-process"
-    prepare(PrepareConfig(input=mnist_uri, output=str(same), min_images_per_class=5,
-                          shard_size=100, workers=1), s3_settings, log=quiet)
-    for name in ["manifest.json", "quality_report.json",
-                 *(s["file"] for s in read_manifest(out)["shards"])]:
-        assert hashlib.sha256((out / name).read_bytes()).digest() == hashlib.sha256(
-            (same / name).read_bytes()).digest(), name
+    prepare(
+        PrepareConfig(
+            input=mnist_uri, output=str(same), min_images_per_class=5, shard_size=100, workers=1
+        ),
+        s3_settings,
+        log=quiet,
+    )
+    for name in [
+        "manifest.json",
+        "quality_report.json",
+        *(s["file"] for s in read_manifest(out)["shards"]),
+    ]:
+        assert (
+            hashlib.sha256((out / name).read_bytes()).digest()
+            == hashlib.sha256((same / name).read_bytes()).digest()
+        ), name
 
 
-def test_hostile_keys_and_changed_object(s3_settings: Settings, raw_mnist_dir: Path,
-                                         tmp_path: Path) -> None:
+def test_hostile_keys_and_changed_object(
+    s3_settings: Settings, raw_mnist_dir: Path, tmp_path: Path
+) -> None:
     bucket = s3_settings.data_bucket
     uri = f"s3://{bucket}/raw/hostile"
     import_dataset(str(raw_mnist_dir), uri, s3_settings, log=quiet)
     client = s3_client(s3_settings)
     hostile = {  # key under the prefix -> expected reason ("" = used)
-        "../escape.png": "unknown_label", "3/../../../up.png": "unknown_label",
-        "./3/dot.png": "unknown_label", "..\\x.png": "unknown_label",
-        "/abs.png": "unknown_label", "\u202egnp.exe/rtl.png": "unknown_label",
+        "../escape.png": "unknown_label",
+        "3/../../../up.png": "unknown_label",
+        "./3/dot.png": "unknown_label",
+        "..\\x.png": "unknown_label",
+        "/abs.png": "unknown_label",
+        "\u202egnp.exe/rtl.png": "unknown_label",
         "3/\u00fc\u0308\ufeff.png": "",
     }
     listed_as: dict[str, str] = {}
@@ -124,34 +154,55 @@ def test_hostile_keys_and_changed_object(s3_settings: Settings, raw_mnist_dir: P
         listed_as[key.lstrip("/")] = reason  # and it folds "//" into "/"
     listing = list_source(uri, s3_settings)
     victim = next(it for it in listing.items if it.key.startswith("5/"))
-    client.put_object(Bucket=bucket, Key="raw/hostile/" + victim.key,
-                      Body=encode(Image.new("L", (9, 9), 7), "PNG"))
+    client.put_object(
+        Bucket=bucket,
+        Key="raw/hostile/" + victim.key,
+        Body=encode(Image.new("L", (9, 9), 7), "PNG"),
+    )
     out = tmp_path / "out"
-    result = prepare(PrepareConfig(input=uri, output=str(out), min_images_per_class=5),
-                     s3_settings, log=quiet, listing=listing)
+    result = prepare(
+        PrepareConfig(input=uri, output=str(out), min_images_per_class=5),
+        s3_settings,
+        log=quiet,
+        listing=listing,
+    )
     got = {q["key"]: q["reason"] for q in result.report["quarantined"]}
     assert got[victim.key] == "changed" and "ETag" in next(
-        q["detail"] for q in result.report["quarantined"] if q["key"] == victim.key)
+        q["detail"] for q in result.report["quarantined"] if q["key"] == victim.key
+    )
     assert {k: got.get(k, "") for k in listed_as} == listed_as
     assert result.report["total"] == 300 + len(listed_as)
     assert result.report["used"] + len(got) == result.report["total"]
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == sorted(
-        [s["file"] for s in result.manifest["shards"]] + ["manifest.json", "quality_report.json"])
+        [s["file"] for s in result.manifest["shards"]] + ["manifest.json", "quality_report.json"]
+    )
 
 
-def test_bad_credentials_and_unreadable_prefix(s3_settings: Settings, raw_mnist_dir: Path,
-                                               digits_uri: str, tmp_path: Path) -> None:
-    bad = s3_settings.with_overrides(mode="aws", s3_endpoint_url_override=s3_settings.s3_endpoint_url,
-                                     env_credentials=Credentials("LEPBADKEY", "not-the-secret"))
+def test_bad_credentials_and_unreadable_prefix(
+    s3_settings: Settings, raw_mnist_dir: Path, digits_uri: str, tmp_path: Path
+) -> None:
+    bad = s3_settings.with_overrides(
+        mode="aws",
+        s3_endpoint_url_override=s3_settings.s3_endpoint_url,
+        env_credentials=Credentials("LEPBADKEY", "not-the-secret"),
+    )
     out = tmp_path / "out"
     with pytest.raises(SourceError, match="cannot list input"):
         prepare(PrepareConfig(input=digits_uri, output=str(out)), bad, log=quiet)
     with pytest.raises(SourceError, match="NoSuchBucket|cannot list"):
-        prepare(PrepareConfig(input="s3://no-such-bucket-lepton/raw", output=str(out)),
-                s3_settings, log=quiet)
+        prepare(
+            PrepareConfig(input="s3://no-such-bucket-lepton/raw", output=str(out)),
+            s3_settings,
+            log=quiet,
+        )
     with pytest.raises(SourceError, match="no objects"):
-        prepare(PrepareConfig(input=f"s3://{s3_settings.data_bucket}/raw/nothing-here",
-                              output=str(out)), s3_settings, log=quiet)
+        prepare(
+            PrepareConfig(
+                input=f"s3://{s3_settings.data_bucket}/raw/nothing-here", output=str(out)
+            ),
+            s3_settings,
+            log=quiet,
+        )
     assert not out.exists()
     remote = f"s3://{s3_settings.data_bucket}/datasets/never"
     with pytest.raises(OutputError, match="cannot access output"):

@@ -90,9 +90,19 @@ def _all_roles(aws: dict[str, Any]) -> dict[str, str]:
 def test_stack_created_with_every_output(aws: dict[str, Any]) -> None:
     assert aws["result"].action == "created"
     expected = {
-        "DataBucketName", "ArtifactBucketName", "AccessLogsBucketName", "RawDataUri", "NewDataMarker",
-        "KmsKeyArn", "SageMakerExecutionRoleArn", "CiRoleArn", "PipelineTriggerRoleArn",
-        "DeployFunctionArn", "ModelPackageGroupName", "PipelineName", "EndpointName",
+        "DataBucketName",
+        "ArtifactBucketName",
+        "AccessLogsBucketName",
+        "RawDataUri",
+        "NewDataMarker",
+        "KmsKeyArn",
+        "SageMakerExecutionRoleArn",
+        "CiRoleArn",
+        "PipelineTriggerRoleArn",
+        "DeployFunctionArn",
+        "ModelPackageGroupName",
+        "PipelineName",
+        "EndpointName",
     }
     assert expected <= set(aws["outputs"])
     assert "MlflowTrackingServerArn" not in aws["outputs"]  # off by default
@@ -108,13 +118,20 @@ def test_only_known_resource_types_were_skipped_by_moto(aws: dict[str, Any]) -> 
 def test_buckets_exist_encrypted_with_the_stack_key(aws: dict[str, Any]) -> None:
     s3, out = aws["client"]("s3"), aws["outputs"]
     for bucket in (out["DataBucketName"], out["ArtifactBucketName"]):
-        rule = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"][0]
+        rule = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"][
+            "Rules"
+        ][0]
         default = rule["ApplyServerSideEncryptionByDefault"]
         assert default["SSEAlgorithm"] == "aws:kms"
         assert default["KMSMasterKeyID"] == out["KmsKeyArn"]
     logs = s3.get_bucket_encryption(Bucket=out["AccessLogsBucketName"])
     # S3 server access logging can only write to SSE-S3 buckets.
-    assert logs["ServerSideEncryptionConfiguration"]["Rules"][0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    assert (
+        logs["ServerSideEncryptionConfiguration"]["Rules"][0]["ApplyServerSideEncryptionByDefault"][
+            "SSEAlgorithm"
+        ]
+        == "AES256"
+    )
 
 
 def test_key_rotation_is_on(aws: dict[str, Any]) -> None:
@@ -142,7 +159,9 @@ def _resolved_bucket_policy(logical_id: str) -> dict[str, Any]:
         ("AccessLogsBucketPolicy", "AccessLogsBucketName"),
     ],
 )
-def test_bucket_policy_refuses_plain_http(aws: dict[str, Any], policy_id: str, bucket_output: str) -> None:
+def test_bucket_policy_refuses_plain_http(
+    aws: dict[str, Any], policy_id: str, bucket_output: str
+) -> None:
     bucket = aws["outputs"][bucket_output]
     doc = _resolved_bucket_policy(policy_id)
     s3 = aws["client"]("s3")
@@ -155,9 +174,11 @@ def test_bucket_policy_refuses_plain_http(aws: dict[str, Any], policy_id: str, b
         # would refuse every object request in the other tests.
         s3.delete_bucket_policy(Bucket=bucket)
     anyone = {"AWS": "arn:aws:iam::111122223333:root"}
-    for action, resource in (("s3:GetObject", f"arn:aws:s3:::{bucket}/raw/x.png"),
-                             ("s3:PutObject", f"arn:aws:s3:::{bucket}/any"),
-                             ("s3:ListBucket", f"arn:aws:s3:::{bucket}")):
+    for action, resource in (
+        ("s3:GetObject", f"arn:aws:s3:::{bucket}/raw/x.png"),
+        ("s3:PutObject", f"arn:aws:s3:::{bucket}/any"),
+        ("s3:ListBucket", f"arn:aws:s3:::{bucket}"),
+    ):
         insecure = evaluate(stored, action, resource, {"aws:SecureTransport": "false"}, anyone)
         secure = evaluate(stored, action, resource, {"aws:SecureTransport": "true"}, anyone)
         assert insecure == "deny", (action, resource)
@@ -178,7 +199,11 @@ def test_role_policies_reference_only_this_stacks_buckets(aws: dict[str, Any]) -
                 assert resource.startswith(ours), (label, resource)
         for action in ("s3:GetObject", "s3:PutObject", "s3:ListBucket", "s3:DeleteObject"):
             for resource in (f"arn:aws:s3:::{OTHER_BUCKET}", f"arn:aws:s3:::{OTHER_BUCKET}/raw/x"):
-                assert evaluate(docs, action, resource) == "implicit-deny", (label, action, resource)
+                assert evaluate(docs, action, resource) == "implicit-deny", (
+                    label,
+                    action,
+                    resource,
+                )
 
 
 def test_execution_role_prefix_scoping(aws: dict[str, Any]) -> None:
@@ -188,7 +213,9 @@ def test_execution_role_prefix_scoping(aws: dict[str, Any]) -> None:
     assert evaluate(docs, "s3:GetObject", f"arn:aws:s3:::{data}/raw/cats/1.png") == "allow"
     assert evaluate(docs, "s3:GetObject", f"arn:aws:s3:::{data}/private/1.png") == "implicit-deny"
     assert evaluate(docs, "s3:PutObject", f"arn:aws:s3:::{data}/raw/1.png") == "implicit-deny"
-    assert evaluate(docs, "s3:PutObject", f"arn:aws:s3:::{art}/checkpoints/run/last.ckpt") == "allow"
+    assert (
+        evaluate(docs, "s3:PutObject", f"arn:aws:s3:::{art}/checkpoints/run/last.ckpt") == "allow"
+    )
     account = out["KmsKeyArn"].split(":")[4]
     group = f"arn:aws:sagemaker:{REGION}:{account}:model-package/lepton-classifier/3"
     assert evaluate(docs, "sagemaker:CreateModelPackage", group) == "allow"
@@ -210,14 +237,24 @@ def test_assumed_execution_role_cannot_reach_other_buckets(aws: dict[str, Any]) 
         iam.put_role_policy(RoleName=name, PolicyName=policy, PolicyDocument=json.dumps(doc))
     data, art = out["DataBucketName"], out["ArtifactBucketName"]
     s3.create_bucket(Bucket=OTHER_BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
-    for bucket, key in ((data, "raw/cat/1.png"), (data, "private/1.png"), (OTHER_BUCKET, "raw/1.png")):
+    for bucket, key in (
+        (data, "raw/cat/1.png"),
+        (data, "private/1.png"),
+        (OTHER_BUCKET, "raw/1.png"),
+    ):
         s3.put_object(Bucket=bucket, Key=key, Body=b"x")
-    creds = aws["client"]("sts").assume_role(RoleArn=role_arn, RoleSessionName="probe")["Credentials"]
+    creds = aws["client"]("sts").assume_role(RoleArn=role_arn, RoleSessionName="probe")[
+        "Credentials"
+    ]
 
     @set_initial_no_auth_action_count(0)
     def probe() -> dict[str, bool]:
-        c = aws["client"]("s3", aws_access_key_id=creds["AccessKeyId"],
-                          aws_secret_access_key=creds["SecretAccessKey"], aws_session_token=creds["SessionToken"])
+        c = aws["client"](
+            "s3",
+            aws_access_key_id=creds["AccessKeyId"],
+            aws_secret_access_key=creds["SecretAccessKey"],
+            aws_session_token=creds["SessionToken"],
+        )
         calls = {
             "read raw": lambda: c.get_object(Bucket=data, Key="raw/cat/1.png"),
             "list raw": lambda: c.list_objects_v2(Bucket=data, Prefix="raw/"),
@@ -239,9 +276,14 @@ def test_assumed_execution_role_cannot_reach_other_buckets(aws: dict[str, Any]) 
         return allowed
 
     assert probe() == {
-        "read raw": True, "list raw": True, "write artifacts": True,
-        "read other data prefix": False, "write data bucket": False,
-        "read other bucket": False, "list other bucket": False, "write other bucket": False,
+        "read raw": True,
+        "list raw": True,
+        "write artifacts": True,
+        "read other data prefix": False,
+        "write data bucket": False,
+        "read other bucket": False,
+        "list other bucket": False,
+        "write other bucket": False,
     }
 
 
@@ -254,13 +296,21 @@ def test_ci_role_trusts_only_the_configured_repo_and_branch(aws: dict[str, Any])
     github = {"Federated": provider}
 
     def decision(sub: str, aud: str = "sts.amazonaws.com") -> str:
-        ctx = {"token.actions.githubusercontent.com:sub": sub, "token.actions.githubusercontent.com:aud": aud}
+        ctx = {
+            "token.actions.githubusercontent.com:sub": sub,
+            "token.actions.githubusercontent.com:aud": aud,
+        }
         return evaluate(trust, "sts:AssumeRoleWithWebIdentity", out["CiRoleArn"], ctx, github)
 
     assert decision("repo:acme/lepton:ref:refs/heads/main") == "allow"
-    for sub in ("repo:acme/lepton:ref:refs/heads/feature", "repo:acme/lepton:pull_request",
-                "repo:acme/lepton:environment:prod", "repo:evil/lepton:ref:refs/heads/main",
-                "repo:acme/lepton-fork:ref:refs/heads/main", "repo:acme/lepton:ref:refs/tags/v1"):
+    for sub in (
+        "repo:acme/lepton:ref:refs/heads/feature",
+        "repo:acme/lepton:pull_request",
+        "repo:acme/lepton:environment:prod",
+        "repo:evil/lepton:ref:refs/heads/main",
+        "repo:acme/lepton-fork:ref:refs/heads/main",
+        "repo:acme/lepton:ref:refs/tags/v1",
+    ):
         assert decision(sub) == "implicit-deny", sub
     assert decision("repo:acme/lepton:ref:refs/heads/main", aud="other") == "implicit-deny"
     # Another identity provider, or plain sts:AssumeRole, gets nothing.
@@ -269,7 +319,11 @@ def test_ci_role_trusts_only_the_configured_repo_and_branch(aws: dict[str, Any])
 
 def test_rules_target_the_pipeline_and_the_deploy_function(aws: dict[str, Any]) -> None:
     events, out = aws["client"]("events"), aws["outputs"]
-    rules = {r["Name"].split("-")[2]: r for r in events.list_rules()["Rules"] if r["Name"].startswith(STACK)}
+    rules = {
+        r["Name"].split("-")[2]: r
+        for r in events.list_rules()["Rules"]
+        if r["Name"].startswith(STACK)
+    }
     assert set(rules) == {"RetrainScheduleRule", "NewDataRule", "ModelApprovedRule"}
     assert rules["RetrainScheduleRule"]["ScheduleExpression"] == "rate(7 days)"
     account = out["KmsKeyArn"].split(":")[4]
@@ -282,10 +336,15 @@ def test_rules_target_the_pipeline_and_the_deploy_function(aws: dict[str, Any]) 
     assert deploy["Arn"] == out["DeployFunctionArn"]
     trigger_docs = _role_docs(aws["client"]("iam"), out["PipelineTriggerRoleArn"])
     assert evaluate(trigger_docs, "sagemaker:StartPipelineExecution", pipeline_arn) == "allow"
-    assert evaluate(trigger_docs, "sagemaker:StartPipelineExecution", pipeline_arn + "-other") == "implicit-deny"
+    assert (
+        evaluate(trigger_docs, "sagemaker:StartPipelineExecution", pipeline_arn + "-other")
+        == "implicit-deny"
+    )
 
 
-def _deliveries(aws: dict[str, Any], rule_fragment: str, events_in: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _deliveries(
+    aws: dict[str, Any], rule_fragment: str, events_in: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """Put events on a probe bus whose rule has the deployed rule's pattern; return the details
     that reached the rule's SQS target. (A separate bus keeps the real targets out of it.)"""
     events, sqs = aws["client"]("events"), aws["client"]("sqs")
@@ -293,11 +352,20 @@ def _deliveries(aws: dict[str, Any], rule_fragment: str, events_in: list[dict[st
     bus = f"probe-{rule_fragment.lower()}"
     events.create_event_bus(Name=bus)
     url = sqs.create_queue(QueueName=bus)["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
     events.put_rule(Name="probe", EventBusName=bus, EventPattern=rule["EventPattern"])
     events.put_targets(Rule="probe", EventBusName=bus, Targets=[{"Id": "q", "Arn": arn}])
-    entries = [{"EventBusName": bus, "Source": e["source"], "DetailType": e["detail-type"],
-                "Detail": json.dumps(e["detail"])} for e in events_in]
+    entries = [
+        {
+            "EventBusName": bus,
+            "Source": e["source"],
+            "DetailType": e["detail-type"],
+            "Detail": json.dumps(e["detail"]),
+        }
+        for e in events_in
+    ]
     assert events.put_events(Entries=entries)["FailedEntryCount"] == 0
     messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
     return [json.loads(m["Body"])["detail"] for m in messages]
@@ -305,31 +373,64 @@ def _deliveries(aws: dict[str, Any], rule_fragment: str, events_in: list[dict[st
 
 def test_new_data_rule_fires_once_per_marked_upload(aws: dict[str, Any]) -> None:
     data = aws["outputs"]["DataBucketName"]
-    cases = [(data, "raw/batch-7/_READY"), (data, "raw/_READY"), (data, "raw/batch-7/cat/0001.png"),
-             (data, "staging/batch-7/_READY"), (OTHER_BUCKET, "raw/batch-7/_READY")]
-    sent = [{"source": "aws.s3", "detail-type": "Object Created",
-             "detail": {"bucket": {"name": b}, "object": {"key": k, "size": 1}}} for b, k in cases]
-    sent.append({"source": "aws.s3", "detail-type": "Object Deleted",
-                 "detail": {"bucket": {"name": data}, "object": {"key": "raw/_READY"}}})
+    cases = [
+        (data, "raw/batch-7/_READY"),
+        (data, "raw/_READY"),
+        (data, "raw/batch-7/cat/0001.png"),
+        (data, "staging/batch-7/_READY"),
+        (OTHER_BUCKET, "raw/batch-7/_READY"),
+    ]
+    sent = [
+        {
+            "source": "aws.s3",
+            "detail-type": "Object Created",
+            "detail": {"bucket": {"name": b}, "object": {"key": k, "size": 1}},
+        }
+        for b, k in cases
+    ]
+    sent.append(
+        {
+            "source": "aws.s3",
+            "detail-type": "Object Deleted",
+            "detail": {"bucket": {"name": data}, "object": {"key": "raw/_READY"}},
+        }
+    )
     got = {(d["bucket"]["name"], d["object"]["key"]) for d in _deliveries(aws, "NewDataRule", sent)}
     # One image is not a run; only the marker under the raw prefix of this bucket is.
     assert got == {(data, "raw/batch-7/_READY"), (data, "raw/_READY")}
 
 
 def test_model_approved_rule_matches_only_approvals_in_this_group(aws: dict[str, Any]) -> None:
-    cases = [("lepton-classifier", "Approved"), ("lepton-classifier", "PendingManualApproval"),
-             ("lepton-classifier", "Rejected"), ("another-group", "Approved")]
-    sent = [{"source": "aws.sagemaker", "detail-type": "SageMaker Model Package State Change",
-             "detail": {"ModelPackageGroupName": g, "ModelApprovalStatus": s}} for g, s in cases]
-    got = {(d["ModelPackageGroupName"], d["ModelApprovalStatus"])
-           for d in _deliveries(aws, "ModelApprovedRule", sent)}
+    cases = [
+        ("lepton-classifier", "Approved"),
+        ("lepton-classifier", "PendingManualApproval"),
+        ("lepton-classifier", "Rejected"),
+        ("another-group", "Approved"),
+    ]
+    sent = [
+        {
+            "source": "aws.sagemaker",
+            "detail-type": "SageMaker Model Package State Change",
+            "detail": {"ModelPackageGroupName": g, "ModelApprovalStatus": s},
+        }
+        for g, s in cases
+    ]
+    got = {
+        (d["ModelPackageGroupName"], d["ModelApprovalStatus"])
+        for d in _deliveries(aws, "ModelApprovedRule", sent)
+    }
     assert got == {("lepton-classifier", "Approved")}
 
 
 def test_deploy_function_configuration(aws: dict[str, Any]) -> None:
     lam, out = aws["client"]("lambda"), aws["outputs"]
     fn = lam.get_function(FunctionName=out["DeployFunctionArn"])["Configuration"]
-    assert lam.get_function_concurrency(FunctionName=out["DeployFunctionArn"])["ReservedConcurrentExecutions"] == 1
+    assert (
+        lam.get_function_concurrency(FunctionName=out["DeployFunctionArn"])[
+            "ReservedConcurrentExecutions"
+        ]
+        == 1
+    )
     env = fn["Environment"]["Variables"]
     assert env["ENDPOINT_NAME"] == out["EndpointName"]
     assert env["EXECUTION_ROLE_ARN"] == out["SageMakerExecutionRoleArn"]
@@ -337,15 +438,35 @@ def test_deploy_function_configuration(aws: dict[str, Any]) -> None:
     docs = _role_docs(aws["client"]("iam"), fn["Role"])
     account = out["KmsKeyArn"].split(":")[4]
     arn = f"arn:aws:sagemaker:{REGION}:{account}"
-    assert evaluate(docs, "sagemaker:UpdateEndpoint", f"{arn}:endpoint/{out['EndpointName']}") == "allow"
-    assert evaluate(docs, "sagemaker:UpdateEndpoint", f"{arn}:endpoint/someone-else") == "implicit-deny"
-    assert evaluate(docs, "sagemaker:CreateModel", f"{arn}:model/{out['EndpointName']}-v4") == "allow"
-    assert evaluate(docs, "sagemaker:DeleteEndpoint", f"{arn}:endpoint/{out['EndpointName']}") == "implicit-deny"
+    assert (
+        evaluate(docs, "sagemaker:UpdateEndpoint", f"{arn}:endpoint/{out['EndpointName']}")
+        == "allow"
+    )
+    assert (
+        evaluate(docs, "sagemaker:UpdateEndpoint", f"{arn}:endpoint/someone-else")
+        == "implicit-deny"
+    )
+    assert (
+        evaluate(docs, "sagemaker:CreateModel", f"{arn}:model/{out['EndpointName']}-v4") == "allow"
+    )
+    assert (
+        evaluate(docs, "sagemaker:DeleteEndpoint", f"{arn}:endpoint/{out['EndpointName']}")
+        == "implicit-deny"
+    )
 
 
 def test_schedule_and_reserved_concurrency_can_be_switched_off(aws: dict[str, Any]) -> None:
-    cfn, events, lam = aws["client"]("cloudformation"), aws["client"]("events"), aws["client"]("lambda")
-    params = {**PARAMS, "RetrainSchedule": "", "DeployFunctionConcurrency": "0", "NewDataMarker": ""}
+    cfn, events, lam = (
+        aws["client"]("cloudformation"),
+        aws["client"]("events"),
+        aws["client"]("lambda"),
+    )
+    params = {
+        **PARAMS,
+        "RetrainSchedule": "",
+        "DeployFunctionConcurrency": "0",
+        "NewDataMarker": "",
+    }
     result = deploy_stack("lepton-minimal", cfn, parameters=params, poll_seconds=0)
     assert result.action == "created"
     rules = [r for r in events.list_rules()["Rules"] if r["Name"].startswith("lepton-minimal")]

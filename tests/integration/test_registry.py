@@ -99,12 +99,14 @@ def test_gate_refuses_a_worse_challenger(
     worse_accuracy = 0.90
     # The real gate: the QualityGate condition of the pipeline definition, evaluated by the
     # local runner, with MinimumChampionAccuracy computed from the registry as `run` does.
-    cfg = replace(local_config(settings, RunRequest()), accuracy_threshold=0.8,
-                  champion_tolerance=0.02)
+    cfg = replace(
+        local_config(settings, RunRequest()), accuracy_threshold=0.8, champion_tolerance=0.02
+    )
     definition = json.loads(build_definition(cfg, staging_root=tmp_path / "code").definition)
     gate = flatten_steps(definition)["QualityGate"].body["Arguments"]["Conditions"]
-    params = parameter_values(definition, {
-        "MinimumChampionAccuracy": champion_parameter(settings, cfg)})
+    params = parameter_values(
+        definition, {"MinimumChampionAccuracy": champion_parameter(settings, cfg)}
+    )
 
     def decide(accuracy: float) -> tuple[bool, list[str]]:
         report = {"multiclass_classification_metrics": {"accuracy": {"value": accuracy}}}

@@ -32,7 +32,9 @@ def test_restart_keeps_objects_and_mlflow_runs(private_stack: Settings, tmp_path
     services.up(settings, out=_quiet)
     assert all(row.healthy for row in services.status(settings))
 
-    s3_client(settings).put_object(Bucket=settings.data_bucket, Key="keep/me.txt", Body=b"still here")
+    s3_client(settings).put_object(
+        Bucket=settings.data_bucket, Key="keep/me.txt", Body=b"still here"
+    )
     mlflow.set_tracking_uri(settings.tracking_uri)
     experiment_id = mlflow.set_experiment("restart-test").experiment_id
     artifact = tmp_path / "note.txt"
@@ -49,9 +51,13 @@ def test_restart_keeps_objects_and_mlflow_runs(private_stack: Settings, tmp_path
         .get("Contents", [])
     ]
     assert any(k.endswith(f"{run.info.run_id}/artifacts/note.txt") for k in keys), keys
-    body = s3_client(settings).get_object(
-        Bucket=settings.mlflow_bucket, Key=next(k for k in keys if k.endswith("note.txt"))
-    )["Body"].read()
+    body = (
+        s3_client(settings)
+        .get_object(
+            Bucket=settings.mlflow_bucket, Key=next(k for k in keys if k.endswith("note.txt"))
+        )["Body"]
+        .read()
+    )
     assert body == b"artifact bytes"
 
     services.down(settings, out=_quiet)
@@ -87,7 +93,11 @@ def test_s3_refuses_wrong_credentials(stack_settings: Settings, tmp_path: Path) 
     bad = bad.with_overrides(s3_endpoint_url_override=stack_settings.s3_endpoint_url)
     with pytest.raises(ClientError) as err:
         s3_client(bad).list_objects_v2(Bucket=stack_settings.data_bucket)
-    assert err.value.response["Error"]["Code"] in {"SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied"}
+    assert err.value.response["Error"]["Code"] in {
+        "SignatureDoesNotMatch",
+        "InvalidAccessKeyId",
+        "AccessDenied",
+    }
 
 
 def test_boto3_and_s3fs_round_trip(stack_settings: Settings) -> None:
@@ -99,7 +109,9 @@ def test_boto3_and_s3fs_round_trip(stack_settings: Settings) -> None:
         fh.write(b"s3fs bytes")
     assert fs.cat(f"{bucket}/rt/a.bin") == b"\x00\x01boto"
     assert client.get_object(Bucket=bucket, Key="rt/b.bin")["Body"].read() == b"s3fs bytes"
-    listed = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="rt/")["Contents"])
+    listed = sorted(
+        o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="rt/")["Contents"]
+    )
     assert listed == ["rt/a.bin", "rt/b.bin"]
     assert sorted(fs.ls(f"{bucket}/rt/")) == [f"{bucket}/rt/a.bin", f"{bucket}/rt/b.bin"]
 

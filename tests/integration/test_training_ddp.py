@@ -19,15 +19,40 @@ from training.checkpoints import list_checkpoints
 
 pytestmark = pytest.mark.slow
 TRAIN_IMAGES = 1437  # tiny_dataset_dir train split
-CONFIG = ["--setup", "tiny", "--epochs", "4", "--per-device-batch-size", "16",
-          "--process-group-timeout-s", "60"]
+CONFIG = [
+    "--setup",
+    "tiny",
+    "--epochs",
+    "4",
+    "--per-device-batch-size",
+    "16",
+    "--process-group-timeout-s",
+    "60",
+]
 
 
 def _torchrun(dataset: Path, root: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-            "2", "-m", "training.train", "--dataset", str(dataset),
-            "--model-dir", str(root / "model"), "--output-data-dir", str(root / "out"),
-            "--checkpoint-dir", str(root / "ckpt"), "--no-tracking", *CONFIG, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "training.train",
+        "--dataset",
+        str(dataset),
+        "--model-dir",
+        str(root / "model"),
+        "--output-data-dir",
+        str(root / "out"),
+        "--checkpoint-dir",
+        str(root / "ckpt"),
+        "--no-tracking",
+        *CONFIG,
+        *extra,
+    ]
 
 
 def _report(root: Path) -> dict:
@@ -35,11 +60,18 @@ def _report(root: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tiny_dataset_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def uninterrupted(
+    tiny_dataset_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, str]:
     root = tmp_path_factory.mktemp("ddp_plain")
-    proc = subprocess.run(_torchrun(tiny_dataset_dir, root, "--report-param-digest"),
-                          cwd=REPO_ROOT, env=train_subprocess_env(), capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        _torchrun(tiny_dataset_dir, root, "--report-param-digest"),
+        cwd=REPO_ROOT,
+        env=train_subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root, proc.stdout
 
@@ -69,11 +101,16 @@ def _kill9_tree(pid: int) -> None:
             process.send_signal(signal.SIGKILL)
 
 
-def test_kill9_mid_run_then_resume_matches(uninterrupted: tuple[Path, str],
-                                          tiny_dataset_dir: Path, tmp_path: Path) -> None:
-    proc = subprocess.Popen(_torchrun(tiny_dataset_dir, tmp_path), cwd=REPO_ROOT,
-                            env=train_subprocess_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, )
+def test_kill9_mid_run_then_resume_matches(
+    uninterrupted: tuple[Path, str], tiny_dataset_dir: Path, tmp_path: Path
+) -> None:
+    proc = subprocess.Popen(
+        _torchrun(tiny_dataset_dir, tmp_path),
+        cwd=REPO_ROOT,
+        env=train_subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 240
     while not list_checkpoints(tmp_path / "ckpt") and time.monotonic() < deadline:
         assert proc.poll() is None, "training ended before it could be killed"
@@ -84,9 +121,14 @@ def test_kill9_mid_run_then_resume_matches(uninterrupted: tuple[Path, str],
     assert not (tmp_path / "out" / "training.json").exists(), "run finished before the kill"
     last = list_checkpoints(tmp_path / "ckpt")[0]
 
-    restarted = subprocess.run(_torchrun(tiny_dataset_dir, tmp_path), cwd=REPO_ROOT,
-                               env=train_subprocess_env(), capture_output=True, text=True,
-                               timeout=300)
+    restarted = subprocess.run(
+        _torchrun(tiny_dataset_dir, tmp_path),
+        cwd=REPO_ROOT,
+        env=train_subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert restarted.returncode == 0, restarted.stdout[-3000:] + restarted.stderr[-3000:]
     report, expected = _report(tmp_path), _report(uninterrupted[0])
     assert report["resumed_from"] == str(last)
@@ -104,16 +146,23 @@ def _wait_for_checkpoint(proc: subprocess.Popen[bytes], ckpt_dir: Path) -> None:
 
 
 def test_torchrun_restarts_all_ranks_after_one_is_killed(
-        uninterrupted: tuple[Path, str], tiny_dataset_dir: Path, tmp_path: Path) -> None:
+    uninterrupted: tuple[Path, str], tiny_dataset_dir: Path, tmp_path: Path
+) -> None:
     import psutil
 
     cmd = _torchrun(tiny_dataset_dir, tmp_path)
     cmd.insert(cmd.index("--nproc_per_node"), "--max-restarts=1")
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=train_subprocess_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO_ROOT,
+        env=train_subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     _wait_for_checkpoint(proc, tmp_path / "ckpt")
-    workers = [p for p in psutil.Process(proc.pid).children() if "training.train" in " ".join(
-        p.cmdline())]
+    workers = [
+        p for p in psutil.Process(proc.pid).children() if "training.train" in " ".join(p.cmdline())
+    ]
     assert len(workers) == 2
     workers[-1].send_signal(signal.SIGKILL)  # one rank dies; torchrun restarts both
     out = proc.communicate(timeout=300)[0].decode(errors="replace")
@@ -125,10 +174,15 @@ def test_torchrun_restarts_all_ranks_after_one_is_killed(
 
 
 def test_sigterm_on_two_ranks_checkpoints_mid_epoch_then_resumes(
-        uninterrupted: tuple[Path, str], tiny_dataset_dir: Path, tmp_path: Path) -> None:
-    proc = subprocess.Popen(_torchrun(tiny_dataset_dir, tmp_path), cwd=REPO_ROOT,
-                            env=train_subprocess_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    uninterrupted: tuple[Path, str], tiny_dataset_dir: Path, tmp_path: Path
+) -> None:
+    proc = subprocess.Popen(
+        _torchrun(tiny_dataset_dir, tmp_path),
+        cwd=REPO_ROOT,
+        env=train_subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     _wait_for_checkpoint(proc, tmp_path / "ckpt")
     proc.send_signal(signal.SIGTERM)  # torchrun forwards it to both ranks
     out = proc.communicate(timeout=120)[0].decode(errors="replace")
@@ -137,9 +191,14 @@ def test_sigterm_on_two_ranks_checkpoints_mid_epoch_then_resumes(
     steps_per_epoch = _report(uninterrupted[0])["steps_per_epoch"]
     assert int(saved.stem.split("-")[1]) % steps_per_epoch != 0, "not a mid-epoch checkpoint"
 
-    resumed = subprocess.run(_torchrun(tiny_dataset_dir, tmp_path), cwd=REPO_ROOT,
-                             env=train_subprocess_env(), capture_output=True, text=True,
-                             timeout=300)
+    resumed = subprocess.run(
+        _torchrun(tiny_dataset_dir, tmp_path),
+        cwd=REPO_ROOT,
+        env=train_subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     report, expected = _report(tmp_path), _report(uninterrupted[0])
     assert report["resumed_from"] == str(saved)

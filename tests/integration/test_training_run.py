@@ -29,9 +29,17 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _args(dataset: Path, root: Path, *extra: str) -> list[str]:
-    return ["--dataset", str(dataset), "--model-dir", str(root / "model"),
-            "--output-data-dir", str(root / "out"), "--checkpoint-dir", str(root / "ckpt"),
-            *extra]
+    return [
+        "--dataset",
+        str(dataset),
+        "--model-dir",
+        str(root / "model"),
+        "--output-data-dir",
+        str(root / "out"),
+        "--checkpoint-dir",
+        str(root / "ckpt"),
+        *extra,
+    ]
 
 
 def _report(root: Path) -> dict:
@@ -51,8 +59,11 @@ def test_fast_dev_run(tiny_dataset_dir: Path, tmp_path: Path) -> None:
     assert main(_args(tiny_dataset_dir, tmp_path, "--setup", "dev_run", "--no-tracking")) == 0
     report = _report(tmp_path)
     assert report["global_step"] == 2 and report["world_size"] == 1
-    assert {p.name for p in (tmp_path / "model").iterdir()} == {"model.onnx", "model.pt",
-                                                               "metadata.json"}
+    assert {p.name for p in (tmp_path / "model").iterdir()} == {
+        "model.onnx",
+        "model.pt",
+        "metadata.json",
+    }
 
 
 def test_seeded_run_is_reproducible(tiny_dataset_dir: Path, tmp_path: Path) -> None:
@@ -81,7 +92,8 @@ def test_corrupt_newest_checkpoint_falls_back(tiny_dataset_dir: Path, tmp_path: 
 
 
 def test_mlflow_run_holds_params_metrics_tags_and_model(
-        tiny_dataset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny_dataset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import mlflow
     from mlflow import MlflowClient
 
@@ -102,11 +114,13 @@ def test_mlflow_run_holds_params_metrics_tags_and_model(
     history = client.get_metric_history(run_id, "val_acc")
     assert sorted({m.step for m in history}) == [0, 1]
     assert run.data.metrics["final_test_accuracy"] == pytest.approx(
-        report["metrics"]["test_accuracy"])
+        report["metrics"]["test_accuracy"]
+    )
     assert "confusion_matrix_test.png" in [a.path for a in client.list_artifacts(run_id)]
     mlflow.set_tracking_uri(uri)
-    models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id],
-                                         output_format="list")
+    models = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], output_format="list"
+    )
     assert [m.source_run_id for m in models] == [run_id]
     loaded = mlflow.pyfunc.load_model(models[0].model_uri)
     assert loaded.metadata.signature is not None
@@ -114,8 +128,11 @@ def test_mlflow_run_holds_params_metrics_tags_and_model(
 
 
 def test_unreachable_tracking_server_fails_at_start(
-        tiny_dataset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    tiny_dataset_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: refused
     started = time.monotonic()
     with pytest.raises(SystemExit) as exc:
@@ -125,27 +142,42 @@ def test_unreachable_tracking_server_fails_at_start(
     assert not (tmp_path / "model").exists()
 
 
-def test_failed_run_ends_failed(tiny_dataset_dir: Path, tmp_path: Path,
-                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_run_ends_failed(
+    tiny_dataset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mlflow import MlflowClient
 
     uri = _mlflow_env(monkeypatch, tmp_path / "mlruns")
     with pytest.raises(FileNotFoundError):
-        main(_args(tiny_dataset_dir, tmp_path, "--setup", "tiny",
-                   "--pretrained-weights", str(tmp_path / "missing.safetensors")))
+        main(
+            _args(
+                tiny_dataset_dir,
+                tmp_path,
+                "--setup",
+                "tiny",
+                "--pretrained-weights",
+                str(tmp_path / "missing.safetensors"),
+            )
+        )
     run_id = (tmp_path / "ckpt" / "mlflow_run_id").read_text().strip()
     assert MlflowClient(uri).get_run(run_id).info.status == "FAILED"
 
 
 def _train_subprocess(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "training.train", *args], cwd=REPO_ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "training.train", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 @pytest.mark.slow
-def test_sigterm_checkpoints_then_resume_matches(tiny_dataset_dir: Path, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sigterm_checkpoints_then_resume_matches(
+    tiny_dataset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mlflow import MlflowClient
 
     store = tmp_path / "mlruns"
@@ -182,10 +214,20 @@ def test_sigterm_checkpoints_then_resume_matches(tiny_dataset_dir: Path, tmp_pat
     assert client.get_run(run_id).info.status == "FINISHED"
 
     plain = tmp_path / "plain"
-    baseline = subprocess.run([sys.executable, "-m", "training.train",
-                               *_args(tiny_dataset_dir, plain, *common), "--no-tracking"],
-                              cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                              timeout=300)
+    baseline = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.train",
+            *_args(tiny_dataset_dir, plain, *common),
+            "--no-tracking",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert baseline.returncode == 0, baseline.stdout + baseline.stderr
     expected = _report(plain)["metrics"]
     for key in ("test_accuracy", "test_loss", "val_accuracy", "val_loss"):
@@ -193,14 +235,16 @@ def test_sigterm_checkpoints_then_resume_matches(tiny_dataset_dir: Path, tmp_pat
     shutil.rmtree(store, ignore_errors=True)
 
 
-def test_sagemaker_style_environment(tiny_dataset_dir: Path, tmp_path: Path,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sagemaker_style_environment(
+    tiny_dataset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """No flags: channels, model/output dirs and hyperparameters come from SM_* variables."""
     monkeypatch.setenv("SM_CHANNEL_DATASET", str(tiny_dataset_dir))
     monkeypatch.setenv("SM_MODEL_DIR", str(tmp_path / "model"))
     monkeypatch.setenv("SM_OUTPUT_DATA_DIR", str(tmp_path / "out"))
-    monkeypatch.setenv("SM_HPS", json.dumps({"setup": "dev_run", "seed": 7,
-                                             "per_device_batch_size": 32}))
+    monkeypatch.setenv(
+        "SM_HPS", json.dumps({"setup": "dev_run", "seed": 7, "per_device_batch_size": 32})
+    )
     monkeypatch.setenv("LEPTON_CHECKPOINT_DIR", str(tmp_path / "ckpt"))
     monkeypatch.setenv("LEPTON_CODE_VERSION", "sm-test")
     # SageMaker also passes the hyperparameters as flags (underscored names)
@@ -220,36 +264,67 @@ def test_frozen_backbone_warmup_then_fine_tuning(tiny_dataset_dir: Path, tmp_pat
     from training.model import build_model
 
     torch.manual_seed(123)
-    source = build_model("small_cnn", channels=1, num_classes=1000, image_size=[8, 8],
-                         mean=[0.5], std=[0.2], width=8)  # stands in for "pretrained"
+    source = build_model(
+        "small_cnn", channels=1, num_classes=1000, image_size=[8, 8], mean=[0.5], std=[0.2], width=8
+    )  # stands in for "pretrained"
     weights = {k: v.contiguous() for k, v in source.backbone.state_dict().items()}
     save_file(weights, str(tmp_path / "pretrained.safetensors"))
-    assert main(_args(tiny_dataset_dir, tmp_path, "--setup", "tiny", "--epochs", "2",
-                      "--freeze-backbone-epochs", "1", "--no-tracking", "--pretrained-weights",
-                      str(tmp_path / "pretrained.safetensors"))) == 0
-    after_1, after_2 = (load_checkpoint_file(p)["state_dict"]
-                        for p in reversed(list_checkpoints(tmp_path / "ckpt")))
+    assert (
+        main(
+            _args(
+                tiny_dataset_dir,
+                tmp_path,
+                "--setup",
+                "tiny",
+                "--epochs",
+                "2",
+                "--freeze-backbone-epochs",
+                "1",
+                "--no-tracking",
+                "--pretrained-weights",
+                str(tmp_path / "pretrained.safetensors"),
+            )
+        )
+        == 0
+    )
+    after_1, after_2 = (
+        load_checkpoint_file(p)["state_dict"] for p in reversed(list_checkpoints(tmp_path / "ckpt"))
+    )
     key = "model.backbone.features.0.weight"
     assert torch.equal(after_1[key], weights["features.0.weight"])  # frozen in epoch 1
     assert not torch.equal(after_2[key], weights["features.0.weight"])  # fine-tuned in epoch 2
-    assert torch.equal(after_1["model.backbone.features.1.running_mean"],
-                       weights["features.1.running_mean"])  # BN statistics kept while frozen
+    assert torch.equal(
+        after_1["model.backbone.features.1.running_mean"], weights["features.1.running_mean"]
+    )  # BN statistics kept while frozen
     assert after_1["model.backbone.fc.weight"].shape == (10, 32)  # new head for 10 classes
 
 
 @pytest.mark.slow
-def test_tracks_to_the_local_mlflow_server(tiny_dataset_dir: Path, tmp_path: Path,
-                                          stack_settings: object) -> None:
+def test_tracks_to_the_local_mlflow_server(
+    tiny_dataset_dir: Path, tmp_path: Path, stack_settings: object
+) -> None:
     """Against the project's real local stack: MLflow server, artifacts in SeaweedFS."""
     from mlflow import MlflowClient
 
     settings = stack_settings
-    env = train_subprocess_env(MLFLOW_TRACKING_URI=settings.tracking_uri,  # type: ignore[attr-defined]
-                               MLFLOW_EXPERIMENT_NAME="lepton-train-tests",
-                               **settings.s3_env())  # type: ignore[attr-defined]
-    proc = subprocess.run([sys.executable, "-m", "training.train",
-                           *_args(tiny_dataset_dir, tmp_path, "--setup", "tiny", "--epochs", "2")],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    env = train_subprocess_env(
+        MLFLOW_TRACKING_URI=settings.tracking_uri,  # type: ignore[attr-defined]
+        MLFLOW_EXPERIMENT_NAME="lepton-train-tests",
+        **settings.s3_env(),
+    )  # type: ignore[attr-defined]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.train",
+            *_args(tiny_dataset_dir, tmp_path, "--setup", "tiny", "--epochs", "2"),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_id = _report(tmp_path)["mlflow_run_id"]
     client = MlflowClient(settings.tracking_uri)  # type: ignore[attr-defined]

@@ -23,9 +23,12 @@ def s3_bucket(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
     host, port = server.get_host_and_port()
-    for key, value in {"AWS_ENDPOINT_URL_S3": f"http://{host}:{port}",
-                       "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for key, value in {
+        "AWS_ENDPOINT_URL_S3": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     boto3.client("s3").create_bucket(Bucket="lepton-test")
@@ -55,27 +58,52 @@ def test_dataset_reads_and_verifies_from_s3(s3_bucket: str, tiny_dataset_dir: Pa
 
 
 def test_pretrained_weights_from_s3(s3_bucket: str, tmp_path: Path) -> None:
-    source = build_model("small_cnn", channels=1, num_classes=10, image_size=[8, 8],
-                         mean=[0.5], std=[0.2], width=4)
-    save_file({k: v.contiguous() for k, v in source.backbone.state_dict().items()},
-              str(tmp_path / "w.safetensors"))
+    source = build_model(
+        "small_cnn", channels=1, num_classes=10, image_size=[8, 8], mean=[0.5], std=[0.2], width=4
+    )
+    save_file(
+        {k: v.contiguous() for k, v in source.backbone.state_dict().items()},
+        str(tmp_path / "w.safetensors"),
+    )
     boto3.client("s3").upload_file(str(tmp_path / "w.safetensors"), s3_bucket, "w.safetensors")
     uri = f"s3://{s3_bucket}/w.safetensors"
     assert set(read_weights(uri)) == set(source.backbone.state_dict())
-    target = build_model("small_cnn", channels=1, num_classes=3, image_size=[8, 8],
-                         mean=[0.5], std=[0.2], width=4, pretrained_weights=uri)
+    target = build_model(
+        "small_cnn",
+        channels=1,
+        num_classes=3,
+        image_size=[8, 8],
+        mean=[0.5],
+        std=[0.2],
+        width=4,
+        pretrained_weights=uri,
+    )
     assert torch.equal(target.backbone.features[0].weight, source.backbone.features[0].weight)
     assert target.backbone.fc.weight.shape == (3, 16)
 
 
-def test_training_reads_an_s3_dataset(s3_bucket: str, tiny_dataset_dir: Path, tmp_path: Path,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_training_reads_an_s3_dataset(
+    s3_bucket: str, tiny_dataset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from training.train import main
 
     for key in [k for k in os.environ if k.startswith(("SM_", "MLFLOW_"))]:
         monkeypatch.delenv(key)
     uri = _upload(tiny_dataset_dir, s3_bucket, "datasets/tiny")
-    assert main(["--dataset", uri, "--model-dir", str(tmp_path / "model"),
-                 "--checkpoint-dir", str(tmp_path / "ckpt"), "--setup", "dev_run",
-                 "--no-tracking"]) == 0
+    assert (
+        main(
+            [
+                "--dataset",
+                uri,
+                "--model-dir",
+                str(tmp_path / "model"),
+                "--checkpoint-dir",
+                str(tmp_path / "ckpt"),
+                "--setup",
+                "dev_run",
+                "--no-tracking",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "model" / "model.onnx").is_file()

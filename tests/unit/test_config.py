@@ -82,11 +82,24 @@ def test_parameter_defaults_round_trip() -> None:
     assert defaults["Epochs"] == 7 and defaults["LearningRate"] == 0.01
     assert defaults["MinimumChampionAccuracy"] == 0.0
     assert PipelineConfig().with_parameters(defaults) == replace(
-        PipelineConfig(), **{k: getattr(cfg, k) for k in (
-            "input_data_uri", "processing_instance_type", "processing_instance_count",
-            "training_instance_type", "training_instance_count", "processes_per_node", "epochs",
-            "per_device_batch_size", "lr_peak", "accuracy_threshold", "model_approval_status",
-            "model_package_group")}
+        PipelineConfig(),
+        **{
+            k: getattr(cfg, k)
+            for k in (
+                "input_data_uri",
+                "processing_instance_type",
+                "processing_instance_count",
+                "training_instance_type",
+                "training_instance_count",
+                "processes_per_node",
+                "epochs",
+                "per_device_batch_size",
+                "lr_peak",
+                "accuracy_threshold",
+                "model_approval_status",
+                "model_package_group",
+            )
+        },
     )
 
 
@@ -97,18 +110,21 @@ def test_minimum_champion_accuracy() -> None:
     assert cfg.minimum_champion_accuracy(0.005) == 0.0
 
 
-@pytest.mark.parametrize("changes", [
-    {"pipeline_name": "bad_name"},
-    {"bucket": "b/with/slash"},
-    {"prefix": "/lead"},
-    {"model_approval_status": "Maybe"},
-    {"epochs": 0},
-    {"processes_per_node": -1},
-    {"use_spot": True, "max_wait_s": 10, "max_run_s": 20},
-    {"cache_expire": "30 days"},
-    {"channels": 2},
-    {"input_data_uri": "/local/path"},
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"pipeline_name": "bad_name"},
+        {"bucket": "b/with/slash"},
+        {"prefix": "/lead"},
+        {"model_approval_status": "Maybe"},
+        {"epochs": 0},
+        {"processes_per_node": -1},
+        {"use_spot": True, "max_wait_s": 10, "max_run_s": 20},
+        {"cache_expire": "30 days"},
+        {"channels": 2},
+        {"input_data_uri": "/local/path"},
+    ],
+)
 def test_invalid_configs_are_refused(changes: dict) -> None:
     with pytest.raises(ValueError):
         replace(PipelineConfig(), **changes)
@@ -120,12 +136,20 @@ def test_training_knob_defaults_follow_the_training_setup() -> None:
     cfg = PipelineConfig()
     train = named_setup(cfg.train_setup)
     assert (cfg.epochs, cfg.per_device_batch_size, cfg.lr_peak) == (
-        train.epochs, train.per_device_batch_size, train.lr_peak)
+        train.epochs,
+        train.per_device_batch_size,
+        train.lr_peak,
+    )
 
 
 def test_local_default_uses_settings() -> None:
-    settings = Settings(state_dir=Path("/x"), region="eu-central-1", artifact_bucket="art",
-                        data_bucket="dat", registered_model_name="m")
+    settings = Settings(
+        state_dir=Path("/x"),
+        region="eu-central-1",
+        artifact_bucket="art",
+        data_bucket="dat",
+        registered_model_name="m",
+    )
     cfg = local_default(settings)
     assert (cfg.bucket, cfg.region, cfg.model_package_group) == ("art", "eu-central-1", "m")
     assert cfg.input_data_uri == "s3://dat/raw/mnist-5k"

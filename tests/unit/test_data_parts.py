@@ -33,15 +33,32 @@ def parse(argv: list[str], positional: bool = False) -> PrepareConfig:
     return config_from_args(parser.parse_args(argv))
 
 
-@pytest.mark.parametrize("cfg", [
-    PrepareConfig(input="s3://b/raw", output="/tmp/out"),
-    PrepareConfig(input="in.jsonl", output="s3://b/ds", dataset="d", image_size=(32, 48),
-                  channels=3, split_fractions=(0.7, 0.2, 0.1), min_images_per_class=1,
-                  min_side=2, max_pixels=10**6, max_file_bytes=1000, shard_size=7,
-                  shard_max_bytes=12345,
-                  classes=("cat", "dög"), imbalance_ratio=3.5, workers=3, chunk_size=9,
-                  force=True, work_dir="/scratch"),
-])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        PrepareConfig(input="s3://b/raw", output="/tmp/out"),
+        PrepareConfig(
+            input="in.jsonl",
+            output="s3://b/ds",
+            dataset="d",
+            image_size=(32, 48),
+            channels=3,
+            split_fractions=(0.7, 0.2, 0.1),
+            min_images_per_class=1,
+            min_side=2,
+            max_pixels=10**6,
+            max_file_bytes=1000,
+            shard_size=7,
+            shard_max_bytes=12345,
+            classes=("cat", "dög"),
+            imbalance_ratio=3.5,
+            workers=3,
+            chunk_size=9,
+            force=True,
+            work_dir="/scratch",
+        ),
+    ],
+)
 def test_config_round_trips_through_args(cfg: PrepareConfig) -> None:
     assert parse(to_args(cfg)) == cfg
 
@@ -69,8 +86,9 @@ def test_split_is_stable_and_follows_fractions() -> None:
 
 def test_duplicates_same_label_keep_first_conflicts_drop_all() -> None:
     a, b, c = b"a" * 32, b"b" * 32, b"c" * 32
-    kept, dropped = resolve_duplicates([
-        ("x/1", "x", a), ("x/2", "x", a), ("x/3", "x", b), ("y/1", "y", b), ("y/2", "y", c)])
+    kept, dropped = resolve_duplicates(
+        [("x/1", "x", a), ("x/2", "x", a), ("x/3", "x", b), ("y/1", "y", b), ("y/2", "y", c)]
+    )
     assert kept == {0, 4}
     assert dropped[1][0] == "duplicate" and "x/1" in dropped[1][1]
     assert dropped[2][0] == dropped[3][0] == "duplicate_conflicting_labels"
@@ -85,9 +103,22 @@ def test_exact_channel_stats_match_numpy() -> None:
     assert np.allclose(mean, ref_mean, atol=1e-12) and np.allclose(std, ref_std, atol=1e-12)
 
 
-@pytest.mark.parametrize(("raw", "ok"), [
-    ("cat", "cat"), ("cafe\u0301", "caf\u00e9"), ("猫", "猫"), ("..", None), (".", None),
-    ("", None), (" cat", None), ("a\u200bb", None), ("a\x00", None), ("a/b", None), (3, None)])
+@pytest.mark.parametrize(
+    ("raw", "ok"),
+    [
+        ("cat", "cat"),
+        ("cafe\u0301", "caf\u00e9"),
+        ("猫", "猫"),
+        ("..", None),
+        (".", None),
+        ("", None),
+        (" cat", None),
+        ("a\u200bb", None),
+        ("a\x00", None),
+        ("a/b", None),
+        (3, None),
+    ],
+)
 def test_clean_label(raw: object, ok: str | None) -> None:
     assert clean_label(raw) == ok
 
@@ -95,23 +126,34 @@ def test_clean_label(raw: object, ok: str | None) -> None:
 def test_jsonl_manifest_input(raw_mnist_copy: Path, tmp_path: Path) -> None:
     keys = sorted(p.relative_to(raw_mnist_copy).as_posix() for p in raw_mnist_copy.rglob("*.png"))
     lines = [json.dumps({"source-ref": f"raw/{k}", "class": k.split("/")[0]}) for k in keys[:60]]
-    lines[1] = json.dumps({"source-ref": f"raw/{keys[1]}",
-                           "gt-job-metadata": {"class-name": "0"}})  # Ground Truth style
+    lines[1] = json.dumps(
+        {"source-ref": f"raw/{keys[1]}", "gt-job-metadata": {"class-name": "0"}}
+    )  # Ground Truth style
     manifest = tmp_path / "m.jsonl"
-    manifest.write_text("\n".join([
-        *lines,
-        "{not json",
-        json.dumps({"source-ref": "/etc/passwd", "class": "0"}),
-        json.dumps({"source-ref": "raw/../../../../etc/hostname.png", "class": "0"}),
-        json.dumps({"source-ref": f"raw/{keys[70]}"}),
-        "",
-    ]))
+    manifest.write_text(
+        "\n".join(
+            [
+                *lines,
+                "{not json",
+                json.dumps({"source-ref": "/etc/passwd", "class": "0"}),
+                json.dumps({"source-ref": "raw/../../../../etc/hostname.png", "class": "0"}),
+                json.dumps({"source-ref": f"raw/{keys[70]}"}),
+                "",
+            ]
+        )
+    )
     listing = list_source(str(manifest), None)
     reasons = {it.key: it.issue[0] for it in listing.items if it.issue}
-    assert sorted(reasons.values()) == ["invalid_manifest_line", "unknown_label", "unsafe_key",
-                                        "unsafe_key"]
-    result = prepare(PrepareConfig(input=str(manifest), output=str(tmp_path / "out"),
-                                   min_images_per_class=5), log=lambda _m: None)
+    assert sorted(reasons.values()) == [
+        "invalid_manifest_line",
+        "unknown_label",
+        "unsafe_key",
+        "unsafe_key",
+    ]
+    result = prepare(
+        PrepareConfig(input=str(manifest), output=str(tmp_path / "out"), min_images_per_class=5),
+        log=lambda _m: None,
+    )
     assert result.report["used"] == 60 and result.report["total"] == 64
     assert result.manifest["classes"] == ["0", "1"]
 
@@ -121,26 +163,47 @@ def test_import_builtin_to_folder_then_prepare(tmp_path: Path) -> None:
     assert n == 200 and len(list((tmp_path / "raw").rglob("*.png"))) == 200
     images, labels = builtin_arrays("mnist-5k")
     assert images.shape == (5000, 28, 28) and images.dtype == np.uint8 and len(labels) == 5000
-    again = import_dataset(str(tmp_path / "raw"), str(tmp_path / "copy"), None,
-                           log=lambda _m: None)
+    again = import_dataset(str(tmp_path / "raw"), str(tmp_path / "copy"), None, log=lambda _m: None)
     assert again == 200
-    result = prepare(PrepareConfig(input=str(tmp_path / "copy"), output=str(tmp_path / "ds"),
-                                   image_size=(8, 8), min_images_per_class=5),
-                     log=lambda _m: None)
+    result = prepare(
+        PrepareConfig(
+            input=str(tmp_path / "copy"),
+            output=str(tmp_path / "ds"),
+            image_size=(8, 8),
+            min_images_per_class=5,
+        ),
+        log=lambda _m: None,
+    )
     assert len(result.manifest["classes"]) == 10 and result.report["quarantined"] == []
 
 
 @pytest.mark.parametrize("how", [["pipelines/steps/prepare.py"], ["-m", "pipelines.steps.prepare"]])
-def test_step_entry_point_runs_both_ways(raw_mnist_dir: Path, tmp_path: Path,
-                                         how: list[str]) -> None:
+def test_step_entry_point_runs_both_ways(
+    raw_mnist_dir: Path, tmp_path: Path, how: list[str]
+) -> None:
     out = tmp_path / "out"
-    cmd = [sys.executable, *how, "--input", str(raw_mnist_dir), "--output", str(out),
-           "--min-images-per-class", "5", "--workers", "2"]
+    cmd = [
+        sys.executable,
+        *how,
+        "--input",
+        str(raw_mnist_dir),
+        "--output",
+        str(out),
+        "--min-images-per-class",
+        "5",
+        "--workers",
+        "2",
+    ]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "done:" in done.stderr and read_manifest(out)["dataset"] == "mnist"
-    bad = subprocess.run([*cmd[:-4], "--min-images-per-class", "1000"], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [*cmd[:-4], "--min-images-per-class", "1000"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "under the minimum of 1000" in bad.stderr
 
 
@@ -155,33 +218,60 @@ class FakeS3:
 
     def paginate(self, Bucket: str, Prefix: str) -> list[dict[str, object]]:  # noqa: N803
         keys = sorted(k for k in self.objects if k.startswith(Prefix))
-        return [{"Contents": [{"Key": k, "Size": len(self.objects[k]),
-                               "ETag": f'"{hashlib.md5(self.objects[k]).hexdigest()}"'}
-                              for k in keys[i:i + 1000]]} for i in range(0, len(keys), 1000)]
+        return [
+            {
+                "Contents": [
+                    {
+                        "Key": k,
+                        "Size": len(self.objects[k]),
+                        "ETag": f'"{hashlib.md5(self.objects[k]).hexdigest()}"',
+                    }
+                    for k in keys[i : i + 1000]
+                ]
+            }
+            for i in range(0, len(keys), 1000)
+        ]
 
     def get_object(self, Bucket: str, Key: str) -> dict[str, object]:  # noqa: N803
         data = self.objects[Key]
         return {"ETag": f'"{hashlib.md5(data).hexdigest()}"', "Body": io.BytesIO(data)}
 
 
-def test_aws_style_hostile_keys_never_escape(raw_mnist_dir: Path, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    objects = {f"raw/{p.relative_to(raw_mnist_dir).as_posix()}": p.read_bytes()
-               for p in raw_mnist_dir.rglob("*.png")}
-    hostile = ["raw/../escape.png", "raw/3/../../../../tmp/up.png", "raw/./3/dot.png",
-               "raw//abs.png", "raw/..\\x.png", "raw/3/./../x.png"]
+def test_aws_style_hostile_keys_never_escape(
+    raw_mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objects = {
+        f"raw/{p.relative_to(raw_mnist_dir).as_posix()}": p.read_bytes()
+        for p in raw_mnist_dir.rglob("*.png")
+    }
+    hostile = [
+        "raw/../escape.png",
+        "raw/3/../../../../tmp/up.png",
+        "raw/./3/dot.png",
+        "raw//abs.png",
+        "raw/..\\x.png",
+        "raw/3/./../x.png",
+    ]
     for n, key in enumerate(hostile):
         objects[key] = encode(Image.new("L", (9, 9), 50 + n), "PNG")
     fake = FakeS3(objects)
     monkeypatch.setattr(sources, "make_client", lambda _s: fake)
     monkeypatch.setattr(decode, "make_client", lambda _s: fake)
     out = tmp_path / "work" / "out"
-    result = prepare(PrepareConfig(input="s3://b/raw", output=str(out), workers=1,
-                                   min_images_per_class=5), log=lambda _m: None)
+    result = prepare(
+        PrepareConfig(input="s3://b/raw", output=str(out), workers=1, min_images_per_class=5),
+        log=lambda _m: None,
+    )
     got = {q["key"]: q["reason"] for q in result.report["quarantined"]}
     assert set(got.values()) == {"unknown_label"} and len(got) == len(hostile)
     assert result.manifest["classes"] == [str(d) for d in range(10)]
     files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
-    assert files == sorted(["work", "work/out", "work/out/manifest.json",
-                            "work/out/quality_report.json",
-                            *(f"work/out/{s['file']}" for s in result.manifest["shards"])])
+    assert files == sorted(
+        [
+            "work",
+            "work/out",
+            "work/out/manifest.json",
+            "work/out/quality_report.json",
+            *(f"work/out/{s['file']}" for s in result.manifest["shards"]),
+        ]
+    )

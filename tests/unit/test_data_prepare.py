@@ -25,8 +25,12 @@ from training.shards import DatasetError, load_split, read_manifest
 
 
 def cfg_for(raw: Path, out: Path, **kw: object) -> PrepareConfig:
-    base: dict[str, object] = {"min_images_per_class": 5, "shard_size": 100, "workers": 2,
-                               "chunk_size": 64}
+    base: dict[str, object] = {
+        "min_images_per_class": 5,
+        "shard_size": 100,
+        "workers": 2,
+        "chunk_size": 64,
+    }
     base.update(kw)
     return PrepareConfig(input=str(raw), output=str(out), **base)  # type: ignore[arg-type]
 
@@ -52,8 +56,10 @@ def test_every_bad_file_quarantined_with_its_reason(raw_mnist_copy: Path, tmp_pa
     expected = plant_bad_files(raw_mnist_copy, tmp_path / "outside")
     total = sum(1 for p in raw_mnist_copy.rglob("*") if p.is_file() or p.is_symlink())
     out = tmp_path / "out"
-    result = prepare(cfg_for(raw_mnist_copy, out, max_pixels=PLANT_MAX_PIXELS,
-                             min_side=PLANT_MIN_SIDE), log=quiet)
+    result = prepare(
+        cfg_for(raw_mnist_copy, out, max_pixels=PLANT_MAX_PIXELS, min_side=PLANT_MIN_SIDE),
+        log=quiet,
+    )
     report = result.report
     got = {q["key"]: q["reason"] for q in report["quarantined"]}
     want = {k: r for k, r in expected.items() if r}
@@ -64,18 +70,25 @@ def test_every_bad_file_quarantined_with_its_reason(raw_mnist_copy: Path, tmp_pa
     manifest = read_manifest(out)
     assert manifest["classes"] == [str(d) for d in range(10)]
     assert sum(s["count"] for s in manifest["splits"].values()) == report["used"]
-    assert manifest["splits"]["train"]["class_counts"]["7"] + manifest["splits"]["val"][
-        "class_counts"]["7"] + manifest["splits"]["test"]["class_counts"]["7"] == 30 + 7
+    assert (
+        manifest["splits"]["train"]["class_counts"]["7"]
+        + manifest["splits"]["val"]["class_counts"]["7"]
+        + manifest["splits"]["test"]["class_counts"]["7"]
+        == 30 + 7
+    )
     images, labels = load_split(out, "train")
     assert images.shape[1:] == (28, 28, 1) and images.dtype == np.uint8
     assert len(labels) == manifest["splits"]["train"]["count"]
     # Nothing but the dataset files in the output, even with hostile names in the input.
     assert {p.name for p in out.iterdir()} == {s["file"] for s in manifest["shards"]} | {
-        "manifest.json", "quality_report.json"}
+        "manifest.json",
+        "quality_report.json",
+    }
 
 
-def test_two_runs_are_byte_identical_and_second_is_a_no_op(raw_mnist_dir: Path,
-                                                           tmp_path: Path) -> None:
+def test_two_runs_are_byte_identical_and_second_is_a_no_op(
+    raw_mnist_dir: Path, tmp_path: Path
+) -> None:
     a = prepare(cfg_for(raw_mnist_dir, tmp_path / "a", workers=2), log=quiet)
     b = prepare(cfg_for(raw_mnist_dir, tmp_path / "b", workers=1, chunk_size=7), log=quiet)
     assert not a.skipped and not b.skipped
@@ -90,8 +103,11 @@ def test_two_runs_are_byte_identical_and_second_is_a_no_op(raw_mnist_dir: Path,
     # A config change is not up to date.
     changed = prepare(cfg_for(raw_mnist_dir, tmp_path / "a", shard_size=1000), log=quiet)
     assert not changed.skipped and len(changed.manifest["shards"]) == 3
-    assert {p.name for p in (tmp_path / "a").glob("*.npz")} == {"train-00000.npz",
-                                                               "val-00000.npz", "test-00000.npz"}
+    assert {p.name for p in (tmp_path / "a").glob("*.npz")} == {
+        "train-00000.npz",
+        "val-00000.npz",
+        "test-00000.npz",
+    }
 
 
 def test_adding_ten_percent_moves_no_old_image(raw_mnist_copy: Path, tmp_path: Path) -> None:
@@ -108,8 +124,9 @@ def test_adding_ten_percent_moves_no_old_image(raw_mnist_copy: Path, tmp_path: P
 
 def test_mean_std_match_train_pixels(raw_mnist_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    manifest = prepare(cfg_for(raw_mnist_dir, out, channels=3, image_size=(16, 20)),
-                       log=quiet).manifest
+    manifest = prepare(
+        cfg_for(raw_mnist_dir, out, channels=3, image_size=(16, 20)), log=quiet
+    ).manifest
     images, _ = load_split(out, "train")
     assert images.shape[1:] == (16, 20, 3)
     x = images.reshape(-1, 3).astype(np.float64) / 255
@@ -147,15 +164,17 @@ def test_class_list_option_and_under_min_message(raw_mnist_dir: Path, tmp_path: 
         prepare(cfg_for(raw_mnist_dir, tmp_path / "x", min_images_per_class=40), log=quiet)
 
 
-def test_crash_while_writing_leaves_no_manifest(raw_mnist_dir: Path, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crash_while_writing_leaves_no_manifest(
+    raw_mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "out"
     prepare(cfg_for(raw_mnist_dir, out), log=quiet)  # an older, complete dataset
     calls = {"n": 0}
     real = output_mod.Destination.put_shard
 
-    def flaky(self: output_mod.Destination, name: str, images: np.ndarray,
-              labels: np.ndarray) -> str:
+    def flaky(
+        self: output_mod.Destination, name: str, images: np.ndarray, labels: np.ndarray
+    ) -> str:
         calls["n"] += 1
         if calls["n"] == 2:
             raise OSError("disk full")

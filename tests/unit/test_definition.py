@@ -81,10 +81,15 @@ def cfg() -> PipelineConfig:
 
 
 @pytest.fixture(scope="module")
-def built(no_network: list[str], source_root: Path, cfg: PipelineConfig,
-          tmp_path_factory: pytest.TempPathFactory) -> BuiltDefinition:
-    result = build_definition(cfg, source_root=source_root,
-                              staging_root=tmp_path_factory.mktemp("staging"))
+def built(
+    no_network: list[str],
+    source_root: Path,
+    cfg: PipelineConfig,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> BuiltDefinition:
+    result = build_definition(
+        cfg, source_root=source_root, staging_root=tmp_path_factory.mktemp("staging")
+    )
     assert no_network == []
     return result
 
@@ -117,17 +122,22 @@ def test_builds_offline_and_parses(built: BuiltDefinition, no_network: list[str]
     assert built.parsed()["Version"] == "2020-12-01"
 
 
-def test_same_inputs_give_the_same_definition(built: BuiltDefinition, source_root: Path,
-                                              cfg: PipelineConfig, no_network: list[str],
-                                              tmp_path: Path) -> None:
+def test_same_inputs_give_the_same_definition(
+    built: BuiltDefinition,
+    source_root: Path,
+    cfg: PipelineConfig,
+    no_network: list[str],
+    tmp_path: Path,
+) -> None:
     again = build_definition(cfg, source_root=source_root, staging_root=tmp_path)
     assert again.definition == built.definition
     assert again.bundle.objects == built.bundle.objects
     assert no_network == []
 
 
-def test_code_change_changes_only_code_uris(built: BuiltDefinition, source_root: Path,
-                                            cfg: PipelineConfig, tmp_path: Path) -> None:
+def test_code_change_changes_only_code_uris(
+    built: BuiltDefinition, source_root: Path, cfg: PipelineConfig, tmp_path: Path
+) -> None:
     changed = tmp_path / "src"
     shutil.copytree(source_root, changed)
     (changed / "training" / "train.py").write_text("print('train v2')\n")
@@ -144,11 +154,16 @@ def test_code_change_changes_only_code_uris(built: BuiltDefinition, source_root:
 
 def test_steps_and_types(d: dict[str, Any]) -> None:
     assert [(s["Name"], s["Type"]) for s in d["Steps"]] == [
-        ("Prepare", "Processing"), ("Train", "Training"), ("Evaluate", "Processing"),
-        ("QualityGate", "Condition")]
+        ("Prepare", "Processing"),
+        ("Train", "Training"),
+        ("Evaluate", "Processing"),
+        ("QualityGate", "Condition"),
+    ]
     gate = d["Steps"][3]["Arguments"]
     assert [(s["Name"], s["Type"]) for s in gate["IfSteps"]] == [
-        ("Register", "RegisterModel"), ("Deploy", "Processing")]
+        ("Register", "RegisterModel"),
+        ("Deploy", "Processing"),
+    ]
     assert [(s["Name"], s["Type"]) for s in gate["ElseSteps"]] == [("GateFailed", "Fail")]
 
 
@@ -175,15 +190,35 @@ def test_parameters_and_defaults(d: dict[str, Any], cfg: PipelineConfig) -> None
     assert types["Epochs"] == types["ProcessesPerNode"] == "Integer"
     assert types["LearningRate"] == types["MinimumChampionAccuracy"] == "Float"
     assert params["ModelApprovalStatus"]["EnumValues"] == [
-        "Approved", "PendingManualApproval", "Rejected"]
+        "Approved",
+        "PendingManualApproval",
+        "Rejected",
+    ]
 
 
 def test_config_round_trips_through_the_definition(d: dict[str, Any], cfg: PipelineConfig) -> None:
     defaults = {p["Name"]: p["DefaultValue"] for p in d["Parameters"]}
     assert cfg.with_parameters(defaults) == cfg
-    assert replace(PipelineConfig(), **{k: getattr(cfg, k) for k in (
-        "role_arn", "bucket", "region", "use_spot", "champion_tolerance", "dataset_name",
-        "image_size", "channels", "split_fractions")}).with_parameters(defaults) == cfg
+    assert (
+        replace(
+            PipelineConfig(),
+            **{
+                k: getattr(cfg, k)
+                for k in (
+                    "role_arn",
+                    "bucket",
+                    "region",
+                    "use_spot",
+                    "champion_tolerance",
+                    "dataset_name",
+                    "image_size",
+                    "channels",
+                    "split_fractions",
+                )
+            },
+        ).with_parameters(defaults)
+        == cfg
+    )
     assert PipelineConfig.from_args(cfg.to_args()) == cfg
 
 
@@ -194,7 +229,9 @@ def test_prepare(d: dict[str, Any], built: BuiltDefinition, cfg: PipelineConfig)
     step = all_steps(d)["Prepare"]
     a = step["Arguments"]
     assert a["AppSpecification"]["ContainerEntrypoint"] == [
-        "python3", "/opt/ml/processing/input/code/prepare.py"]
+        "python3",
+        "/opt/ml/processing/input/code/prepare.py",
+    ]
     args = a["AppSpecification"]["ContainerArguments"]
     assert args[:4] == ["--input", n.RAW_DIR, "--output", n.DATASET_OUT_DIR]
     from pipelines.data.config import add_arguments, config_from_args
@@ -202,8 +239,11 @@ def test_prepare(d: dict[str, Any], built: BuiltDefinition, cfg: PipelineConfig)
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     prep = config_from_args(parser.parse_args(args))
-    assert (prep.image_size, prep.channels, prep.dataset) == (cfg.image_size, cfg.channels,
-                                                              cfg.dataset_name)
+    assert (prep.image_size, prep.channels, prep.dataset) == (
+        cfg.image_size,
+        cfg.channels,
+        cfg.dataset_name,
+    )
     inputs = {i["InputName"]: i["S3Input"] for i in a["ProcessingInputs"]}
     assert inputs["raw"]["S3Uri"] == {"Get": "Parameters.InputDataUri"}
     assert inputs["raw"]["LocalPath"] == n.RAW_DIR
@@ -213,17 +253,20 @@ def test_prepare(d: dict[str, Any], built: BuiltDefinition, cfg: PipelineConfig)
     assert out["OutputName"] == "dataset" and out["S3Output"]["LocalPath"] == n.DATASET_OUT_DIR
     assert step["CacheConfig"] == {"Enabled": True, "ExpireAfter": cfg.cache_expire}
     assert a["ProcessingResources"]["ClusterConfig"]["InstanceCount"] == {
-        "Get": "Parameters.ProcessingInstanceCount"}
+        "Get": "Parameters.ProcessingInstanceCount"
+    }
     assert a["RoleArn"] == ROLE
 
 
 def test_train(d: dict[str, Any], built: BuiltDefinition, cfg: PipelineConfig) -> None:
     step = all_steps(d)["Train"]
     a = step["Arguments"]
-    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
-                for c in a["InputDataConfig"]}
+    channels = {
+        c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in a["InputDataConfig"]
+    }
     assert channels["dataset"] == {
-        "Get": "Steps.Prepare.ProcessingOutputConfig.Outputs['dataset'].S3Output.S3Uri"}
+        "Get": "Steps.Prepare.ProcessingOutputConfig.Outputs['dataset'].S3Output.S3Uri"
+    }
     assert channels["code"] in built.bundle.uris()
     assert channels["sm_drivers"] in built.bundle.uris()
     hps = a["HyperParameters"]
@@ -234,17 +277,21 @@ def test_train(d: dict[str, Any], built: BuiltDefinition, cfg: PipelineConfig) -
     assert from_hyperparameters(plain).arch == "small_cnn"
     assert hps["epochs"] == {"Std:Join": {"On": "", "Values": [{"Get": "Parameters.Epochs"}]}}
     assert hps["per_device_batch_size"]["Std:Join"]["Values"] == [
-        {"Get": "Parameters.PerDeviceBatchSize"}]
+        {"Get": "Parameters.PerDeviceBatchSize"}
+    ]
     assert hps["lr_peak"]["Std:Join"]["Values"] == [{"Get": "Parameters.LearningRate"}]
     env = a["Environment"]
     assert env[n.ENV_NPROC_PER_NODE]["Std:Join"]["Values"] == [
-        {"Get": "Parameters.ProcessesPerNode"}]
+        {"Get": "Parameters.ProcessesPerNode"}
+    ]
     assert env[n.ENV_ENTRY_SCRIPT] == cfg.train_entry_script
     assert a["ResourceConfig"]["InstanceType"] == {"Get": "Parameters.TrainingInstanceType"}
     assert a["ResourceConfig"]["InstanceCount"] == {"Get": "Parameters.TrainingInstanceCount"}
     assert a["EnableManagedSpotTraining"] is True
-    assert a["StoppingCondition"] == {"MaxRuntimeInSeconds": cfg.max_run_s,
-                                      "MaxWaitTimeInSeconds": cfg.max_wait_s}
+    assert a["StoppingCondition"] == {
+        "MaxRuntimeInSeconds": cfg.max_run_s,
+        "MaxWaitTimeInSeconds": cfg.max_wait_s,
+    }
     ckpt = a["CheckpointConfig"]
     assert ckpt["LocalPath"] == n.CHECKPOINT_DIR
     assert "Execution.PipelineExecutionId" not in json.dumps(ckpt)  # part of Train's cache key
@@ -253,20 +300,31 @@ def test_train(d: dict[str, Any], built: BuiltDefinition, cfg: PipelineConfig) -
     assert step["CacheConfig"]["Enabled"] is True and step["RetryPolicies"]
 
 
-def test_code_bundle_contents(d: dict[str, Any], built: BuiltDefinition, cfg: PipelineConfig,
-                             source_root: Path) -> None:
-    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
-                for c in all_steps(d)["Train"]["Arguments"]["InputDataConfig"]}
+def test_code_bundle_contents(
+    d: dict[str, Any], built: BuiltDefinition, cfg: PipelineConfig, source_root: Path
+) -> None:
+    channels = {
+        c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
+        for c in all_steps(d)["Train"]["Arguments"]["InputDataConfig"]
+    }
 
     def files(uri: str) -> dict[str, bytes]:
         key = uri.split(f"s3://{cfg.bucket}/", 1)[1]
-        return {k[len(key) + 1:]: v for k, v in built.bundle.objects.items()
-                if k.startswith(key + "/")}
+        return {
+            k[len(key) + 1 :]: v for k, v in built.bundle.objects.items() if k.startswith(key + "/")
+        }
 
     code = files(channels["code"])
     assert code == source_files(source_root)
-    for entry in ("prepare.py", "evaluate.py", "deploy.py", "handler.py", cfg.train_entry_script,
-                  "pipelines/data/config.py", "training/shards.py"):
+    for entry in (
+        "prepare.py",
+        "evaluate.py",
+        "deploy.py",
+        "handler.py",
+        cfg.train_entry_script,
+        "pipelines/data/config.py",
+        "training/shards.py",
+    ):
         assert entry in code, entry
     assert not any("__pycache__" in k for k in code)
     drivers = files(channels["sm_drivers"])
@@ -283,26 +341,48 @@ def test_evaluate_and_property_file(d: dict[str, Any]) -> None:
     a = step["Arguments"]
     assert a["AppSpecification"]["ContainerEntrypoint"][-1] == f"{n.CODE_DIR}/evaluate.py"
     assert a["AppSpecification"]["ContainerArguments"] == [
-        "--model", n.MODEL_IN_DIR, "--dataset", n.DATASET_IN_DIR, "--output", n.EVALUATION_OUT_DIR]
+        "--model",
+        n.MODEL_IN_DIR,
+        "--dataset",
+        n.DATASET_IN_DIR,
+        "--output",
+        n.EVALUATION_OUT_DIR,
+    ]
     inputs = {i["InputName"]: i["S3Input"] for i in a["ProcessingInputs"]}
     assert inputs["model"]["S3Uri"] == {"Get": "Steps.Train.ModelArtifacts.S3ModelArtifacts"}
     assert inputs["dataset"]["S3Uri"] == {
-        "Get": "Steps.Prepare.ProcessingOutputConfig.Outputs['dataset'].S3Output.S3Uri"}
-    assert step["PropertyFiles"] == [{"PropertyFileName": "EvaluationReport",
-                                      "OutputName": "evaluation", "FilePath": "evaluation.json"}]
+        "Get": "Steps.Prepare.ProcessingOutputConfig.Outputs['dataset'].S3Output.S3Uri"
+    }
+    assert step["PropertyFiles"] == [
+        {
+            "PropertyFileName": "EvaluationReport",
+            "OutputName": "evaluation",
+            "FilePath": "evaluation.json",
+        }
+    ]
     assert a["ProcessingOutputConfig"]["Outputs"][0]["OutputName"] == "evaluation"
     assert step["CacheConfig"]["Enabled"] is True
 
 
 def test_gate_register_deploy_fail(d: dict[str, Any]) -> None:
     steps = all_steps(d)
-    acc = {"Std:JsonGet": {"PropertyFile": {"Get": "Steps.Evaluate.PropertyFiles.EvaluationReport"},
-                           "Path": "multiclass_classification_metrics.accuracy.value"}}
+    acc = {
+        "Std:JsonGet": {
+            "PropertyFile": {"Get": "Steps.Evaluate.PropertyFiles.EvaluationReport"},
+            "Path": "multiclass_classification_metrics.accuracy.value",
+        }
+    }
     assert steps["QualityGate"]["Arguments"]["Conditions"] == [
-        {"Type": "GreaterThanOrEqualTo", "LeftValue": acc,
-         "RightValue": {"Get": "Parameters.AccuracyThreshold"}},
-        {"Type": "GreaterThanOrEqualTo", "LeftValue": acc,
-         "RightValue": {"Get": "Parameters.MinimumChampionAccuracy"}},
+        {
+            "Type": "GreaterThanOrEqualTo",
+            "LeftValue": acc,
+            "RightValue": {"Get": "Parameters.AccuracyThreshold"},
+        },
+        {
+            "Type": "GreaterThanOrEqualTo",
+            "LeftValue": acc,
+            "RightValue": {"Get": "Parameters.MinimumChampionAccuracy"},
+        },
     ]
     reg = steps["Register"]["Arguments"]
     assert reg["ModelPackageGroupName"] == {"Get": "Parameters.ModelPackageGroupName"}
@@ -311,8 +391,10 @@ def test_gate_register_deploy_fail(d: dict[str, Any]) -> None:
     assert container["ModelDataUrl"] == {"Get": "Steps.Train.ModelArtifacts.S3ModelArtifacts"}
     assert container["Environment"]["SAGEMAKER_PROGRAM"] == "handler.py"
     stats = reg["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"]["Std:Join"]["Values"]
-    assert stats == [{"Get": "Steps.Evaluate.ProcessingOutputConfig.Outputs['evaluation']"
-                             ".S3Output.S3Uri"}, "evaluation.json"]
+    assert stats == [
+        {"Get": "Steps.Evaluate.ProcessingOutputConfig.Outputs['evaluation'].S3Output.S3Uri"},
+        "evaluation.json",
+    ]
     deploy = steps["Deploy"]["Arguments"]["AppSpecification"]
     assert deploy["ContainerEntrypoint"][-1] == f"{n.CODE_DIR}/deploy.py"
     args = deploy["ContainerArguments"]
@@ -321,8 +403,9 @@ def test_gate_register_deploy_fail(d: dict[str, Any]) -> None:
     assert acc in message and {"Get": "Parameters.AccuracyThreshold"} in message
 
 
-def test_cli_definition_command(no_network: list[str], source_root: Path, tmp_path: Path,
-                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_definition_command(
+    no_network: list[str], source_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`lepton pipeline aws-definition --setup local ... --out FILE`: a config with no role,
     no retries, no spot, a CPU instance and another training setup."""
     from pipelines import definition
@@ -336,9 +419,23 @@ def test_cli_definition_command(no_network: list[str], source_root: Path, tmp_pa
     pipeline_aws.register(actions)
     assert {"aws-definition", "upsert", "start", "wait", "status"} <= set(actions.choices)
     out = tmp_path / "definition.json"
-    args = parser.parse_args([
-        "aws-definition", "--setup", "local", "--epochs", "3", "--retries", "0",
-        "--train-setup", "tiny", "--extra-hyperparameters", "width=24", "--out", str(out)])
+    args = parser.parse_args(
+        [
+            "aws-definition",
+            "--setup",
+            "local",
+            "--epochs",
+            "3",
+            "--retries",
+            "0",
+            "--train-setup",
+            "tiny",
+            "--extra-hyperparameters",
+            "width=24",
+            "--out",
+            str(out),
+        ]
+    )
     assert args.func(args) == 0
     d = json.loads(out.read_text())
     params = {p["Name"]: p["DefaultValue"] for p in d["Parameters"]}
@@ -361,8 +458,9 @@ def test_unknown_hyperparameter_fails_fast(source_root: Path, tmp_path: Path) ->
         build_definition(cfg, source_root, tmp_path)
 
 
-def test_missing_entry_point_is_reported(no_network: list[str], source_root: Path,
-                                         tmp_path: Path) -> None:
+def test_missing_entry_point_is_reported(
+    no_network: list[str], source_root: Path, tmp_path: Path
+) -> None:
     root = tmp_path / "src"
     shutil.copytree(source_root, root)
     (root / "pipelines" / "steps" / "evaluate.py").unlink()

@@ -108,5 +108,3 @@ def test_plots_are_pngs() -> None:
     rgb = np.random.default_rng(1).integers(0, 255, (8, 8, 3), dtype=np.uint8)
     assert min(_png_size(plots.saliency_png(rgb, np.random.rand(8, 8), "cat"))) > 100
     assert min(_png_size(plots.saliency_png(rgb, np.zeros((8, 8)), "flat"))) > 100
-
-

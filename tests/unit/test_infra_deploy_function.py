@@ -27,7 +27,9 @@ ENV = {
 
 
 def _handler_module() -> types.ModuleType:
-    code = load_template(TEMPLATE_PATH)["Resources"]["DeployFunction"]["Properties"]["Code"]["ZipFile"]
+    code = load_template(TEMPLATE_PATH)["Resources"]["DeployFunction"]["Properties"]["Code"][
+        "ZipFile"
+    ]
     assert len(code) < 4096, "inline Lambda code (ZipFile) is limited to 4 KB"
     module = types.ModuleType("index")
     exec(compile(code, "index.py", "exec"), module.__dict__)  # noqa: S102 - our own template
@@ -53,7 +55,9 @@ class _SageMaker:
         return found
 
     def update_endpoint(self, EndpointName: str, EndpointConfigName: str) -> dict[str, Any]:  # noqa: N803
-        self.updates.append({"EndpointName": EndpointName, "EndpointConfigName": EndpointConfigName})
+        self.updates.append(
+            {"EndpointName": EndpointName, "EndpointConfigName": EndpointConfigName}
+        )
         self.endpoint_config[EndpointName] = EndpointConfigName
         return {}
 
@@ -78,21 +82,36 @@ def sm(_moto: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[_SageMaker]:
         client.delete_model(ModelName=model["ModelName"])
 
 
-def _event(version: int, status: str = "Approved", group: str = "lepton-classifier") -> dict[str, Any]:
+def _event(
+    version: int, status: str = "Approved", group: str = "lepton-classifier"
+) -> dict[str, Any]:
     arn = f"arn:aws:sagemaker:{REGION}:123456789012:model-package/{group}/{version}"
-    return {"detail": {"ModelApprovalStatus": status, "ModelPackageGroupName": group, "ModelPackageArn": arn}}
+    return {
+        "detail": {
+            "ModelApprovalStatus": status,
+            "ModelPackageGroupName": group,
+            "ModelPackageArn": arn,
+        }
+    }
 
 
 def test_first_approval_creates_the_endpoint(sm: _SageMaker) -> None:
     handler = _handler_module().handler
-    assert handler(_event(1), None, sm) == {"action": "created", "endpoint": "lepton-classifier", "config": "lepton-classifier-v1"}
+    assert handler(_event(1), None, sm) == {
+        "action": "created",
+        "endpoint": "lepton-classifier",
+        "config": "lepton-classifier-v1",
+    }
     model = sm.describe_model(ModelName="lepton-classifier-v1")
     assert model["ExecutionRoleArn"] == ENV["EXECUTION_ROLE_ARN"]
     assert model["Containers"][0]["ModelPackageName"].endswith("model-package/lepton-classifier/1")
     config = sm.describe_endpoint_config(EndpointConfigName="lepton-classifier-v1")
     assert config["KmsKeyId"] == ENV["KMS_KEY_ARN"]
     assert config["ProductionVariants"][0]["InstanceType"] == "ml.m5.large"
-    assert sm.describe_endpoint(EndpointName="lepton-classifier")["EndpointConfigName"] == "lepton-classifier-v1"
+    assert (
+        sm.describe_endpoint(EndpointName="lepton-classifier")["EndpointConfigName"]
+        == "lepton-classifier-v1"
+    )
 
 
 def test_repeated_event_changes_nothing_and_new_version_updates(sm: _SageMaker) -> None:
@@ -100,7 +119,9 @@ def test_repeated_event_changes_nothing_and_new_version_updates(sm: _SageMaker) 
     handler(_event(1), None, sm)
     assert handler(_event(1), None, sm)["action"] == "unchanged"
     assert handler(_event(2), None, sm)["action"] == "updated"
-    assert sm.updates == [{"EndpointName": "lepton-classifier", "EndpointConfigName": "lepton-classifier-v2"}]
+    assert sm.updates == [
+        {"EndpointName": "lepton-classifier", "EndpointConfigName": "lepton-classifier-v2"}
+    ]
     # Re-approving version 1 rolls back to its existing model and config.
     assert handler(_event(1), None, sm)["action"] == "updated"
     assert sm.updates[-1]["EndpointConfigName"] == "lepton-classifier-v1"
@@ -108,8 +129,11 @@ def test_repeated_event_changes_nothing_and_new_version_updates(sm: _SageMaker) 
 
 @pytest.mark.parametrize(
     ("event", "reason"),
-    [(_event(3, status="Rejected"), "not approved"), (_event(3, group="other"), "other model package group"),
-     ({}, "not approved")],
+    [
+        (_event(3, status="Rejected"), "not approved"),
+        (_event(3, group="other"), "other model package group"),
+        ({}, "not approved"),
+    ],
 )
 def test_other_events_are_ignored(sm: _SageMaker, event: dict[str, Any], reason: str) -> None:
     assert _handler_module().handler(event, None, sm) == {"action": "ignored", "reason": reason}
@@ -121,11 +145,17 @@ def test_already_existing_model_is_reused_but_other_errors_raise(sm: _SageMaker)
 
     def fail(message: str) -> Any:
         def call(**_: Any) -> Any:
-            raise ClientError({"Error": {"Code": "ValidationException", "Message": message}}, "CreateModel")
+            raise ClientError(
+                {"Error": {"Code": "ValidationException", "Message": message}}, "CreateModel"
+            )
+
         return call
 
-    sm.create_model(ModelName="lepton-classifier-v5", ExecutionRoleArn=ENV["EXECUTION_ROLE_ARN"],
-                    Containers=[{"Image": "x"}])  # left behind by an earlier, failed attempt
+    sm.create_model(
+        ModelName="lepton-classifier-v5",
+        ExecutionRoleArn=ENV["EXECUTION_ROLE_ARN"],
+        Containers=[{"Image": "x"}],
+    )  # left behind by an earlier, failed attempt
     sm.create_model = fail("Cannot create already existing model")  # type: ignore[method-assign]
     assert module.handler(_event(5), None, sm)["action"] == "created"
     sm.create_model = fail("User is not authorized")  # type: ignore[method-assign]

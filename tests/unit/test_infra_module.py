@@ -60,13 +60,19 @@ def small(tmp_path: Path) -> Path:
 
 
 def test_create_then_unchanged_then_update_keeps_previous_values(cfn: Any, small: Path) -> None:
-    created = deploy_stack("s", cfn, template_path=small, parameters={"Owner": "acme"}, poll_seconds=0)
+    created = deploy_stack(
+        "s", cfn, template_path=small, parameters={"Owner": "acme"}, poll_seconds=0
+    )
     assert created.action == "created"
     assert created.outputs["Owner"] == "acme" and created.outputs["SettingName"]
-    again = deploy_stack("s", cfn, template_path=small, parameters={"Owner": "acme"}, poll_seconds=0)
+    again = deploy_stack(
+        "s", cfn, template_path=small, parameters={"Owner": "acme"}, poll_seconds=0
+    )
     assert again == DeployResult("s", "unchanged", created.outputs)
     # Owner is not repeated: it keeps its previous value; Retention changes.
-    updated = deploy_stack("s", cfn, template_path=small, parameters={"Retention": "30"}, poll_seconds=0)
+    updated = deploy_stack(
+        "s", cfn, template_path=small, parameters={"Retention": "30"}, poll_seconds=0
+    )
     assert updated.action == "updated"
     assert updated.outputs["Owner"] == "acme" and updated.outputs["Retention"] == "30"
     assert stack_outputs("s", cfn) == updated.outputs
@@ -92,7 +98,9 @@ class _FakeCfn:
         return {"Stacks": [{"StackName": StackName, "StackStatus": self.status, "Parameters": []}]}
 
 
-@pytest.mark.parametrize(("status", "match"), [("ROLLBACK_COMPLETE", "delete it"), ("UPDATE_IN_PROGRESS", "wait")])
+@pytest.mark.parametrize(
+    ("status", "match"), [("ROLLBACK_COMPLETE", "delete it"), ("UPDATE_IN_PROGRESS", "wait")]
+)
 def test_stuck_stacks_are_explained(small: Path, status: str, match: str) -> None:
     with pytest.raises(StackError, match=match):
         deploy_stack("s", _FakeCfn(status), template_path=small, parameters={"Owner": "a"})
@@ -105,7 +113,9 @@ def test_the_real_template_deploys_and_feeds_settings(cfn: Any) -> None:
     settings = load_settings(env)
     assert settings.mode == "aws"
     assert settings.data_bucket == result.outputs["DataBucketName"]
-    assert settings.artifact_bucket == settings.mlflow_bucket == result.outputs["ArtifactBucketName"]
+    assert (
+        settings.artifact_bucket == settings.mlflow_bucket == result.outputs["ArtifactBucketName"]
+    )
     assert settings.registered_model_name == "lepton-classifier"
     assert env["LEPTON_SAGEMAKER_ROLE_ARN"] == result.outputs["SageMakerExecutionRoleArn"]
     assert "MLFLOW_TRACKING_URI" not in env  # no tracking server by default
@@ -120,7 +130,11 @@ def test_format_env_and_parse_parameters() -> None:
     assert format_env({"A": "1", "B": "x=y"}) == "A=1\nB=x=y\n"
     with pytest.raises(ValueError, match="newline"):
         format_env({"A": "1\nB=2"})
-    assert parse_parameters(["GitHubOwner=acme", "X=a=b", "Empty="]) == {"GitHubOwner": "acme", "X": "a=b", "Empty": ""}
+    assert parse_parameters(["GitHubOwner=acme", "X=a=b", "Empty="]) == {
+        "GitHubOwner": "acme",
+        "X": "a=b",
+        "Empty": "",
+    }
     for bad in ("novalue", "=x"):
         with pytest.raises(ValueError, match="KEY=VALUE"):
             parse_parameters([bad])
@@ -128,20 +142,41 @@ def test_format_env_and_parse_parameters() -> None:
 
 def test_template_parameters_reads_the_real_template() -> None:
     params = template_parameters()
-    assert {"GitHubOwner", "GitHubRepo", "GitHubBranch", "PipelineName", "EnableMlflowTrackingServer"} <= set(params)
+    assert {
+        "GitHubOwner",
+        "GitHubRepo",
+        "GitHubBranch",
+        "PipelineName",
+        "EnableMlflowTrackingServer",
+    } <= set(params)
     assert "Default" not in params["GitHubOwner"]  # must be given on first deploy
 
 
 def test_summary_of_a_local_run_record(tmp_path: Path) -> None:
     run = {
-        "id": "20260101-000000-abc123", "pipeline_name": "lepton", "status": "Succeeded",
+        "id": "20260101-000000-abc123",
+        "pipeline_name": "lepton",
+        "status": "Succeeded",
         "steps": {
             "Prepare": {"type": "Processing", "status": "Succeeded", "started": 0, "ended": 1},
-            "Evaluate": {"type": "Processing", "status": "Succeeded", "property_files": {"EvaluationReport": {
-                "multiclass_classification_metrics": {"accuracy": {"value": 0.9871, "standard_deviation": "NaN"},
-                                                      "macro_f1": {"value": 0.98}}}}},
-            "AccuracyGate": {"type": "Condition", "status": "Succeeded", "properties": {"Outcome": "True"},
-                             "message": "accuracy | 0.987 >= 0.9"},
+            "Evaluate": {
+                "type": "Processing",
+                "status": "Succeeded",
+                "property_files": {
+                    "EvaluationReport": {
+                        "multiclass_classification_metrics": {
+                            "accuracy": {"value": 0.9871, "standard_deviation": "NaN"},
+                            "macro_f1": {"value": 0.98},
+                        }
+                    }
+                },
+            },
+            "AccuracyGate": {
+                "type": "Condition",
+                "status": "Succeeded",
+                "properties": {"Outcome": "True"},
+                "message": "accuracy | 0.987 >= 0.9",
+            },
         },
         "links": {"MLflow": "http://127.0.0.1:5001/#/experiments/1"},
     }
@@ -156,11 +191,15 @@ def test_summary_of_a_local_run_record(tmp_path: Path) -> None:
 
 
 def test_summary_with_explicit_gate_and_metrics_and_without_a_record(tmp_path: Path) -> None:
-    text = run_summary_markdown({
-        "status": "Failed", "execution_arn": "arn:aws:sagemaker:eu-west-1:1:pipeline/lepton/execution/x",
-        "gate": {"passed": False, "accuracy": 0.7, "threshold": 0.9}, "metrics": {"accuracy": 0.7},
-        "steps": [{"name": "Train", "status": "Failed", "message": "OOM"}],
-    })
+    text = run_summary_markdown(
+        {
+            "status": "Failed",
+            "execution_arn": "arn:aws:sagemaker:eu-west-1:1:pipeline/lepton/execution/x",
+            "gate": {"passed": False, "accuracy": 0.7, "threshold": 0.9},
+            "metrics": {"accuracy": 0.7},
+            "steps": [{"name": "Train", "status": "Failed", "message": "OOM"}],
+        }
+    )
     assert "## Retraining: Failed" in text
     assert "**Quality gate**: failed (accuracy=0.7, threshold=0.9)" in text
     assert "| Train | Failed |  | OOM |" in text

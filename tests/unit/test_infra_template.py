@@ -44,7 +44,10 @@ def test_validate_template_reports_findings(tmp_path: Path) -> None:
 def test_no_hard_coded_accounts_regions_or_partitions() -> None:
     text = TEMPLATE_PATH.read_text()
     assert not re.search(r"(?<![\d.])\d{12}(?![\d.])", text), "account id"
-    assert not re.search(r"\b(us|eu|ap|sa|ca|me|af|il|mx)-(east|west|north|south|central|northeast|southeast)-\d\b", text)
+    assert not re.search(
+        r"\b(us|eu|ap|sa|ca|me|af|il|mx)-(east|west|north|south|central|northeast|southeast)-\d\b",
+        text,
+    )
     assert "arn:aws:" not in text, "use arn:${AWS::Partition}:"
     for logical_id in BUCKETS:
         assert "BucketName" not in _props(logical_id), f"{logical_id}: let CloudFormation name it"
@@ -55,7 +58,10 @@ def test_bucket_hardening(logical_id: str) -> None:
     props = _props(logical_id)
     assert props["VersioningConfiguration"] == {"Status": "Enabled"}
     assert props["PublicAccessBlockConfiguration"] == {
-        "BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True, "RestrictPublicBuckets": True,
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
     }
     assert props["OwnershipControls"]["Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
     (rule,) = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
@@ -82,12 +88,16 @@ def test_checkpoints_expire() -> None:
 
 
 def test_data_bucket_sends_events_to_eventbridge() -> None:
-    assert _props("DataBucket")["NotificationConfiguration"]["EventBridgeConfiguration"] == {"EventBridgeEnabled": True}
+    assert _props("DataBucket")["NotificationConfiguration"]["EventBridgeConfiguration"] == {
+        "EventBridgeEnabled": True
+    }
 
 
 def test_every_bucket_has_a_tls_only_policy() -> None:
-    policies = {v["Properties"]["Bucket"]["Ref"]: v["Properties"]["PolicyDocument"]
-                for v in _of_type("AWS::S3::BucketPolicy").values()}
+    policies = {
+        v["Properties"]["Bucket"]["Ref"]: v["Properties"]["PolicyDocument"]
+        for v in _of_type("AWS::S3::BucketPolicy").values()
+    }
     assert set(policies) == set(BUCKETS)
     for bucket, doc in policies.items():
         deny = [s for s in doc["Statement"] if s.get("Sid") == "DenyInsecureTransport"]
@@ -117,7 +127,11 @@ def _iam_documents() -> dict[str, list[dict[str, Any]]]:
 
 # Actions that IAM only accepts with Resource "*" (no resource types), all read-only or scoped
 # by a condition.
-STAR_RESOURCE_ALLOWED = {"ecr:GetAuthorizationToken", "cloudwatch:PutMetricData", "sagemaker:ListModelPackages"}
+STAR_RESOURCE_ALLOWED = {
+    "ecr:GetAuthorizationToken",
+    "cloudwatch:PutMetricData",
+    "sagemaker:ListModelPackages",
+}
 
 
 @pytest.mark.parametrize("logical_id", sorted(_iam_documents()))
@@ -141,14 +155,18 @@ def test_pass_role_only_to_sagemaker_and_only_the_execution_role() -> None:
             actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
             if "iam:PassRole" in actions:
                 assert st["Resource"] == {"GetAtt": "SageMakerExecutionRole.Arn"}, logical_id
-                assert st["Condition"] == {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}
+                assert st["Condition"] == {
+                    "StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}
+                }
 
 
 def test_service_trust_policies_pin_the_source_account() -> None:
     for logical_id, res in _of_type("AWS::IAM::Role").items():
         for st in res["Properties"]["AssumeRolePolicyDocument"]["Statement"]:
             if "Service" in st["Principal"]:
-                assert st["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}, logical_id
+                assert st["Condition"] == {
+                    "StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+                }, logical_id
 
 
 def _sub(template: str, values: dict[str, str]) -> str:
@@ -158,17 +176,37 @@ def _sub(template: str, values: dict[str, str]) -> str:
 def test_ci_role_trust_is_one_repo_and_branch() -> None:
     (st,) = _props("CiRole")["AssumeRolePolicyDocument"]["Statement"]
     assert st["Action"] == "sts:AssumeRoleWithWebIdentity"
-    assert set(st["Condition"]) == {"StringEquals"}, "no StringLike: wildcards would admit other refs"
+    assert set(st["Condition"]) == {"StringEquals"}, (
+        "no StringLike: wildcards would admit other refs"
+    )
     cond = st["Condition"]["StringEquals"]
     params = {"GitHubOwner": "acme", "GitHubRepo": "lepton", "GitHubBranch": "main"}
-    doc = {"Statement": [{**st, "Condition": {"StringEquals": {
-        "token.actions.githubusercontent.com:aud": cond["token.actions.githubusercontent.com:aud"],
-        "token.actions.githubusercontent.com:sub": _sub(cond["token.actions.githubusercontent.com:sub"]["Sub"], params),
-    }}}]}
+    doc = {
+        "Statement": [
+            {
+                **st,
+                "Condition": {
+                    "StringEquals": {
+                        "token.actions.githubusercontent.com:aud": cond[
+                            "token.actions.githubusercontent.com:aud"
+                        ],
+                        "token.actions.githubusercontent.com:sub": _sub(
+                            cond["token.actions.githubusercontent.com:sub"]["Sub"], params
+                        ),
+                    }
+                },
+            }
+        ]
+    }
 
     def decision(sub: str) -> str:
-        ctx = {"token.actions.githubusercontent.com:sub": sub, "token.actions.githubusercontent.com:aud": "sts.amazonaws.com"}
-        return evaluate(doc, "sts:AssumeRoleWithWebIdentity", "arn:aws:iam::111122223333:role/ci", ctx)
+        ctx = {
+            "token.actions.githubusercontent.com:sub": sub,
+            "token.actions.githubusercontent.com:aud": "sts.amazonaws.com",
+        }
+        return evaluate(
+            doc, "sts:AssumeRoleWithWebIdentity", "arn:aws:iam::111122223333:role/ci", ctx
+        )
 
     assert decision("repo:acme/lepton:ref:refs/heads/main") == "allow"
     assert decision("repo:acme/lepton:pull_request") == "implicit-deny"
@@ -193,13 +231,22 @@ def test_model_package_group_and_mlflow_are_declared() -> None:
 
 def test_outputs_cover_what_the_cli_needs() -> None:
     assert {
-        "DataBucketName", "ArtifactBucketName", "KmsKeyArn", "SageMakerExecutionRoleArn", "CiRoleArn",
-        "ModelPackageGroupName", "PipelineName", "MlflowTrackingServerArn",
+        "DataBucketName",
+        "ArtifactBucketName",
+        "KmsKeyArn",
+        "SageMakerExecutionRoleArn",
+        "CiRoleArn",
+        "ModelPackageGroupName",
+        "PipelineName",
+        "MlflowTrackingServerArn",
     } <= set(TEMPLATE["Outputs"])
 
 
 def _checkov() -> str | None:
-    for candidate in (shutil.which("checkov"), TEMPLATE_PATH.parent.parent / ".venv-checkov/bin/checkov"):
+    for candidate in (
+        shutil.which("checkov"),
+        TEMPLATE_PATH.parent.parent / ".venv-checkov/bin/checkov",
+    ):
         if candidate and Path(candidate).exists():
             return str(candidate)
     return None
@@ -211,8 +258,18 @@ def test_checkov_finds_nothing() -> None:
     if checkov is None:
         pytest.skip("checkov not installed (make infra-validate installs it into .venv-checkov)")
     proc = subprocess.run(
-        [checkov, "-f", str(TEMPLATE_PATH), "--framework", "cloudformation", "--quiet", "--compact",
-         "--skip-download"],
-        capture_output=True, text=True, timeout=300,
+        [
+            checkov,
+            "-f",
+            str(TEMPLATE_PATH),
+            "--framework",
+            "cloudformation",
+            "--quiet",
+            "--compact",
+            "--skip-download",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]

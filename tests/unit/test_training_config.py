@@ -17,9 +17,17 @@ from training.config import (
 )
 from training.env import DEFAULT_CHECKPOINT_DIR, read_env
 
-CUSTOM = TrainConfig(arch="resnet18", epochs=3, lr_peak=0.123456789, aug_hflip=True,
-                     pretrained_weights="s3://bucket/w.safetensors", precision="32",
-                     optimizer="sgd", schedule="cosine", limit_train_batches=5)
+CUSTOM = TrainConfig(
+    arch="resnet18",
+    epochs=3,
+    lr_peak=0.123456789,
+    aug_hflip=True,
+    pretrained_weights="s3://bucket/w.safetensors",
+    precision="32",
+    optimizer="sgd",
+    schedule="cosine",
+    limit_train_batches=5,
+)
 
 
 @pytest.mark.parametrize("cfg", [TrainConfig(), CUSTOM, *[f() for f in SETUPS.values()]])
@@ -52,17 +60,23 @@ def test_invalid_values_fail_at_construction() -> None:
 
 
 def test_read_env_parses_the_sagemaker_contract() -> None:
-    env = read_env({
-        "SM_CHANNEL_DATASET": "/opt/ml/input/data/dataset",
-        "SM_MODEL_DIR": "/opt/ml/model",
-        "SM_OUTPUT_DATA_DIR": "/opt/ml/output/data",
-        "SM_HPS": '{"epochs": 3, "aug_hflip": true, "arch": "resnet18"}',
-        "SM_HOSTS": '["algo-1", "algo-2"]',
-        "SM_CURRENT_HOST": "algo-2",
-        "SM_NUM_GPUS": "4",
-        "RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4",
-        "MLFLOW_TRACKING_URI": "http://x", "LEPTON_CODE_VERSION": "abc",
-    })
+    env = read_env(
+        {
+            "SM_CHANNEL_DATASET": "/opt/ml/input/data/dataset",
+            "SM_MODEL_DIR": "/opt/ml/model",
+            "SM_OUTPUT_DATA_DIR": "/opt/ml/output/data",
+            "SM_HPS": '{"epochs": 3, "aug_hflip": true, "arch": "resnet18"}',
+            "SM_HOSTS": '["algo-1", "algo-2"]',
+            "SM_CURRENT_HOST": "algo-2",
+            "SM_NUM_GPUS": "4",
+            "RANK": "5",
+            "LOCAL_RANK": "1",
+            "WORLD_SIZE": "8",
+            "LOCAL_WORLD_SIZE": "4",
+            "MLFLOW_TRACKING_URI": "http://x",
+            "LEPTON_CODE_VERSION": "abc",
+        }
+    )
     assert env.dataset_dir == "/opt/ml/input/data/dataset"
     assert env.hyperparameters == {"epochs": "3", "aug_hflip": "true", "arch": "resnet18"}
     assert env.hosts == ("algo-1", "algo-2") and env.current_host == "algo-2"

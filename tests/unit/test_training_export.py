@@ -21,8 +21,9 @@ from training.shards import read_manifest
 
 def _model() -> nn.Module:
     torch.manual_seed(0)
-    return build_model("small_cnn", channels=1, num_classes=4, image_size=[8, 8], mean=[0.3],
-                       std=[0.2], width=4)
+    return build_model(
+        "small_cnn", channels=1, num_classes=4, image_size=[8, 8], mean=[0.3], std=[0.2], width=4
+    )
 
 
 def test_export_writes_parity_checked_artifacts(tmp_path: Path) -> None:
@@ -30,16 +31,14 @@ def test_export_writes_parity_checked_artifacts(tmp_path: Path) -> None:
     example = torch.rand(6, 1, 8, 8) * 255
     meta = {"classes": ["a", "b", "c", "d"]}
     result = export_model(model, tmp_path, example=example, metadata=meta)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["metadata.json", "model.onnx",
-                                                          "model.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metadata.json", "model.onnx", "model.pt"]
     assert max(result.max_abs_diff.values()) < 1e-3
     proto = onnx.load(str(tmp_path / "model.onnx"))
     assert proto.opset_import[0].version >= 17
     assert [i.name for i in proto.graph.input] == ["pixels"]
     assert [o.name for o in proto.graph.output] == ["logits"]
     batch = (np.random.default_rng(0).random((3, 1, 8, 8)) * 255).astype(np.float32)
-    session = ort.InferenceSession(str(tmp_path / "model.onnx"),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     onnx_out = session.run(["logits"], {"pixels": batch})[0]  # batch size differs: dynamic
     scripted = torch.jit.load(str(tmp_path / "model.pt"))
     with torch.no_grad():
@@ -71,8 +70,14 @@ def test_export_refuses_a_model_whose_export_differs(tmp_path: Path) -> None:
 
 def test_metadata_and_tar_follow_the_contract(tiny_dataset_dir: Path, tmp_path: Path) -> None:
     manifest = read_manifest(tiny_dataset_dir)
-    meta = build_metadata(manifest, arch="small_cnn", metrics={"test_accuracy": 0.9},
-                          data_manifest_sha256="ab" * 32, code_version="v1", mlflow_run_id=None)
+    meta = build_metadata(
+        manifest,
+        arch="small_cnn",
+        metrics={"test_accuracy": 0.9},
+        data_manifest_sha256="ab" * 32,
+        code_version="v1",
+        mlflow_run_id=None,
+    )
     assert meta["input_scale"] == "0-255" and meta["channels"] == 1
     assert meta["image_size"] == [8, 8] and meta["classes"][0] == "0"
     assert isinstance(meta["preprocessing_version"], int)
@@ -94,7 +99,8 @@ def test_trained_model_dir_fixture(trained_model_dir: Path, tiny_dataset_dir: Pa
     assert meta["metrics"]["test_accuracy"] > 0.6
     images = np.load(tiny_dataset_dir / "test-00000.npz")["images"][:5]
     pixels = images.transpose(0, 3, 1, 2).astype(np.float32)
-    session = ort.InferenceSession(str(trained_model_dir / "model.onnx"),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(trained_model_dir / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     logits = session.run(["logits"], {"pixels": pixels})[0]
     assert logits.shape == (5, 10)

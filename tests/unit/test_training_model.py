@@ -22,12 +22,27 @@ def test_normalize_front_layer_matches_the_contract() -> None:
     assert torch.allclose(out[0, 1], torch.full((3, 3), (0.2 - 0.25) / 0.1))
 
 
-@pytest.mark.parametrize(("arch", "channels", "size"), [
-    ("small_cnn", 1, 8), ("small_cnn", 3, 32), ("resnet18", 1, 28), ("resnet18", 3, 96),
-    ("mobilenet_v3_small", 3, 64), ("efficientnet_b0", 1, 32)])
+@pytest.mark.parametrize(
+    ("arch", "channels", "size"),
+    [
+        ("small_cnn", 1, 8),
+        ("small_cnn", 3, 32),
+        ("resnet18", 1, 28),
+        ("resnet18", 3, 96),
+        ("mobilenet_v3_small", 3, 64),
+        ("efficientnet_b0", 1, 32),
+    ],
+)
 def test_every_arch_gives_k_logits(arch: str, channels: int, size: int) -> None:
-    model = build_model(arch, channels=channels, num_classes=7, image_size=[size, size],
-                        mean=[0.5] * channels, std=[0.25] * channels, width=8).eval()
+    model = build_model(
+        arch,
+        channels=channels,
+        num_classes=7,
+        image_size=[size, size],
+        mean=[0.5] * channels,
+        std=[0.25] * channels,
+        width=8,
+    ).eval()
     with torch.no_grad():
         logits = model(torch.rand(2, channels, size, size) * 255)
     assert logits.shape == (2, 7)
@@ -36,13 +51,26 @@ def test_every_arch_gives_k_logits(arch: str, channels: int, size: int) -> None:
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
 def test_pretrained_weights_load_from_file_with_new_head(tmp_path: Path, suffix: str) -> None:
-    source = build_model("resnet18", channels=3, num_classes=1000, image_size=[96, 96],
-                         mean=[0.5] * 3, std=[0.25] * 3)
+    source = build_model(
+        "resnet18",
+        channels=3,
+        num_classes=1000,
+        image_size=[96, 96],
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+    )
     state = {k: v.contiguous() for k, v in source.backbone.state_dict().items()}
     path = tmp_path / f"weights{suffix}"
     save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
-    target = build_model("resnet18", channels=1, num_classes=5, image_size=[96, 96],
-                         mean=[0.5], std=[0.25], pretrained_weights=str(path))
+    target = build_model(
+        "resnet18",
+        channels=1,
+        num_classes=5,
+        image_size=[96, 96],
+        mean=[0.5],
+        std=[0.25],
+        pretrained_weights=str(path),
+    )
     loaded = target.backbone.state_dict()
     assert torch.equal(loaded["layer1.0.conv1.weight"], state["layer1.0.conv1.weight"])
     # a 3-channel stem summed into the 1-channel stem; the 1000-class head is not loaded
@@ -56,8 +84,15 @@ def test_pretrained_weights_load_from_file_with_new_head(tmp_path: Path, suffix:
 def test_pretrained_weights_that_match_nothing_are_refused(tmp_path: Path) -> None:
     save_file({"foo": torch.zeros(3)}, str(tmp_path / "w.safetensors"))
     with pytest.raises(ValueError, match="no tensor"):
-        build_model("small_cnn", channels=1, num_classes=3, image_size=[8, 8], mean=[0.5],
-                    std=[0.2], pretrained_weights=str(tmp_path / "w.safetensors"))
+        build_model(
+            "small_cnn",
+            channels=1,
+            num_classes=3,
+            image_size=[8, 8],
+            mean=[0.5],
+            std=[0.2],
+            pretrained_weights=str(tmp_path / "w.safetensors"),
+        )
 
 
 def test_augmentation_is_seeded_and_keeps_shape() -> None:

@@ -30,8 +30,7 @@ def test_single_process_trainer() -> None:
 def test_ddp_trainer_has_gloo_and_the_configured_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     # the process group is joined by torchrun-launched ranks; here only the wiring is checked
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
-    env = TrainEnv(None, None, None, "/x", world_size=4, local_world_size=2, rank=3,
-                   local_rank=1)
+    env = TrainEnv(None, None, None, "/x", world_size=4, local_world_size=2, rank=3, local_rank=1)
     cfg = TrainConfig(process_group_timeout_s=42)
     trainer = build_trainer(cfg, env, [])
     strategy = trainer.strategy
@@ -44,12 +43,21 @@ def test_ddp_trainer_has_gloo_and_the_configured_timeout(monkeypatch: pytest.Mon
 
 def test_checkpoints_are_atomic_and_ordered(tmp_path: Path) -> None:
     io = AtomicCheckpointIO()
-    state = {"state_dict": {"w": torch.ones(2)}, "optimizer_states": [], "lr_schedulers": [],
-             "loops": {}, "epoch": 0, "global_step": 0}
+    state = {
+        "state_dict": {"w": torch.ones(2)},
+        "optimizer_states": [],
+        "lr_schedulers": [],
+        "loops": {},
+        "epoch": 0,
+        "global_step": 0,
+    }
     for step in (5, 40, 12):
         io.save_checkpoint({**state, "global_step": step}, checkpoint_path(tmp_path, step))
     assert [p.name for p in list_checkpoints(tmp_path)] == [
-        "step-000000040.ckpt", "step-000000012.ckpt", "step-000000005.ckpt"]
+        "step-000000040.ckpt",
+        "step-000000012.ckpt",
+        "step-000000005.ckpt",
+    ]
     assert not list(tmp_path.glob("*.tmp"))
     assert (tmp_path / "step-000000040.ckpt").stat().st_mode & 0o777 == 0o644
     checkpoint_path(tmp_path, 40).write_bytes(b"\x00" * 64)  # truncated by a crash or sync

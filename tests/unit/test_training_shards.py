@@ -24,8 +24,10 @@ from training.shards import (
 
 def _arrays(n: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return (rng.integers(0, 256, (n, 4, 5, 3), dtype=np.uint8),
-            rng.integers(0, 3, n).astype(np.int64))
+    return (
+        rng.integers(0, 256, (n, 4, 5, 3), dtype=np.uint8),
+        rng.integers(0, 3, n).astype(np.int64),
+    )
 
 
 def test_write_shard_is_deterministic_and_round_trips(tmp_path: Path) -> None:
@@ -55,20 +57,32 @@ def test_write_shard_rejects_bad_dtypes(tmp_path: Path) -> None:
 
 def test_load_split_concatenates_shards(tmp_path: Path) -> None:
     images, labels = _arrays(25)
-    manifest = write_dataset(tmp_path, {"train": (images[:20], labels[:20]),
-                                        "val": (images[20:], labels[20:]),
-                                        "test": (images[:0], labels[:0])},
-                             ["a", "b", "c"], dataset="t", shard_size=7)
+    manifest = write_dataset(
+        tmp_path,
+        {
+            "train": (images[:20], labels[:20]),
+            "val": (images[20:], labels[20:]),
+            "test": (images[:0], labels[:0]),
+        },
+        ["a", "b", "c"],
+        dataset="t",
+        shard_size=7,
+    )
     assert [s["file"] for s in manifest["shards"] if s["split"] == "train"] == [
-        "train-00000.npz", "train-00001.npz", "train-00002.npz"]
+        "train-00000.npz",
+        "train-00001.npz",
+        "train-00002.npz",
+    ]
     x, y = load_split(tmp_path, "train")
     np.testing.assert_array_equal(x, images[:20])
     np.testing.assert_array_equal(y, labels[:20])
     x_test, y_test = load_split(tmp_path, "test")
     assert x_test.shape == (0, 4, 5, 3) and y_test.shape == (0,)
     assert read_manifest(tmp_path)["image_size"] == [4, 5]
-    assert manifest_sha256(tmp_path) == hashlib.sha256(
-        (tmp_path / "manifest.json").read_bytes()).hexdigest()
+    assert (
+        manifest_sha256(tmp_path)
+        == hashlib.sha256((tmp_path / "manifest.json").read_bytes()).hexdigest()
+    )
 
 
 def test_missing_manifest_is_a_clear_error(tmp_path: Path) -> None:

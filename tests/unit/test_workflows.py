@@ -45,7 +45,10 @@ def test_actionlint_is_clean() -> None:
         )
     proc = subprocess.run(
         [actionlint, "-no-color", "-oneline", str(CI), str(RETRAIN)],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -77,11 +80,17 @@ def test_retrain_permissions_are_minimal() -> None:
 
 def test_retrain_aws_path_is_guarded_and_uses_oidc() -> None:
     steps = _steps(_load(RETRAIN))
-    (creds,) = [s for s in steps if s.get("uses", "").startswith("aws-actions/configure-aws-credentials@")]
+    (creds,) = [
+        s for s in steps if s.get("uses", "").startswith("aws-actions/configure-aws-credentials@")
+    ]
     assert creds["if"] == "steps.target.outputs.where == 'aws'"
     assert set(creds["with"]) == {"role-to-assume", "aws-region", "role-session-name"}  # no keys
     assert "AWS_ROLE_ARN" in creds["with"]["role-to-assume"]
-    aws_runs = [s["run"] for s in steps if s.get("if") == "steps.target.outputs.where == 'aws'" and "run" in s]
+    aws_runs = [
+        s["run"]
+        for s in steps
+        if s.get("if") == "steps.target.outputs.where == 'aws'" and "run" in s
+    ]
     assert any("lepton infra outputs" in r and "$GITHUB_ENV" in r for r in aws_runs)
     assert any(r.endswith("lepton pipeline upsert") for r in aws_runs)
     assert any(r.endswith("lepton pipeline start --wait") for r in aws_runs)
