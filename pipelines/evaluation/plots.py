@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 
 # Above this many classes the per-cell counts become unreadable; only the colours are drawn.
-_ANNOTATE_MAX_CLASSES = 30
 
 
 def _pyplot() -> Any:
@@ -44,32 +43,17 @@ def _show(ax: Any, image: np.ndarray) -> None:
 
 
 def confusion_matrix_png(cm: np.ndarray, classes: Sequence[str], title: str = "") -> bytes:
-    """Heat map of counts, rows = true class, columns = predicted class."""
-    plt = _pyplot()
-    k = len(classes)
-    side = min(max(4.0, 0.45 * k + 2.0), 24.0)  # inches; grows with the class count, capped
-    fig, ax = plt.subplots(figsize=(side, side))
-    image = ax.imshow(cm, cmap="Blues", interpolation="nearest")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    ax.set_xticks(range(k), [str(c) for c in classes], rotation=90 if k > 10 else 0)
-    ax.set_yticks(range(k), [str(c) for c in classes])
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title(title or f"confusion matrix ({int(cm.sum())} samples)")
-    if k <= _ANNOTATE_MAX_CLASSES:
-        threshold = cm.max() / 2 if cm.size else 0
-        for i in range(k):
-            for j in range(k):
-                ax.text(
-                    j,
-                    i,
-                    str(int(cm[i, j])),
-                    ha="center",
-                    va="center",
-                    fontsize=8,
-                    color="white" if cm[i, j] > threshold else "black",
-                )
-    return _png(fig)
+    """Heat map of counts, rows = true class, columns = predicted class.
+
+    The same figure training logs to MLflow (one drawing of a confusion matrix).
+    """
+    from training.tracking import confusion_matrix_figure
+
+    fig = confusion_matrix_figure(np.asarray(cm), [str(c) for c in classes])
+    fig.axes[0].set_title(title or f"confusion matrix ({int(np.asarray(cm).sum())} samples)")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return buffer.getvalue()
 
 
 def misclassified_gallery_png(
