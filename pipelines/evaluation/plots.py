@@ -12,8 +12,6 @@ from typing import Any
 
 import numpy as np
 
-# Above this many classes the per-cell counts become unreadable; only the colours are drawn.
-
 
 def _pyplot() -> Any:
     import matplotlib
