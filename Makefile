@@ -27,7 +27,7 @@ $(PY):
 
 setup: $(PY) ## create .venv and install the project with pinned dependencies (constraints.txt)
 	$(PY) -m pip install -c constraints.txt -e '.[dev]'
-	@$(PY) -c "import s3fs, torch, sagemaker; print('installed: s3fs', s3fs.__version__, '| torch', torch.__version__, '| sagemaker', sagemaker.__version__)"
+	@$(PY) -c "from importlib.metadata import version as v; print('installed: ' + ', '.join(p + ' ' + v(p) for p in ('sagemaker', 's3fs', 'torch', 'lightning', 'mlflow')))"
 
 test: ## run the whole tiered suite (unit, integration, e2e incl. a real local pipeline run)
 	$(PY) -m pytest $(PYTEST_ARGS)
