@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import pytest
 from pipelines.local_run import RunRequest, run
 from pipelines.runner.state import Execution, list_ids
 from pipelines.settings import Settings
+from pipelines.steps.deploy import stop_local_endpoint
 from pipelines.storage import s3_client, split_s3_uri
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -45,11 +47,12 @@ def _request(**changes: Any) -> RunRequest:
 
 
 @pytest.fixture(scope="module")
-def first_run(stack_settings: Settings) -> dict[str, Any]:
+def first_run(stack_settings: Settings) -> Iterator[dict[str, Any]]:
     lines: list[str] = []
     summary = run(stack_settings, _request(), out=lines.append)
     print("\n".join(lines))
-    return summary
+    yield summary
+    stop_local_endpoint(stack_settings, out=lambda _m: None)  # the session stack is shared
 
 
 def _s3_exists(settings: Settings, uri: str) -> bool:

@@ -25,6 +25,7 @@ TAGS = {"pipeline_execution": "exec-d", "data_manifest_sha256": "cd" * 32, "code
 @pytest.fixture(scope="module")
 def settings(stack_settings: Settings) -> Iterator[Settings]:
     own = stack_settings.with_overrides(registered_model_name=f"dep-{uuid.uuid4().hex[:8]}")
+    deploy.stop_local_endpoint(own, out=lambda _m: None)  # the session stack is shared
     yield own
     deploy.stop_local_endpoint(own, out=lambda _m: None)
 
