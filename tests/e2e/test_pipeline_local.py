@@ -14,7 +14,6 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -177,7 +176,7 @@ def test_kill_during_training_then_resume(
             return False
         new_id[:] = [sorted(ids)[-1]]
         ex = Execution.load(stack_settings.state_dir, new_id[0])
-        ckpts = list((ex.folder / "steps" / "Train" / "checkpoints").glob("*"))
+        ckpts = list((ex.folder / "steps" / "Train" / "checkpoints").glob("step-*.ckpt"))
         return ex.steps["Train"].status == "Executing" and bool(ckpts)
 
     try:
@@ -199,7 +198,10 @@ def test_kill_during_training_then_resume(
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Prepare: already succeeded (resume)" in out.stdout
-    assert "resum" in Path(interrupted.folder / "steps" / "Train" / "step.log").read_text().lower()
+    summary = json.loads(
+        (interrupted.folder / "steps" / "Train" / "output" / "data" / "training.json").read_text()
+    )
+    assert summary["resumed_from"], "training restarted from scratch instead of the checkpoint"
     done = Execution.load(stack_settings.state_dir, new_id[0])
     assert done.status == "Succeeded"
     assert done.steps["Prepare"].started == prepare_started  # not redone
