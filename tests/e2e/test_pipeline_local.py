@@ -118,6 +118,8 @@ def test_second_run_is_served_from_cache(
         assert summary["step_status"][step] == "Cached", summary["cache"]
     assert summary["accuracy"] == first_run["accuracy"]
     assert summary["model_version"] == first_run["model_version"]  # Register is idempotent
+    # Nothing ran locally, yet the endpoint still gets held-out images (read from S3).
+    assert len(summary["sample_predictions"]) == 8
 
 
 def test_gate_failure_stops_before_register(
