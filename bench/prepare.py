@@ -6,7 +6,7 @@ the last line of stdout.
    a plain single-process loop over the same files (read, decode, resize; nothing else), in the
    same run, warm page cache for both.
 2. Peak memory on a synthetic 100,000-image set (16x16 PNGs, resized to 32x32 RGB so the
-   dataset is ~307 MB of pixels): `python -m pipelines.steps.prepare` in a child process,
+   dataset is ~307 MB of pixels): `python -m pipelines.prepare.step` in a child process,
    its process tree's resident memory sampled every 50 ms.
 
     .venv/bin/python bench/prepare.py [--synthetic-images 100000] [--workers 0]
@@ -33,9 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from inference.preprocess import decode_image, to_array  # noqa: E402
-from pipelines.data.config import PrepareConfig  # noqa: E402
-from pipelines.data.importers import import_dataset, png_bytes  # noqa: E402
-from pipelines.data.prepare import prepare  # noqa: E402
+from pipelines.prepare.config import PrepareConfig  # noqa: E402
+from pipelines.prepare.core import prepare  # noqa: E402
+from pipelines.prepare.importers import import_dataset, png_bytes  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -116,7 +116,7 @@ def bench_memory(work: Path, n_images: int, workers: int) -> dict[str, object]:
     cmd = [
         sys.executable,
         "-m",
-        "pipelines.steps.prepare",
+        "pipelines.prepare.step",
         "--input",
         str(raw),
         "--output",

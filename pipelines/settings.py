@@ -53,6 +53,11 @@ class Settings:
     mlflow_bucket: str = "lepton-mlflow"
     experiment_name: str = "lepton"
     registered_model_name: str = "lepton-classifier"
+    # AWS side (exported by `lepton infra outputs --format env`); None -> not configured
+    sagemaker_role_arn: str | None = None  # LEPTON_SAGEMAKER_ROLE_ARN: the execution role
+    pipeline_name: str | None = None  # LEPTON_PIPELINE_NAME
+    endpoint_name: str | None = None  # LEPTON_ENDPOINT_NAME
+    raw_data_uri: str | None = None  # LEPTON_RAW_DATA_URI: default InputDataUri on AWS
     debug: bool = False  # LEPTON_DEBUG=1: full tracebacks from the CLI
     env_credentials: Credentials | None = field(default=None, repr=False)
 
@@ -91,15 +96,26 @@ class Settings:
             return self.env_credentials
         return load_or_create_local_credentials(self.credentials_path, create=create)
 
-    def s3_env(self) -> dict[str, str]:
-        """Environment for a child process (a step) so plain boto3/s3fs reach the same S3."""
-        env = {"AWS_REGION": self.region, "AWS_DEFAULT_REGION": self.region}
+    def s3_client_kwargs(self) -> dict[str, str]:
+        """region_name, endpoint_url and keys for a boto3 S3 client (the ones that apply)."""
+        kwargs = {"region_name": self.region}
         if self.s3_endpoint_url:
-            env["AWS_ENDPOINT_URL_S3"] = self.s3_endpoint_url
+            kwargs["endpoint_url"] = self.s3_endpoint_url
         creds = self.credentials()
         if creds is not None:
-            env["AWS_ACCESS_KEY_ID"] = creds.access_key_id
-            env["AWS_SECRET_ACCESS_KEY"] = creds.secret_access_key
+            kwargs["aws_access_key_id"] = creds.access_key_id
+            kwargs["aws_secret_access_key"] = creds.secret_access_key
+        return kwargs
+
+    def s3_env(self) -> dict[str, str]:
+        """Environment for a child process (a step) so plain boto3/s3fs reach the same S3."""
+        names = {
+            "endpoint_url": "AWS_ENDPOINT_URL_S3",
+            "aws_access_key_id": "AWS_ACCESS_KEY_ID",
+            "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
+        }
+        env = {"AWS_REGION": self.region, "AWS_DEFAULT_REGION": self.region}
+        env.update({names[k]: v for k, v in self.s3_client_kwargs().items() if k in names})
         return env
 
     def with_overrides(self, **changes: object) -> Settings:
@@ -139,7 +155,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
     LEPTON_MODE (local|aws), LEPTON_STATE_DIR (default ./.lepton), LEPTON_S3_PORT,
     LEPTON_MLFLOW_PORT, LEPTON_ENDPOINT_PORT, LEPTON_DATA_BUCKET, LEPTON_ARTIFACT_BUCKET,
-    LEPTON_MLFLOW_BUCKET, LEPTON_EXPERIMENT, LEPTON_MODEL_NAME, AWS_REGION / AWS_DEFAULT_REGION,
+    LEPTON_MLFLOW_BUCKET, LEPTON_EXPERIMENT (or MLFLOW_EXPERIMENT_NAME), LEPTON_MODEL_NAME, LEPTON_SAGEMAKER_ROLE_ARN,
+    LEPTON_PIPELINE_NAME, LEPTON_ENDPOINT_NAME, LEPTON_RAW_DATA_URI, AWS_REGION / AWS_DEFAULT_REGION,
     AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, MLFLOW_TRACKING_URI.
     """
     env = os.environ if env is None else env
@@ -164,8 +181,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         data_bucket=env.get("LEPTON_DATA_BUCKET", defaults.data_bucket),
         artifact_bucket=env.get("LEPTON_ARTIFACT_BUCKET", defaults.artifact_bucket),
         mlflow_bucket=env.get("LEPTON_MLFLOW_BUCKET", defaults.mlflow_bucket),
-        experiment_name=env.get("LEPTON_EXPERIMENT", defaults.experiment_name),
+        experiment_name=env.get("LEPTON_EXPERIMENT")
+        or env.get("MLFLOW_EXPERIMENT_NAME")
+        or defaults.experiment_name,
         registered_model_name=env.get("LEPTON_MODEL_NAME", defaults.registered_model_name),
+        sagemaker_role_arn=env.get("LEPTON_SAGEMAKER_ROLE_ARN") or None,
+        pipeline_name=env.get("LEPTON_PIPELINE_NAME") or None,
+        endpoint_name=env.get("LEPTON_ENDPOINT_NAME") or None,
+        raw_data_uri=env.get("LEPTON_RAW_DATA_URI") or None,
         debug=env.get("LEPTON_DEBUG", "") not in ("", "0", "false"),
         env_credentials=env_creds,
     )

@@ -41,22 +41,8 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def join_s3_uri(uri: str, *parts: str) -> str:
-    out = uri.rstrip("/")
-    for part in parts:
-        out += "/" + part.strip("/")
-    return out
-
-
 def _client_kwargs(settings: Settings) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"region_name": settings.region, "config": _BOTO_CONFIG}
-    if settings.s3_endpoint_url:
-        kwargs["endpoint_url"] = settings.s3_endpoint_url
-    creds = settings.credentials()
-    if creds is not None:
-        kwargs["aws_access_key_id"] = creds.access_key_id
-        kwargs["aws_secret_access_key"] = creds.secret_access_key
-    return kwargs
+    return {**settings.s3_client_kwargs(), "config": _BOTO_CONFIG}
 
 
 def s3_client(settings: Settings) -> Any:

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures_services",
     "tests.fixtures_data",
     "tests.fixtures_model",
+    "tests.fixtures_source",
 ]

@@ -21,7 +21,7 @@ MNIST_PER_CLASS = 30  # 300 images: enough for every class in every split, fast 
 def mnist_subset(per_class: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(images uint8 [N, 28, 28], labels [N], mnist indices [N]): `per_class` of each digit,
     skipping the first `offset` of each (so two subsets can be disjoint)."""
-    from pipelines.data.importers import builtin_arrays
+    from pipelines.prepare.importers import builtin_arrays
 
     images, labels = builtin_arrays("mnist-5k")
     picked = np.concatenate(
@@ -35,7 +35,7 @@ def write_image_folder(
     root: Path, images: np.ndarray, labels: np.ndarray, ids: np.ndarray
 ) -> list[str]:
     """Write `<root>/<label>/mnist-<id>.png`; returns the relative keys."""
-    from pipelines.data.importers import png_bytes
+    from pipelines.prepare.importers import png_bytes
 
     keys = []
     for img, label, i in zip(images, labels, ids, strict=True):

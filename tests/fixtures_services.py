@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import services
+from pipelines.services import control as services
 from pipelines.settings import Settings, load_settings
 
 

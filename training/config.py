@@ -1,17 +1,19 @@
-"""The training stage's typed config, its CLI / SageMaker-hyperparameter forms, named setups.
+"""The training stage's typed config and its named setups.
 
-``from_args(to_args(cfg)) == cfg`` and ``from_hyperparameters(to_hyperparameters(cfg)) == cfg``
-hold for every config (tested), so a config survives the trip through a pipeline definition,
-where SageMaker hyperparameters are strings and reach the entry point as ``--name value``.
+Its CLI / SageMaker-hyperparameter forms are `training.serialize`'s: ``from_args(to_args(cfg))
+== cfg`` and ``from_hyperparameters(to_hyperparameters(cfg)) == cfg`` hold for every config
+(tested), so a config survives the trip through a pipeline definition, where SageMaker
+hyperparameters are strings and reach the entry point as ``--name value``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
+
+from training import serialize
 
 ARCHS = ("small_cnn", "resnet18", "mobilenet_v3_small", "efficientnet_b0")
 OPTIMIZERS = ("adamw", "sgd")
@@ -141,106 +143,44 @@ def named_setup(name: str) -> TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# String forms
+# String forms: training.serialize (the one serializer of every stage config), bound here
+# to TrainConfig, with one addition: a ``setup`` key or ``--setup`` flag picks the base.
 # ---------------------------------------------------------------------------------------------
-def _field_types() -> dict[str, type]:
-    defaults = TrainConfig()
-    return {f.name: type(getattr(defaults, f.name)) for f in fields(TrainConfig)}
-
-
-def _format(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value) if isinstance(value, float) else str(value)
-
-
-def parse_bool(raw: str) -> bool:
-    lowered = str(raw).strip().lower()
-    if lowered in ("true", "1", "yes", "on"):
-        return True
-    if lowered in ("false", "0", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"not a boolean: {raw!r}")
-
-
-def _parse(name: str, raw: str) -> Any:
-    kind = _field_types()[name]
-    try:
-        if kind is bool:
-            return parse_bool(raw)
-        if kind is int:
-            return int(raw)
-        if kind is float:
-            return float(raw)
-        return str(raw)
-    except (ValueError, argparse.ArgumentTypeError) as exc:
-        raise ValueError(f"hyperparameter {name}={raw!r}: expected {kind.__name__}") from exc
-
-
 def to_args(cfg: TrainConfig) -> list[str]:
-    """Every field as ``--field-name value`` (strings, for a CLI or a pipeline definition)."""
-    args: list[str] = []
-    for f in fields(cfg):
-        args += [f"--{f.name.replace('_', '-')}", _format(getattr(cfg, f.name))]
-    return args
+    """Every field as ``--field_name value`` (strings, for a CLI or a pipeline definition)."""
+    return serialize.to_args(cfg)
 
 
 def to_hyperparameters(cfg: TrainConfig) -> dict[str, str]:
     """Every field as a SageMaker hyperparameter (``{field_name: str}``)."""
-    return {f.name: _format(getattr(cfg, f.name)) for f in fields(cfg)}
+    return serialize.to_hyperparameters(cfg)
 
 
 def from_hyperparameters(hps: Mapping[str, Any], base: TrainConfig | None = None) -> TrainConfig:
-    """Apply string hyperparameters (``field_name`` or ``field-name`` keys) onto ``base``.
+    """Apply hyperparameters (``field_name`` or ``field-name`` keys) onto ``base``.
 
     A ``setup`` key picks the base named setup. ``sagemaker_*`` keys (the SDK's own) are
     ignored; any other unknown key is an error, so a typo never trains silently with defaults.
     """
-    hps = {str(k).replace("-", "_"): v for k, v in hps.items()}
-    cfg = named_setup(str(hps.pop("setup"))) if "setup" in hps else (base or TrainConfig())
-    known = _field_types()
-    unknown = [k for k in hps if k not in known and not k.startswith("sagemaker_")]
-    if unknown:
-        raise ValueError(f"unknown hyperparameters {sorted(unknown)}; known: {sorted(known)}")
-    changes = {k: _parse(k, str(v)) for k, v in hps.items() if k in known}
-    return replace(cfg, **changes)
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--setup`` and one option per field (``--field-name`` and ``--field_name``).
-
-    Defaults are suppressed so that only flags given on the command line override the base
-    config (named setup, then SM_HPS).
-    """
-    parser.add_argument(
-        "--setup",
-        default=argparse.SUPPRESS,
-        choices=sorted(SETUPS),
-        help="named setup to start from (default: mnist_default)",
-    )
-    for f in fields(TrainConfig):
-        dashed, under = f"--{f.name.replace('_', '-')}", f"--{f.name}"
-        names = [dashed] if dashed == under else [dashed, under]
-        parser.add_argument(
-            *names,
-            dest=f.name,
-            default=argparse.SUPPRESS,
-            metavar="V",
-            help=f"{f.name} (default {_format(f.default)})",
-        )
-
-
-def config_overrides(namespace: argparse.Namespace) -> dict[str, str]:
-    """The config fields (and ``setup``) present in a parsed namespace, as strings."""
-    names = {f.name for f in fields(TrainConfig)} | {"setup"}
-    return {k: str(v) for k, v in vars(namespace).items() if k in names}
+    values = dict(hps)
+    setup = values.pop("setup", None)
+    cfg = named_setup(str(setup)) if setup is not None else (base or TrainConfig())
+    return serialize.from_hyperparameters(TrainConfig, values, base=cfg)
 
 
 def from_args(argv: Sequence[str], base: TrainConfig | None = None) -> TrainConfig:
-    """Parse config flags (as written by :func:`to_args`) onto ``base`` (or ``--setup``)."""
-    parser = argparse.ArgumentParser(prog="training config", add_help=False)
-    add_config_arguments(parser)
-    return from_hyperparameters(config_overrides(parser.parse_args(list(argv))), base)
+    """Parse ``--field value`` flags (as :func:`to_args` writes them; ``--setup NAME`` picks the
+    base) onto ``base``."""
+    args = list(argv)
+    for i, token in enumerate(args):
+        flag, sep, value = token.partition("=")
+        if flag == "--setup":
+            if not sep and i + 1 < len(args):
+                value = args[i + 1]
+            del args[i : i + (1 if sep else 2)]
+            base = named_setup(value)
+            break
+    return serialize.from_args(TrainConfig, args, base=base or TrainConfig())
 
 
 def as_dict(cfg: TrainConfig) -> dict[str, Any]:

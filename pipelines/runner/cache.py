@@ -1,8 +1,9 @@
 """Step caching for the local runner, keyed by code, inputs and arguments.
 
-A step's key is the digest of three components: the source files it runs, a fingerprint of
-every input (keys, sizes, ETags), and its resolved arguments without output locations (those
-carry the execution id, as on SageMaker). A miss always comes with a one-line reason naming
+A step's key is the digest of three components: the source it runs (the import closure of its
+entry module, `pipelines.imports.fingerprint`), a fingerprint of every input (keys, sizes,
+ETags), and its resolved arguments without output locations (those carry the execution id, as
+on SageMaker). A miss always comes with a one-line reason naming
 the component that changed.
 """
 
@@ -14,48 +15,6 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-# Source that each entry point runs: a change anywhere in it invalidates that step only.
-CODE_OF_ENTRY = {
-    "prepare": [
-        "pipelines/steps/prepare.py",
-        "pipelines/data",
-        "inference/preprocess.py",
-        "training/shards.py",
-    ],
-    "train": ["training"],
-    "evaluate": [
-        "pipelines/steps/evaluate.py",
-        "pipelines/evaluation",
-        "inference",
-        "training/shards.py",
-    ],
-    "deploy": ["pipelines/steps/deploy.py", "pipelines/registry.py", "inference"],
-}
-
-
-def code_version() -> str:
-    """`<package version>+<digest of all project source>`: names the code a model came from."""
-    from importlib import metadata
-
-    try:
-        package = metadata.version("lepton")
-    except metadata.PackageNotFoundError:
-        package = "0"
-    return f"{package}+{code_fingerprint('all')[:12]}"
-
-
-def code_fingerprint(entry: str) -> str:
-    digest = hashlib.sha256()
-    for rel in CODE_OF_ENTRY.get(entry, ["pipelines", "training", "inference"]):
-        root = REPO_ROOT / rel
-        files = [root] if root.is_file() else sorted(root.rglob("*.py"))
-        for path in files:
-            digest.update(path.relative_to(REPO_ROOT).as_posix().encode() + b"\0")
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def _digest(value: Any) -> str:

@@ -14,10 +14,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pipelines.imports import code_version, fingerprint
+from pipelines.register.local import register_step
 from pipelines.runner import jobs, transfer
-from pipelines.runner.cache import StepCache, code_fingerprint, code_version
+from pipelines.runner.cache import StepCache
 from pipelines.runner.expressions import Context, evaluate_condition, references, resolve
-from pipelines.runner.registration import register_step
 from pipelines.runner.state import TERMINAL_OK, Execution, StepRecord
 from pipelines.settings import Settings
 from pipelines.storage import s3_client
@@ -164,7 +165,7 @@ class LocalRunner:
                 "LEPTON_ENDPOINT_PORT": str(self.settings.endpoint_port),
                 "LEPTON_MLFLOW_PORT": str(self.settings.mlflow_port),
                 "LEPTON_S3_PORT": str(self.settings.s3_port),
-                "LEPTON_CODE_VERSION": code_version(),
+                "LEPTON_CODE_VERSION": code_version("training.train"),
             }
         )
         return jobs.JobEnv(env=env, s3=self.s3, echo=self.echo)
@@ -319,12 +320,7 @@ class LocalRunner:
 
     def cache_key(self, spec: StepSpec, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         if spec.type == "Processing":
-            tokens = args["AppSpecification"].get("ContainerEntrypoint", []) + args[
-                "AppSpecification"
-            ].get("ContainerArguments", [])
-            entry = next(
-                (str(t).rsplit("/", 1)[-1][:-3] for t in tokens if str(t).endswith(".py")), ""
-            )
+            entry = jobs.processing_entry(args)[0]
             inputs = {
                 i["InputName"]: transfer.fingerprint(self.s3, i["S3Input"]["S3Uri"])
                 for i in args.get("ProcessingInputs", [])
@@ -340,7 +336,7 @@ class LocalRunner:
                 if not i.get("S3Input", {}).get("LocalPath", "").rstrip("/").endswith("/input/code")
             ]
         else:
-            entry = "train"
+            entry = jobs.training_entry(args)
             inputs = {
                 c["ChannelName"]: transfer.fingerprint(
                     self.s3, c["DataSource"]["S3DataSource"]["S3Uri"]
@@ -353,7 +349,7 @@ class LocalRunner:
                 for k, v in args.items()
                 if k not in ("OutputDataConfig", "CheckpointConfig", "InputDataConfig")
             }
-        return self.cache.key(code_fingerprint(entry), inputs, stable)
+        return self.cache.key(fingerprint(entry), inputs, stable)
 
     def outputs_exist(self, properties: dict[str, Any], step_type: str) -> bool:
         if step_type == "Training":

@@ -1,8 +1,8 @@
 """Run a Processing or Training job of a pipeline definition as local processes.
 
 This emulates the SageMaker container contract without Docker: inputs are fetched from S3 into
-the step's work folder, `/opt/ml/...` paths are remapped into it, the entry point runs from this
-checkout (processing: `pipelines.steps.<script>`; training: `training.train` under `torchrun`),
+the step's work folder, `/opt/ml/...` paths are remapped into it, the entry module runs
+(processing: the job's `python3 -m <module>`; training: `training.train` under `torchrun`),
 and outputs (model.tar.gz, processing outputs, checkpoints) are uploaded back to S3.
 """
 
@@ -96,15 +96,8 @@ def _remap(value: str, root: str, local: Path) -> str:
 def run_processing(name: str, args: dict[str, Any], work: Path, job: JobEnv) -> dict[str, Any]:
     """Run a resolved CreateProcessingJob request locally; return DescribeProcessingJob-like properties."""
     root = work / "processing"
-    app = args["AppSpecification"]
-    tokens = [str(t) for t in app.get("ContainerEntrypoint", [])] + [
-        str(t) for t in app.get("ContainerArguments", [])
-    ]
-    scripts = [i for i, t in enumerate(tokens) if t.endswith(".py")]
-    if not scripts:
-        raise JobFailed(f"{name}: no Python entry script in {tokens}")
-    script = Path(tokens[scripts[0]]).stem
-    argv = [_remap(t, PROCESSING_ROOT, root) for t in tokens[scripts[0] + 1 :]]
+    module, container_argv = processing_entry(args)
+    argv = [_remap(t, PROCESSING_ROOT, root) for t in container_argv]
 
     for item in args.get("ProcessingInputs", []):
         s3_input = item.get("S3Input")
@@ -122,7 +115,7 @@ def run_processing(name: str, args: dict[str, Any], work: Path, job: JobEnv) -> 
         )
 
     env = {**os.environ, **job.env, **{k: str(v) for k, v in args.get("Environment", {}).items()}}
-    command = [sys.executable, "-m", f"pipelines.steps.{script}", *argv]
+    command = [sys.executable, "-m", module, *argv]
     run_logged(command, env, work / "step.log", job.echo, cwd=Path.cwd())
 
     for out in outputs:
@@ -136,6 +129,24 @@ def run_processing(name: str, args: dict[str, Any], work: Path, job: JobEnv) -> 
         "ProcessingJobName": f"{name}-{work.parent.parent.name}",
         "ProcessingJobStatus": "Completed",
     }
+
+
+def processing_entry(args: dict[str, Any]) -> tuple[str, list[str]]:
+    """(entry module, its arguments) of a `python3 -m <module> ...` processing job."""
+    app = args["AppSpecification"]
+    tokens = [str(t) for t in app.get("ContainerEntrypoint", [])] + [
+        str(t) for t in app.get("ContainerArguments", [])
+    ]
+    if "-m" not in tokens or tokens.index("-m") + 1 >= len(tokens):
+        raise JobFailed(f"not a `python3 -m <module>` processing job: {tokens}")
+    at = tokens.index("-m")
+    return tokens[at + 1], tokens[at + 2 :]
+
+
+def training_entry(args: dict[str, Any]) -> str:
+    """The training job's entry module (`training/train.py` -> `training.train`)."""
+    script = str(args.get("Environment", {}).get("LEPTON_ENTRY_SCRIPT", "training/train.py"))
+    return script.removesuffix(".py").replace("/", ".")
 
 
 def output_folder(args: dict[str, Any], work: Path, output_name: str) -> Path:
@@ -212,7 +223,7 @@ def run_training(name: str, args: dict[str, Any], work: Path, job: JobEnv) -> di
         "--standalone",
         f"--nproc_per_node={nproc}",
         "-m",
-        "training.train",
+        training_entry(args),
     ]
     job.echo(f"{name}: torchrun with {nproc} process(es)")
     run_logged(command, env, work / "step.log", job.echo, cwd=Path.cwd())

@@ -19,10 +19,11 @@ from typing import Any
 import mlflow
 import pytest
 
-from pipelines.local_run import RunRequest, run
+from pipelines.deploy.local import stop_local_endpoint
+from pipelines.runner.record import RunRecord
+from pipelines.runner.run import RunRequest, run
 from pipelines.runner.state import Execution, list_ids
 from pipelines.settings import Settings
-from pipelines.steps.deploy import stop_local_endpoint
 from pipelines.storage import s3_client, split_s3_uri
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -35,18 +36,17 @@ THRESHOLD = 0.80
 
 def _request(**changes: Any) -> RunRequest:
     # 32 per process: enough optimiser steps per epoch on 1,200 training images.
-    base = {
-        "epochs": EPOCHS,
-        "nproc": 2,
-        "accuracy_threshold": THRESHOLD,
-        "import_limit": IMPORT_LIMIT,
-        "extra_parameters": (("PerDeviceBatchSize", "32"),),
+    parameters = {
+        "Epochs": EPOCHS,
+        "ProcessesPerNode": 2,
+        "AccuracyThreshold": THRESHOLD,
+        "PerDeviceBatchSize": 32,
     }
-    return RunRequest(**{**base, **changes})
+    return RunRequest(parameters={**parameters, **changes}, import_limit=IMPORT_LIMIT)
 
 
 @pytest.fixture(scope="module")
-def first_run(stack_settings: Settings) -> Iterator[dict[str, Any]]:
+def first_run(stack_settings: Settings) -> Iterator[RunRecord]:
     lines: list[str] = []
     summary = run(stack_settings, _request(), out=lines.append)
     print("\n".join(lines))
@@ -59,11 +59,11 @@ def _s3_exists(settings: Settings, uri: str) -> bool:
     return s3_client(settings).list_objects_v2(Bucket=bucket, Prefix=key).get("KeyCount", 0) > 0
 
 
-def test_run_produces_every_artifact(first_run: dict[str, Any], stack_settings: Settings) -> None:
-    assert first_run["status"] == "Succeeded", first_run["failure"]
-    assert first_run["gate_passed"] is True
-    assert first_run["accuracy"] >= THRESHOLD
-    execution = Execution.load(stack_settings.state_dir, first_run["execution_id"])
+def test_run_produces_every_artifact(first_run: RunRecord, stack_settings: Settings) -> None:
+    assert first_run.status == "Succeeded", first_run.failure
+    assert first_run.gate_passed is True
+    assert first_run.accuracy >= THRESHOLD
+    execution = Execution.load(stack_settings.state_dir, first_run.execution_id)
     steps = execution.steps
     dataset_uri = steps["Prepare"].properties["ProcessingOutputConfig"]["Outputs"]
     dataset_uri = next(o["S3Output"]["S3Uri"] for o in dataset_uri if o["OutputName"] == "dataset")
@@ -72,19 +72,19 @@ def test_run_produces_every_artifact(first_run: dict[str, Any], stack_settings: 
     assert model_uri.endswith("model.tar.gz") and _s3_exists(stack_settings, model_uri)
     evaluation = steps["Evaluate"].property_files["EvaluationReport"]
     assert (
-        evaluation["multiclass_classification_metrics"]["accuracy"]["value"]
-        == first_run["accuracy"]
+        evaluation["multiclass_classification_metrics"]["accuracy"]["value"] == first_run.accuracy
     )
 
     client = mlflow.MlflowClient(stack_settings.tracking_uri)
     version = client.get_model_version(
-        stack_settings.registered_model_name, str(first_run["model_version"])
+        stack_settings.registered_model_name, str(first_run.model_version)
     )
-    assert version.tags["pipeline_execution"] == first_run["execution_id"]
+    assert version.tags["pipeline_execution"] == first_run.execution_id
     assert version.tags["data_manifest_sha256"]
     run_info = client.get_run(version.run_id)
     assert run_info.data.params  # the training config as params
     assert any(k.startswith("val") or k.startswith("train") for k in run_info.data.metrics)
+    assert RunRecord.read(stack_settings.state_dir) == first_run  # the reader gets what was run
     summary_file = json.loads((stack_settings.state_dir / "last-run.json").read_text())
     for key in (
         "accuracy",
@@ -92,46 +92,42 @@ def test_run_produces_every_artifact(first_run: dict[str, Any], stack_settings: 
         "model_version",
         "endpoint_url",
         "mlflow_url",
-        "step_seconds",
+        "steps",
         "total_seconds",
     ):
         assert key in summary_file
 
 
-def test_endpoint_classifies_held_out_images(first_run: dict[str, Any]) -> None:
-    assert first_run["endpoint_url"], "the endpoint was not deployed"
-    with urllib.request.urlopen(first_run["endpoint_url"] + "/ping", timeout=5) as resp:
+def test_endpoint_classifies_held_out_images(first_run: RunRecord) -> None:
+    assert first_run.endpoint_url, "the endpoint was not deployed"
+    with urllib.request.urlopen(first_run.endpoint_url + "/ping", timeout=5) as resp:
         assert resp.status == 200
-    samples = first_run["sample_predictions"]
+    samples = first_run.sample_predictions
     assert len(samples) == 8
     right = sum(s["true"] == s["predicted"] for s in samples)
     # The endpoint's accuracy on these images should be in line with evaluation.json.
     assert right >= 6, samples
 
 
-def test_second_run_is_served_from_cache(
-    first_run: dict[str, Any], stack_settings: Settings
-) -> None:
+def test_second_run_is_served_from_cache(first_run: RunRecord, stack_settings: Settings) -> None:
     summary = run(stack_settings, _request(), out=lambda _m: None)
-    assert summary["status"] == "Succeeded", summary["failure"]
+    assert summary.status == "Succeeded", summary.failure
     for step in ("Prepare", "Train", "Evaluate"):
-        assert summary["step_status"][step] == "Cached", summary["cache"]
-    assert summary["accuracy"] == first_run["accuracy"]
-    assert summary["model_version"] == first_run["model_version"]  # Register is idempotent
+        assert summary.steps[step].status == "Cached", summary.steps
+    assert summary.accuracy == first_run.accuracy
+    assert summary.model_version == first_run.model_version  # Register is idempotent
     # Nothing ran locally, yet the endpoint still gets held-out images (read from S3).
-    assert len(summary["sample_predictions"]) == 8
+    assert len(summary.sample_predictions) == 8
 
 
-def test_gate_failure_stops_before_register(
-    first_run: dict[str, Any], stack_settings: Settings
-) -> None:
-    summary = run(stack_settings, _request(accuracy_threshold=1.01), out=lambda _m: None)
-    assert summary["status"] == "Failed"
-    assert summary["gate_passed"] is False
-    assert "1.0100" in " ".join(summary["gate_reasons"])
-    registers = [n for n, s in summary["step_status"].items() if "Register" in n]
-    assert registers and all(summary["step_status"][n] == "Skipped" for n in registers)
-    assert "accuracy" in (summary["failure"] or "").lower()
+def test_gate_failure_stops_before_register(first_run: RunRecord, stack_settings: Settings) -> None:
+    summary = run(stack_settings, _request(AccuracyThreshold=1.01), out=lambda _m: None)
+    assert summary.status == "Failed"
+    assert summary.gate_passed is False
+    assert "1.0100" in " ".join(summary.gate_reasons)
+    registers = [n for n in summary.steps if "Register" in n]
+    assert registers and all(summary.steps[n].status == "Skipped" for n in registers)
+    assert "accuracy" in (summary.failure or "").lower()
 
 
 def _wait_for(predicate, timeout_s: float) -> None:
@@ -143,9 +139,7 @@ def _wait_for(predicate, timeout_s: float) -> None:
     raise TimeoutError("condition not reached")
 
 
-def test_kill_during_training_then_resume(
-    first_run: dict[str, Any], stack_settings: Settings
-) -> None:
+def test_kill_during_training_then_resume(first_run: RunRecord, stack_settings: Settings) -> None:
     before = set(list_ids(stack_settings.state_dir))
     env = {
         **os.environ,

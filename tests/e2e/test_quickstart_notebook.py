@@ -15,8 +15,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from pipelines.deploy.local import stop_local_endpoint
 from pipelines.settings import Settings
-from pipelines.steps.deploy import stop_local_endpoint
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 REPO_ROOT = Path(__file__).resolve().parents[2]

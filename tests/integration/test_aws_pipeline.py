@@ -1,4 +1,4 @@
-"""`pipelines.aws` against moto (in-process): upsert uploads the code bundle and creates, then
+"""`pipelines.aws.pipeline` against moto (in-process): upsert uploads the code bundle and creates, then
 updates, the pipeline; start/wait/status; the champion's accuracy for the gate.
 
 moto marks every execution Succeeded at once and does not implement
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,12 @@ from typing import Any
 import boto3
 import pytest
 
-from pipelines import aws
-from pipelines.config import PipelineConfig, aws_default
-from pipelines.definition import REPO_ROOT
-from pipelines.settings import Settings
+from pipelines.aws import pipeline as aws
+from pipelines.aws.stack import OUTPUT_ENV, settings_env
+from pipelines.definition.config import PipelineConfig, aws_default, aws_from_settings
+from pipelines.imports import SOURCE_ROOT as REPO_ROOT
+from pipelines.runner.record import RunRecord
+from pipelines.settings import Settings, load_settings
 
 moto = pytest.importorskip("moto")
 
@@ -29,15 +30,8 @@ ROLE = "arn:aws:iam::123456789012:role/lepton-pipeline"
 
 
 @pytest.fixture(scope="module")
-def source_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("src")
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for package in ("pipelines", "training", "inference"):
-        shutil.copytree(REPO_ROOT / package, root / package, ignore=ignore)
-    train = root / "training" / "train.py"
-    if not train.exists():
-        train.write_text("print('train')\n")
-    return root
+def source_root(project_source: Path) -> Path:
+    return project_source
 
 
 @pytest.fixture
@@ -86,15 +80,15 @@ def test_upsert_start_wait_status(
     code_keys = _keys(f"{cfg.prefix}/code/")
     referenced = {u.split(f"s3://{BUCKET}/", 1)[1] for u in _code_uris(definition)}
     assert referenced and all(any(k.startswith(r) for k in code_keys) for r in referenced)
-    assert any(k.endswith("/prepare.py") for k in code_keys)
+    assert any(k.endswith("/pipelines/prepare/step.py") for k in code_keys)
     assert any(k.endswith("/sm_train.sh") for k in code_keys)
 
     # second upsert, through the CLI (`lepton pipeline upsert`): updates in place, and
     # unchanged code is not uploaded again
-    from pipelines import definition
     from pipelines.cli import main
+    from pipelines.definition import build
 
-    monkeypatch.setattr(definition, "REPO_ROOT", source_root)
+    monkeypatch.setattr(build, "SOURCE_ROOT", source_root)
     monkeypatch.setenv("LEPTON_MODE", "aws")
     monkeypatch.setenv("LEPTON_ARTIFACT_BUCKET", BUCKET)
     monkeypatch.setenv("LEPTON_STATE_DIR", str(env.state_dir))
@@ -150,8 +144,11 @@ def test_upsert_start_wait_status(
         main(["pipeline", "start", "--pipeline-name", "lepton-it", "--param", "Epochs=1", "--wait"])
         == 0
     )
-    cli_arn, final = capsys.readouterr().out.split()
-    assert aws.is_execution_arn(cli_arn) and final == "Succeeded"
+    cli_arn, final = capsys.readouterr().out.splitlines()
+    assert aws.is_execution_arn(cli_arn) and final.startswith("Succeeded")
+    record = RunRecord.read(env.state_dir)  # what the CI job summary reads
+    assert record is not None and (record.where, record.execution_id) == ("aws", cli_arn)
+    assert record.status == "Succeeded" and "## Retraining: Succeeded" in record.markdown()
     assert main(["pipeline", "wait", cli_arn, "--poll", "0.01"]) == 0
     assert main(["pipeline", "status", cli_arn, "--json"]) == 0
     info = json.loads(capsys.readouterr().out.split("\n", 1)[1])
@@ -198,25 +195,26 @@ def test_champion_accuracy_and_start_parameters(env: Settings) -> None:
 
 
 def test_config_from_stack_outputs() -> None:
-    """The output names are infra/template.yaml's."""
+    """Stack outputs reach the AWS config through the settings (the one map, OUTPUT_ENV); the
+    output names are infra/template.yaml's."""
     template = (REPO_ROOT / "infra" / "template.yaml").read_text()
     outputs = template[template.index("\nOutputs:") :]
-    for key in aws.STACK_OUTPUTS:
+    for key in OUTPUT_ENV:
         assert f"\n  {key}:" in outputs, key
-    cfg = aws.config_from_stack(
-        PipelineConfig(),
+    env = settings_env(
         {
             "SageMakerExecutionRoleArn": ROLE,
             "ArtifactBucketName": "from-stack",
             "PipelineName": "lepton-prod",
             "RawDataUri": "s3://d/raw",
             "Unrelated": "x",
-        },
+        }
     )
+    cfg = aws_from_settings(load_settings(env))
     assert (cfg.role_arn, cfg.bucket, cfg.pipeline_name, cfg.input_data_uri) == (
         ROLE,
         "from-stack",
         "lepton-prod",
         "s3://d/raw",
     )
-    assert aws.config_from_stack(cfg, {}) == cfg
+    assert aws_from_settings(load_settings({})) == aws_default(None, "lepton-artifacts", REGION)

@@ -12,11 +12,11 @@ import pytest
 from botocore.exceptions import ClientError
 from PIL import Image
 
-from pipelines.data.config import PrepareConfig
-from pipelines.data.errors import OutputError, SourceError
-from pipelines.data.importers import import_dataset
-from pipelines.data.prepare import prepare
-from pipelines.data.sources import list_source
+from pipelines.prepare.config import PrepareConfig
+from pipelines.prepare.core import prepare
+from pipelines.prepare.errors import OutputError, SourceError
+from pipelines.prepare.importers import import_dataset
+from pipelines.prepare.sources import list_source
 from pipelines.settings import Credentials, Settings
 from pipelines.storage import s3_client
 from tests.fixtures_data import encode
@@ -97,7 +97,7 @@ def test_step_reads_s3_with_default_chain(
     cmd = [
         sys.executable,
         "-m",
-        "pipelines.steps.prepare",
+        "pipelines.prepare.step",
         "--input",
         mnist_uri,
         "--output",

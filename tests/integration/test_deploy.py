@@ -14,10 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines import registry, services
-from pipelines.commands import model as model_command
+from pipelines.cli import model as model_command
+from pipelines.deploy import local as deploy_local
+from pipelines.deploy import messages
+from pipelines.deploy import step as deploy
+from pipelines.register import registry
+from pipelines.services import process as services
 from pipelines.settings import Settings
-from pipelines.steps import deploy
 
 TAGS = {"pipeline_execution": "exec-d", "data_manifest_sha256": "cd" * 32, "code_version": "t"}
 
@@ -25,9 +28,9 @@ TAGS = {"pipeline_execution": "exec-d", "data_manifest_sha256": "cd" * 32, "code
 @pytest.fixture(scope="module")
 def settings(stack_settings: Settings) -> Iterator[Settings]:
     own = stack_settings.with_overrides(registered_model_name=f"dep-{uuid.uuid4().hex[:8]}")
-    deploy.stop_local_endpoint(own, out=lambda _m: None)  # the session stack is shared
+    deploy_local.stop_local_endpoint(own, out=lambda _m: None)  # the session stack is shared
     yield own
-    deploy.stop_local_endpoint(own, out=lambda _m: None)
+    deploy_local.stop_local_endpoint(own, out=lambda _m: None)
 
 
 def _get(url: str) -> int:
@@ -85,9 +88,9 @@ def test_deploy_rules_and_endpoint_lifecycle(
 
     # Pending and Rejected: the step succeeds (exit 0) and deploys nothing.
     assert deploy.main(["--model-package-arn", pending.uri]) == 0
-    assert deploy.PENDING_MESSAGE in capsys.readouterr().out
+    assert messages.PENDING_MESSAGE in capsys.readouterr().out
     assert deploy.main(["--model-package-arn", rejected.uri]) == 0
-    assert deploy.REJECTED_MESSAGE in capsys.readouterr().out
+    assert messages.REJECTED_MESSAGE in capsys.readouterr().out
     assert services.running_pid(settings, "endpoint", "inference") is None
     assert deploy.main(["--model-package-arn", f"models:/{name}/42"]) == 2
 
@@ -98,7 +101,7 @@ def test_deploy_rules_and_endpoint_lifecycle(
     assert _get(settings.endpoint_url + "/ping") == 200
     first_pid = services.running_pid(settings, "endpoint", "inference")
     assert first_pid is not None
-    assert deploy.deployed_info(settings)["version"] == pending.version
+    assert deploy_local.deployed_info(settings)["version"] == pending.version
     model_dir = settings.state_dir / "endpoint" / "model"
     assert (model_dir / "model.onnx").read_bytes() == (
         trained_model_dir / "model.onnx"
@@ -112,7 +115,7 @@ def test_deploy_rules_and_endpoint_lifecycle(
     newer = registry.register_model(settings, trained_model_dir, None, TAGS, 0.92)
     assert _lepton("model", "approve", newer.version) == 0
     assert registry.champion(settings).version == newer.version
-    assert deploy.deployed_info(settings)["version"] == newer.version
+    assert deploy_local.deployed_info(settings)["version"] == newer.version
     assert services.running_pid(settings, "endpoint", "inference") not in (None, first_pid)
     assert _get(settings.endpoint_url + "/ping") == 200
 
@@ -121,7 +124,7 @@ def test_deploy_rules_and_endpoint_lifecycle(
     assert _lepton("model", "reject", newer.version) == 0
     assert "stopping it" in capsys.readouterr().out
     assert services.running_pid(settings, "endpoint", "inference") is None
-    assert deploy.deployed_info(settings) is None
+    assert deploy_local.deployed_info(settings) is None
     assert not registry.is_deployable(settings, newer.version)
     # The champion alias is gone, so deploying "the champion" is an invalid reference.
     assert deploy.main(["--model-package-arn", f"models:/{name}@champion"]) == 2

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from inference.predictor import Predictor
+from pipelines.evaluate import step as evaluate
 from pipelines.settings import Settings
-from pipelines.steps import evaluate
 from training.shards import load_split
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -198,7 +198,7 @@ def test_script_logs_to_a_new_run_without_training_run(
     proc = subprocess.run(
         [
             sys.executable,
-            str(REPO_ROOT / "pipelines/steps/evaluate.py"),
+            str(REPO_ROOT / "pipelines/evaluate/step.py"),
             "--model",
             str(processing_model_dir),
             "--dataset",

@@ -36,7 +36,7 @@ from moto import mock_aws
 from moto.core import set_initial_no_auth_action_count
 
 from infra.iam_policy import allowing_statements, evaluate
-from pipelines.infra import TEMPLATE_PATH, deploy_stack
+from pipelines.aws.stack import TEMPLATE_PATH, deploy_stack
 
 REGION = "eu-west-1"
 STACK = "lepton-it"

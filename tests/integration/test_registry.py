@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import registry
-from pipelines.commands import model as model_command
-from pipelines.definition import build_definition
-from pipelines.local_run import RunRequest, champion_parameter, local_config
+from pipelines.cli import model as model_command
+from pipelines.definition.build import build_definition
+from pipelines.register import registry
 from pipelines.runner.engine import flatten_steps, parameter_values
 from pipelines.runner.expressions import Context, evaluate_condition
+from pipelines.runner.run import champion_floor, local_config
 from pipelines.settings import Settings
 from pipelines.storage import s3_client
 
@@ -99,13 +99,11 @@ def test_gate_refuses_a_worse_challenger(
     worse_accuracy = 0.90
     # The real gate: the QualityGate condition of the pipeline definition, evaluated by the
     # local runner, with MinimumChampionAccuracy computed from the registry as `run` does.
-    cfg = replace(
-        local_config(settings, RunRequest()), accuracy_threshold=0.8, champion_tolerance=0.02
-    )
+    cfg = replace(local_config(settings), accuracy_threshold=0.8, champion_tolerance=0.02)
     definition = json.loads(build_definition(cfg, staging_root=tmp_path / "code").definition)
     gate = flatten_steps(definition)["QualityGate"].body["Arguments"]["Conditions"]
     params = parameter_values(
-        definition, {"MinimumChampionAccuracy": champion_parameter(settings, cfg)}
+        definition, {"MinimumChampionAccuracy": champion_floor(settings, cfg)}
     )
 
     def decide(accuracy: float) -> tuple[bool, list[str]]:

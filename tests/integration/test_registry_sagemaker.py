@@ -16,8 +16,10 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from pipelines import sagemaker_registry as smr
-from pipelines.steps import deploy
+from pipelines.deploy import messages
+from pipelines.deploy import sagemaker as deploy_sagemaker
+from pipelines.deploy import step as deploy
+from pipelines.register import sagemaker as smr
 
 REGION = "us-east-1"
 GROUP = "lepton-classifier"
@@ -87,7 +89,7 @@ def test_latest_approved_follows_approvals(sm: Any) -> None:
 
 
 def _deploy(client: Any, arn: str) -> str | None:
-    return deploy.deploy_sagemaker(
+    return deploy_sagemaker.deploy_sagemaker(
         client, arn, "lepton-ep", "ml.m5.large", 1, ROLE, out=lambda _m: None
     )
 
@@ -95,10 +97,14 @@ def _deploy(client: Any, arn: str) -> str | None:
 def test_deploy_only_approved_packages(sm: Any, capsys: pytest.CaptureFixture[str]) -> None:
     smr.ensure_model_package_group(sm, GROUP)
     pending, rejected = _package(sm, 1), _package(sm, 2, smr.REJECTED)
-    assert deploy.deploy_sagemaker(sm, pending, "lepton-ep", "ml.m5.large", 1, ROLE) is None
-    assert deploy.PENDING_MESSAGE in capsys.readouterr().out
-    assert deploy.deploy_sagemaker(sm, rejected, "lepton-ep", "ml.m5.large", 1, ROLE) is None
-    assert deploy.REJECTED_MESSAGE in capsys.readouterr().out
+    assert (
+        deploy_sagemaker.deploy_sagemaker(sm, pending, "lepton-ep", "ml.m5.large", 1, ROLE) is None
+    )
+    assert messages.PENDING_MESSAGE in capsys.readouterr().out
+    assert (
+        deploy_sagemaker.deploy_sagemaker(sm, rejected, "lepton-ep", "ml.m5.large", 1, ROLE) is None
+    )
+    assert messages.REJECTED_MESSAGE in capsys.readouterr().out
     assert sm.list_endpoints()["Endpoints"] == [] and sm.list_models()["Models"] == []
 
 
@@ -138,7 +144,7 @@ def test_deploy_main_with_an_arn(sm: Any, capsys: pytest.CaptureFixture[str]) ->
     smr.ensure_model_package_group(sm, GROUP)
     pending = _package(sm, 1)
     assert deploy.main(["--model-package-arn", pending, "--endpoint-name", "ep"]) == 0
-    assert deploy.PENDING_MESSAGE in capsys.readouterr().out
+    assert messages.PENDING_MESSAGE in capsys.readouterr().out
     approved = _package(sm, 2, smr.APPROVED)
     assert deploy.main(["--model-package-arn", approved, "--endpoint-name", "ep"]) == 1
     assert "--role-arn" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import mlflow
 import pytest
 from botocore.exceptions import ClientError
 
-from pipelines import services
+from pipelines.services import control as services
 from pipelines.settings import Credentials, Settings
 from pipelines.storage import s3_client, s3_filesystem
 from tests.fixtures_services import make_settings

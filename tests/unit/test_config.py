@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
 
-from pipelines.config import (
-    PipelineConfig,
-    add_arguments,
-    aws_default,
-    config_from_namespace,
-    local_default,
-    mnist_5k,
-    optional_fields_default_to_none,
-)
+from pipelines.definition.config import PipelineConfig, aws_default, local_default, mnist_5k
+from pipelines.definition.parameters import BY_FIELD, defaults, with_parameters
 from pipelines.settings import Settings
 
 ROLE = "arn:aws:iam::123456789012:role/lepton-pipeline"
@@ -53,10 +45,6 @@ def test_args_round_trip(cfg: PipelineConfig) -> None:
     assert PipelineConfig.from_args(cfg.to_args()) == cfg
 
 
-def test_to_args_relies_on_optional_fields_defaulting_to_none() -> None:
-    assert optional_fields_default_to_none()
-
-
 def test_from_args_keeps_base_for_flags_not_given() -> None:
     base = aws_default(ROLE, "b", "us-west-2")
     cfg = PipelineConfig.from_args(["--epochs", "3", "--no-use-spot"], base=base)
@@ -64,11 +52,9 @@ def test_from_args_keeps_base_for_flags_not_given() -> None:
 
 
 def test_every_field_has_a_flag() -> None:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    dests = {a.dest for a in parser._actions}
-    assert {f.name for f in fields(PipelineConfig)} <= dests
-    assert config_from_namespace(parser.parse_args([])) == PipelineConfig()
+    flags = PipelineConfig().to_args()[::2]
+    assert {f.name for f in fields(PipelineConfig)} == {f[2:].replace("-", "_") for f in flags}
+    assert PipelineConfig.from_args([]) == PipelineConfig()
 
 
 def test_unknown_argument_is_an_error() -> None:
@@ -78,36 +64,35 @@ def test_unknown_argument_is_an_error() -> None:
 
 def test_parameter_defaults_round_trip() -> None:
     cfg = aws_default(ROLE, "b", "us-east-1", epochs=7, lr_peak=0.01)
-    defaults = cfg.parameter_defaults()
-    assert defaults["Epochs"] == 7 and defaults["LearningRate"] == 0.01
-    assert defaults["MinimumChampionAccuracy"] == 0.0
-    assert PipelineConfig().with_parameters(defaults) == replace(
-        PipelineConfig(),
-        **{
-            k: getattr(cfg, k)
-            for k in (
-                "input_data_uri",
-                "processing_instance_type",
-                "processing_instance_count",
-                "training_instance_type",
-                "training_instance_count",
-                "processes_per_node",
-                "epochs",
-                "per_device_batch_size",
-                "lr_peak",
-                "accuracy_threshold",
-                "model_approval_status",
-                "model_package_group",
-            )
-        },
+    values = defaults(cfg)
+    assert values["Epochs"] == 7 and values["LearningRate"] == 0.01
+    assert values["MinimumChampionAccuracy"] == 0.0
+    fields_of_parameters = (
+        "input_data_uri",
+        "processing_instance_type",
+        "processing_instance_count",
+        "training_instance_type",
+        "training_instance_count",
+        "processes_per_node",
+        "epochs",
+        "per_device_batch_size",
+        "lr_peak",
+        "accuracy_threshold",
+        "minimum_champion_accuracy",
+        "model_approval_status",
+        "model_package_group",
+    )
+    assert set(BY_FIELD) == set(fields_of_parameters)
+    assert with_parameters(PipelineConfig(), values) == replace(
+        PipelineConfig(), **{k: getattr(cfg, k) for k in fields_of_parameters}
     )
 
 
 def test_minimum_champion_accuracy() -> None:
     cfg = PipelineConfig(champion_tolerance=0.01)
-    assert cfg.minimum_champion_accuracy(None) == 0.0
-    assert cfg.minimum_champion_accuracy(0.98) == pytest.approx(0.97)
-    assert cfg.minimum_champion_accuracy(0.005) == 0.0
+    assert cfg.champion_floor(None) == 0.0
+    assert cfg.champion_floor(0.98) == pytest.approx(0.97)
+    assert cfg.champion_floor(0.005) == 0.0
 
 
 @pytest.mark.parametrize(

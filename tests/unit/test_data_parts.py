@@ -14,23 +14,28 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.data import decode, sources
-from pipelines.data.config import PrepareConfig, add_arguments, config_from_args, to_args
-from pipelines.data.importers import builtin_arrays, import_dataset
-from pipelines.data.prepare import prepare
-from pipelines.data.report import channel_mean_std, resolve_duplicates
-from pipelines.data.sources import clean_label, list_source
-from pipelines.data.split import assign_split
+from pipelines.cli import data as data_command
+from pipelines.prepare import decode, sources
+from pipelines.prepare.config import PrepareConfig
+from pipelines.prepare.core import prepare
+from pipelines.prepare.importers import builtin_arrays, import_dataset
+from pipelines.prepare.report import channel_mean_std, resolve_duplicates
+from pipelines.prepare.sources import clean_label, list_source
+from pipelines.prepare.split import assign_split
 from tests.fixtures_data import encode
+from training.serialize import from_args, to_args
 from training.shards import channel_stats, read_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def parse(argv: list[str], positional: bool = False) -> PrepareConfig:
+    """The entry point's parse (`--input I --output O ...`) or `lepton data prepare RAW OUT ...`."""
+    if not positional:
+        return from_args(PrepareConfig, argv)
     parser = argparse.ArgumentParser()
-    add_arguments(parser, positional=positional)
-    return config_from_args(parser.parse_args(argv))
+    data_command.register(parser.add_subparsers())
+    return data_command.prepare_config(parser.parse_args(["data", "prepare", *argv]))
 
 
 @pytest.mark.parametrize(
@@ -177,7 +182,7 @@ def test_import_builtin_to_folder_then_prepare(tmp_path: Path) -> None:
     assert len(result.manifest["classes"]) == 10 and result.report["quarantined"] == []
 
 
-@pytest.mark.parametrize("how", [["pipelines/steps/prepare.py"], ["-m", "pipelines.steps.prepare"]])
+@pytest.mark.parametrize("how", [["pipelines/prepare/step.py"], ["-m", "pipelines.prepare.step"]])
 def test_step_entry_point_runs_both_ways(
     raw_mnist_dir: Path, tmp_path: Path, how: list[str]
 ) -> None:

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.data import output as output_mod
-from pipelines.data.config import PrepareConfig
-from pipelines.data.errors import PrepareError, SourceError
-from pipelines.data.prepare import prepare
-from pipelines.data.sources import list_source
+from pipelines.prepare import output as output_mod
+from pipelines.prepare.config import PrepareConfig
+from pipelines.prepare.core import prepare
+from pipelines.prepare.errors import PrepareError, SourceError
+from pipelines.prepare.sources import list_source
 from tests.fixtures_data import (
     PLANT_MAX_PIXELS,
     PLANT_MIN_SIDE,

@@ -15,24 +15,15 @@ from typing import Any
 
 import pytest
 
-from pipelines.builders import names as n
-from pipelines.builders.offline import source_files
-from pipelines.config import PipelineConfig, aws_default
-from pipelines.definition import (
-    PARAMETER_NAMES,
-    PLACEHOLDER_ROLE_ARN,
-    REPO_ROOT,
-    BuiltDefinition,
-    build_definition,
-)
+from pipelines.definition import names as n
+from pipelines.definition.build import PLACEHOLDER_ROLE_ARN, BuiltDefinition, build_definition
+from pipelines.definition.bundle import source_files
+from pipelines.definition.config import PipelineConfig, aws_default
+from pipelines.definition.parameters import PARAMETERS, defaults, with_parameters
+from pipelines.imports import SOURCE_ROOT as REPO_ROOT
 
 ROLE = "arn:aws:iam::123456789012:role/lepton-pipeline"
-STUBS = {  # entry points other sessions may not have written yet
-    "training/train.py": "print('train')\n",
-    "pipelines/steps/evaluate.py": "print('evaluate')\n",
-    "pipelines/steps/deploy.py": "print('deploy')\n",
-    "inference/handler.py": "def model_fn(model_dir):\n    return None\n",
-}
+PARAMETER_NAMES = tuple(p.name for p in PARAMETERS)
 
 
 class NetworkUsed(AssertionError):
@@ -62,17 +53,8 @@ def no_network() -> Iterator[list[str]]:
 
 
 @pytest.fixture(scope="module")
-def source_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """This repository's packages, plus stubs for entry points not written yet."""
-    root = tmp_path_factory.mktemp("src")
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for package in ("pipelines", "training", "inference"):
-        shutil.copytree(REPO_ROOT / package, root / package, ignore=ignore)
-    for rel, text in STUBS.items():
-        if not (root / rel).exists():
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            (root / rel).write_text(text)
-    return root
+def source_root(project_source: Path) -> Path:
+    return project_source
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +167,7 @@ def test_dependencies_are_property_references(d: dict[str, Any]) -> None:
 def test_parameters_and_defaults(d: dict[str, Any], cfg: PipelineConfig) -> None:
     params = {p["Name"]: p for p in d["Parameters"]}
     assert tuple(params) == PARAMETER_NAMES
-    assert {k: p["DefaultValue"] for k, p in params.items()} == cfg.parameter_defaults()
+    assert {k: p["DefaultValue"] for k, p in params.items()} == defaults(cfg)
     types = {k: p["Type"] for k, p in params.items()}
     assert types["Epochs"] == types["ProcessesPerNode"] == "Integer"
     assert types["LearningRate"] == types["MinimumChampionAccuracy"] == "Float"
@@ -197,26 +179,29 @@ def test_parameters_and_defaults(d: dict[str, Any], cfg: PipelineConfig) -> None
 
 
 def test_config_round_trips_through_the_definition(d: dict[str, Any], cfg: PipelineConfig) -> None:
-    defaults = {p["Name"]: p["DefaultValue"] for p in d["Parameters"]}
-    assert cfg.with_parameters(defaults) == cfg
+    values = {p["Name"]: p["DefaultValue"] for p in d["Parameters"]}
+    assert with_parameters(cfg, values) == cfg
     assert (
-        replace(
-            PipelineConfig(),
-            **{
-                k: getattr(cfg, k)
-                for k in (
-                    "role_arn",
-                    "bucket",
-                    "region",
-                    "use_spot",
-                    "champion_tolerance",
-                    "dataset_name",
-                    "image_size",
-                    "channels",
-                    "split_fractions",
-                )
-            },
-        ).with_parameters(defaults)
+        with_parameters(
+            replace(
+                PipelineConfig(),
+                **{
+                    k: getattr(cfg, k)
+                    for k in (
+                        "role_arn",
+                        "bucket",
+                        "region",
+                        "use_spot",
+                        "champion_tolerance",
+                        "dataset_name",
+                        "image_size",
+                        "channels",
+                        "split_fractions",
+                    )
+                },
+            ),
+            values,
+        )
         == cfg
     )
     assert PipelineConfig.from_args(cfg.to_args()) == cfg
@@ -228,17 +213,14 @@ def test_config_round_trips_through_the_definition(d: dict[str, Any], cfg: Pipel
 def test_prepare(d: dict[str, Any], built: BuiltDefinition, cfg: PipelineConfig) -> None:
     step = all_steps(d)["Prepare"]
     a = step["Arguments"]
-    assert a["AppSpecification"]["ContainerEntrypoint"] == [
-        "python3",
-        "/opt/ml/processing/input/code/prepare.py",
-    ]
+    assert a["AppSpecification"]["ContainerEntrypoint"] == ["python3", "-m", n.PREPARE_MODULE]
+    assert a["Environment"]["PYTHONPATH"] == n.CODE_DIR  # the code bundle is importable
     args = a["AppSpecification"]["ContainerArguments"]
     assert args[:4] == ["--input", n.RAW_DIR, "--output", n.DATASET_OUT_DIR]
-    from pipelines.data.config import add_arguments, config_from_args
+    from pipelines.prepare.config import PrepareConfig
+    from training.serialize import from_args
 
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    prep = config_from_args(parser.parse_args(args))
+    prep = from_args(PrepareConfig, args)
     assert (prep.image_size, prep.channels, prep.dataset) == (
         cfg.image_size,
         cfg.channels,
@@ -317,12 +299,12 @@ def test_code_bundle_contents(
     code = files(channels["code"])
     assert code == source_files(source_root)
     for entry in (
-        "prepare.py",
-        "evaluate.py",
-        "deploy.py",
+        "pipelines/prepare/step.py",
+        "pipelines/evaluate/step.py",
+        "pipelines/deploy/step.py",
         "handler.py",
         cfg.train_entry_script,
-        "pipelines/data/config.py",
+        "pipelines/prepare/config.py",
         "training/shards.py",
     ):
         assert entry in code, entry
@@ -339,7 +321,7 @@ def test_code_bundle_contents(
 def test_evaluate_and_property_file(d: dict[str, Any]) -> None:
     step = all_steps(d)["Evaluate"]
     a = step["Arguments"]
-    assert a["AppSpecification"]["ContainerEntrypoint"][-1] == f"{n.CODE_DIR}/evaluate.py"
+    assert a["AppSpecification"]["ContainerEntrypoint"] == ["python3", "-m", n.EVALUATE_MODULE]
     assert a["AppSpecification"]["ContainerArguments"] == [
         "--model",
         n.MODEL_IN_DIR,
@@ -396,7 +378,7 @@ def test_gate_register_deploy_fail(d: dict[str, Any]) -> None:
         "evaluation.json",
     ]
     deploy = steps["Deploy"]["Arguments"]["AppSpecification"]
-    assert deploy["ContainerEntrypoint"][-1] == f"{n.CODE_DIR}/deploy.py"
+    assert deploy["ContainerEntrypoint"] == ["python3", "-m", n.DEPLOY_MODULE]
     args = deploy["ContainerArguments"]
     assert args[args.index("--model-package-arn") + 1] == {"Get": "Steps.Register.ModelPackageArn"}
     message = steps["GateFailed"]["Arguments"]["ErrorMessage"]["Std:Join"]["Values"]
@@ -408,14 +390,14 @@ def test_cli_definition_command(
 ) -> None:
     """`lepton pipeline aws-definition --setup local ... --out FILE`: a config with no role,
     no retries, no spot, a CPU instance and another training setup."""
-    from pipelines import definition
-    from pipelines.commands import pipeline_aws
+    from pipelines.cli import pipeline_aws
+    from pipelines.definition import build
 
-    monkeypatch.setattr(definition, "REPO_ROOT", source_root)
+    monkeypatch.setattr(build, "SOURCE_ROOT", source_root)
     monkeypatch.setenv("LEPTON_STATE_DIR", str(tmp_path / "state"))
     parser = argparse.ArgumentParser()
     actions = parser.add_subparsers(dest="action", required=True)
-    actions.add_parser("definition")  # the local one in pipelines/commands/pipeline.py
+    actions.add_parser("definition")  # the local one in pipelines/cli/pipeline.py
     pipeline_aws.register(actions)
     assert {"aws-definition", "upsert", "start", "wait", "status"} <= set(actions.choices)
     out = tmp_path / "definition.json"
@@ -463,6 +445,77 @@ def test_missing_entry_point_is_reported(
 ) -> None:
     root = tmp_path / "src"
     shutil.copytree(source_root, root)
-    (root / "pipelines" / "steps" / "evaluate.py").unlink()
-    with pytest.raises(FileNotFoundError, match="evaluate.py"):
+    (root / "pipelines" / "evaluate" / "step.py").unlink()
+    with pytest.raises(FileNotFoundError, match="pipelines.evaluate.step"):
         build_definition(PipelineConfig(), source_root=root, staging_root=tmp_path / "s")
+
+
+# ---- the parameter table: every derived form agrees with the one declaration --------------
+
+
+def test_every_parameter_is_read_by_its_consumer_and_typed_as_declared(
+    d: dict[str, Any], cfg: PipelineConfig
+) -> None:
+    declared = {p["Name"]: p for p in d["Parameters"]}
+    steps = all_steps(d)
+    assert list(declared) == [p.name for p in PARAMETERS]
+    for p in PARAMETERS:
+        assert declared[p.name]["Type"] == p.sdk_type
+        assert declared[p.name]["DefaultValue"] == getattr(cfg, p.field)
+        readers = {
+            name
+            for name, step in steps.items()
+            if f'"Parameters.{p.name}"' in json.dumps(step.get("Arguments", {}))
+        }
+        assert p.consumer in readers, (p.name, readers)
+        if p.hyperparameter:
+            hps = steps["Train"]["Arguments"]["HyperParameters"]
+            assert {"Get": f"Parameters.{p.name}"} in hps[p.hyperparameter]["Std:Join"]["Values"]
+        if p.choices:
+            assert declared[p.name]["EnumValues"] == list(p.choices)
+
+
+def test_cli_flags_come_from_the_table() -> None:
+    from pipelines.cli import build_parser
+    from pipelines.cli.pipeline import requested_parameters
+
+    argv = []
+    for p in PARAMETERS:
+        argv += [p.flag, str(getattr(PipelineConfig(), p.field))]
+    args = build_parser().parse_args(["pipeline", "run", *argv, "--data", "s3://b/raw/x"])
+    given = requested_parameters(args)
+    assert set(given) == {p.name for p in PARAMETERS}
+    assert given["InputDataUri"] == "s3://b/raw/x"  # the alias and the flag are one parameter
+    args = build_parser().parse_args(["pipeline", "run", "--epochs", "3", "--param", "Epochs=4"])
+    with pytest.raises(ValueError, match="--epochs and --param Epochs"):
+        requested_parameters(args)
+
+
+def test_parameter_values_are_validated() -> None:
+    from pipelines.definition.parameters import validate
+
+    assert validate({"Epochs": "3", "LearningRate": "0.01"}) == {"Epochs": 3, "LearningRate": 0.01}
+    for bad, match in (
+        ({"Epoch": "3"}, "unknown pipeline parameter"),
+        ({"Epochs": "three"}, "Epochs='three': expected int"),
+        ({"Epochs": "٣"}, "expected int"),  # int() would take a non-ASCII digit
+        ({"ModelApprovalStatus": "Maybe"}, "one of"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            validate(bad)
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        validate({"Epochs": "0"}, PipelineConfig())
+
+
+def test_a_hyperparameter_given_twice_names_both() -> None:
+    with pytest.raises(ValueError, match="given twice.*Epochs.*epochs=5"):
+        PipelineConfig(extra_hyperparameters=(("epochs", "5"),))
+    with pytest.raises(ValueError, match="LearningRate"):
+        PipelineConfig.from_args(["--extra-hyperparameters", "lr-peak=0.1"])
+
+
+def test_the_readme_parameter_table_is_the_derived_one() -> None:
+    from pipelines.definition.parameters import markdown_table
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert markdown_table() in readme, "run `lepton pipeline parameters --markdown` into README"

@@ -11,8 +11,9 @@ from PIL import Image
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
-from pipelines.evaluation import metrics as M
-from pipelines.evaluation import plots
+from pipelines.evaluate import plots
+from pipelines.evaluate import report as R
+from training import metrics as M
 
 CLASSES = ["cat", "dog", "bird", "fish"]
 
@@ -73,7 +74,7 @@ def test_errors_on_bad_input() -> None:
 def test_evaluation_document_layout_is_json_and_contract_shaped() -> None:
     labels, probs = _random_case(3)
     m = M.compute_metrics(labels, probs, CLASSES)
-    doc = json.loads(json.dumps(M.evaluation_document(m, {"arch": "x"}, {"split": "test"})))
+    doc = json.loads(json.dumps(R.evaluation_document(m, {"arch": "x"}, {"split": "test"})))
     mcm = doc["multiclass_classification_metrics"]
     for key in ("accuracy", "weighted_f1", "macro_f1", "expected_calibration_error"):
         assert mcm[key]["value"] == pytest.approx(getattr(m, key))
@@ -86,9 +87,9 @@ def test_evaluation_document_layout_is_json_and_contract_shaped() -> None:
 def test_error_gallery_and_per_class_samples() -> None:
     labels = np.array([0, 1, 1, 2])
     probs = np.array([[0.6, 0.4, 0], [0.95, 0.05, 0], [0.1, 0.9, 0], [0.3, 0.7, 0]])
-    assert M.most_confident_errors(labels, probs, 10).tolist() == [1, 3]
-    assert M.most_confident_errors(labels, probs, 1).tolist() == [1]
-    assert M.sample_per_class(labels, probs, 4) == {0: 0, 1: 2, 2: 3}  # class 3 absent
+    assert R.most_confident_errors(labels, probs, 10).tolist() == [1, 3]
+    assert R.most_confident_errors(labels, probs, 1).tolist() == [1]
+    assert R.sample_per_class(labels, probs, 4) == {0: 0, 1: 2, 2: 3}  # class 3 absent
 
 
 def _png_size(data: bytes) -> tuple[int, int]:

@@ -13,7 +13,7 @@ import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from pipelines.infra import TEMPLATE_PATH, load_template
+from pipelines.aws.stack import TEMPLATE_PATH, load_template
 
 REGION = "us-east-1"
 ENV = {

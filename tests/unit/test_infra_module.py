@@ -1,8 +1,7 @@
-"""pipelines/infra.py: deploy/outputs against moto's CloudFormation, env export, summaries."""
+"""pipelines/aws/stack.py: deploy/outputs against moto's CloudFormation, env export."""
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,18 +11,16 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from pipelines.infra import (
+from pipelines.aws.stack import (
     DeployResult,
     StackError,
     deploy_stack,
     format_env,
-    load_run,
-    parse_parameters,
-    run_summary_markdown,
     settings_env,
     stack_outputs,
     template_parameters,
 )
+from pipelines.cli.args import parse_pairs
 from pipelines.settings import load_settings
 
 SMALL = """\
@@ -118,7 +115,20 @@ def test_the_real_template_deploys_and_feeds_settings(cfn: Any) -> None:
     )
     assert settings.registered_model_name == "lepton-classifier"
     assert env["LEPTON_SAGEMAKER_ROLE_ARN"] == result.outputs["SageMakerExecutionRoleArn"]
+    assert settings.sagemaker_role_arn == result.outputs["SageMakerExecutionRoleArn"]
+    assert settings.pipeline_name == result.outputs["PipelineName"]
     assert "MLFLOW_TRACKING_URI" not in env  # no tracking server by default
+
+
+def test_every_exported_variable_is_read_by_the_settings() -> None:
+    """`lepton infra outputs --format env` exports nothing that no module reads."""
+    from pipelines.aws.stack import OUTPUT_ENV
+
+    plain = load_settings({"LEPTON_MODE": "aws"})
+    for output, variable in OUTPUT_ENV.items():
+        value = f"s3://x/{output}" if "Uri" in output else f"value-of-{output}"
+        changed = load_settings({"LEPTON_MODE": "aws", variable: value})
+        assert changed != plain, f"{variable} (stack output {output}) is read by nothing"
 
 
 def test_settings_env_maps_the_tracking_server() -> None:
@@ -130,14 +140,16 @@ def test_format_env_and_parse_parameters() -> None:
     assert format_env({"A": "1", "B": "x=y"}) == "A=1\nB=x=y\n"
     with pytest.raises(ValueError, match="newline"):
         format_env({"A": "1\nB=2"})
-    assert parse_parameters(["GitHubOwner=acme", "X=a=b", "Empty="]) == {
+    assert parse_pairs(["GitHubOwner=acme", "X=a=b", "Empty="]) == {
         "GitHubOwner": "acme",
         "X": "a=b",
         "Empty": "",
     }
     for bad in ("novalue", "=x"):
         with pytest.raises(ValueError, match="KEY=VALUE"):
-            parse_parameters([bad])
+            parse_pairs([bad])
+    with pytest.raises(ValueError, match="given twice"):
+        parse_pairs(["A=1", "A=2"])
 
 
 def test_template_parameters_reads_the_real_template() -> None:
@@ -152,63 +164,8 @@ def test_template_parameters_reads_the_real_template() -> None:
     assert "Default" not in params["GitHubOwner"]  # must be given on first deploy
 
 
-def test_summary_of_a_local_run_record(tmp_path: Path) -> None:
-    run = {
-        "id": "20260101-000000-abc123",
-        "pipeline_name": "lepton",
-        "status": "Succeeded",
-        "steps": {
-            "Prepare": {"type": "Processing", "status": "Succeeded", "started": 0, "ended": 1},
-            "Evaluate": {
-                "type": "Processing",
-                "status": "Succeeded",
-                "property_files": {
-                    "EvaluationReport": {
-                        "multiclass_classification_metrics": {
-                            "accuracy": {"value": 0.9871, "standard_deviation": "NaN"},
-                            "macro_f1": {"value": 0.98},
-                        }
-                    }
-                },
-            },
-            "AccuracyGate": {
-                "type": "Condition",
-                "status": "Succeeded",
-                "properties": {"Outcome": "True"},
-                "message": "accuracy | 0.987 >= 0.9",
-            },
-        },
-        "links": {"MLflow": "http://127.0.0.1:5001/#/experiments/1"},
-    }
-    path = tmp_path / "last-run.json"
-    path.write_text(json.dumps(run))
-    text = run_summary_markdown(load_run(path))
-    assert text.startswith("## Retraining: Succeeded")
-    assert "| accuracy | 0.9871 |" in text and "| macro_f1 | 0.9800 |" in text
-    assert "**Quality gate**: passed" in text
-    assert "accuracy \\| 0.987" in text  # a pipe in a note does not break the table
-    assert "[MLflow](http://127.0.0.1:5001/#/experiments/1)" in text
-
-
-def test_summary_with_explicit_gate_and_metrics_and_without_a_record(tmp_path: Path) -> None:
-    text = run_summary_markdown(
-        {
-            "status": "Failed",
-            "execution_arn": "arn:aws:sagemaker:eu-west-1:1:pipeline/lepton/execution/x",
-            "gate": {"passed": False, "accuracy": 0.7, "threshold": 0.9},
-            "metrics": {"accuracy": 0.7},
-            "steps": [{"name": "Train", "status": "Failed", "message": "OOM"}],
-        }
-    )
-    assert "## Retraining: Failed" in text
-    assert "**Quality gate**: failed (accuracy=0.7, threshold=0.9)" in text
-    assert "| Train | Failed |  | OOM |" in text
-    assert load_run(tmp_path / "missing.json") is None
-    assert "No run record" in run_summary_markdown(None)
-
-
 def test_cloudformation_client_uses_the_settings_region() -> None:
-    from pipelines.infra import cloudformation_client
+    from pipelines.aws.clients import cloudformation_client
 
     client = cloudformation_client(load_settings({"AWS_REGION": "eu-central-1"}))
     assert client.meta.region_name == "eu-central-1"

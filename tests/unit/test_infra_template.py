@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from infra.iam_policy import evaluate, statements
-from pipelines.infra import TEMPLATE_PATH, load_template, validate_template
+from pipelines.aws.stack import TEMPLATE_PATH, load_template, validate_template
 
 TEMPLATE = load_template(TEMPLATE_PATH)
 RESOURCES: dict[str, Any] = TEMPLATE["Resources"]

@@ -1,5 +1,9 @@
 from pathlib import Path
 
+import pytest
+
+from pipelines.definition import names as n
+from pipelines.imports import fingerprint, import_closure
 from pipelines.runner.cache import StepCache
 
 
@@ -22,3 +26,45 @@ def test_hits_and_names_what_changed(tmp_path: Path) -> None:
     assert cache.lookup("Train", k4, c4)[1] == "cache miss: its code changed"
     cache.forget("Train", key)
     assert cache.lookup("Train", key, comps)[1] == "cache miss: cached outputs are gone"
+
+
+ENTRIES = {
+    "Prepare": n.PREPARE_MODULE,
+    "Train": "training.train",
+    "Evaluate": n.EVALUATE_MODULE,
+    "Deploy": n.DEPLOY_MODULE,
+}
+
+
+@pytest.fixture
+def source_copy(project_source: Path) -> Path:
+    return project_source
+
+
+def _changed_steps(root: Path, rel: str) -> set[str]:
+    """The steps whose code fingerprint changes when `rel` is edited."""
+    before = {step: fingerprint(entry, root) for step, entry in ENTRIES.items()}
+    path = root / rel
+    original = path.read_text()
+    path.write_text(original + "\n# edited\n")
+    try:
+        return {step for step, entry in ENTRIES.items() if fingerprint(entry, root) != before[step]}
+    finally:
+        path.write_text(original)
+
+
+def test_a_module_only_evaluate_imports_misses_only_evaluate(source_copy: Path) -> None:
+    closures = {step: import_closure(entry, source_copy) for step, entry in ENTRIES.items()}
+    plots = source_copy / "pipelines" / "evaluate" / "plots.py"
+    assert [step for step, files in closures.items() if plots in files] == ["Evaluate"]
+    assert _changed_steps(source_copy, "pipelines/evaluate/plots.py") == {"Evaluate"}
+
+
+def test_fingerprints_follow_real_imports(source_copy: Path) -> None:
+    # Evaluate draws with training's figure code (a function-level import): both miss.
+    assert _changed_steps(source_copy, "training/tracking.py") == {"Train", "Evaluate"}
+    # Prepare reads S3 through pipelines/storage.py, which a hand-kept list once missed.
+    assert "Prepare" in _changed_steps(source_copy, "pipelines/storage.py")
+    assert (
+        _changed_steps(source_copy, "inference/server.py") == set()
+    )  # run by Deploy, not imported

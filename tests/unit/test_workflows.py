@@ -96,7 +96,7 @@ def test_retrain_aws_path_is_guarded_and_uses_oidc() -> None:
     assert local == ["make pipeline-run"]
     (summary,) = [s for s in steps if "GITHUB_STEP_SUMMARY" in s.get("run", "")]
     assert summary["if"].startswith("always()")
-    assert ".lepton/last-run.json" in summary["run"]
+    assert "lepton pipeline summary --markdown" in summary["run"]  # reads .lepton/last-run.json
 
 
 def test_no_untrusted_expression_is_expanded_inside_a_shell_script() -> None:

@@ -1,0 +1,22 @@
+"""The AWS control-plane clients (SageMaker, CloudFormation), built from `Settings`.
+
+boto3's default credential chain and `settings.region`; botocore itself honours
+`AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_<SERVICE>` (a moto server in tests, VPC endpoints), so
+the same code talks to AWS or moto. S3 clients are `pipelines.storage.s3_client`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+
+from pipelines.settings import Settings
+
+
+def sagemaker_client(settings: Settings) -> Any:
+    return boto3.session.Session().client("sagemaker", region_name=settings.region)
+
+
+def cloudformation_client(settings: Settings) -> Any:
+    return boto3.session.Session().client("cloudformation", region_name=settings.region)

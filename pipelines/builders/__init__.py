@@ -1,1 +1,0 @@
-"""Pieces of the pipeline definition: names, parameters, one builder per step, offline SDK use."""

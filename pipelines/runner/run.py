@@ -1,0 +1,167 @@
+"""`lepton pipeline run|resume` locally: services, data, the definition, the runner, the record.
+
+The definition executed here is the very JSON `lepton pipeline upsert` sends to SageMaker; the
+values the user gives are execution parameters, as `lepton pipeline start` passes them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipelines.definition import names as n
+from pipelines.definition.config import PipelineConfig, local_default
+from pipelines.definition.parameters import validate
+from pipelines.runner.engine import LocalRunner
+from pipelines.runner.record import RunRecord, StepSummary
+from pipelines.runner.samples import classify_samples
+from pipelines.runner.state import Execution
+from pipelines.services import control as services
+from pipelines.services.process import http_ok
+from pipelines.settings import Settings
+from pipelines.storage import s3_client, split_s3_uri
+
+Printer = Callable[[str], None]
+BUILTIN_DATASETS = ("mnist-5k", "digits")
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What the user asked of `pipeline run`."""
+
+    parameters: Mapping[str, Any] = field(default_factory=dict)  # name -> value (overrides)
+    manual_approval: bool = False  # locally a model that passes the gate is approved unless set
+    import_limit: int | None = None  # import only this many images (tests, quick looks)
+    use_cache: bool = True
+
+
+def local_config(settings: Settings) -> PipelineConfig:
+    """The definition the local runner executes (`local_default`)."""
+    return local_default(settings)
+
+
+def execution_parameters(
+    settings: Settings, cfg: PipelineConfig, request: RunRequest
+) -> dict[str, Any]:
+    """The request's parameters, validated, with the local defaults a run adds: approval at
+    once (unless --manual-approval) and the gate's MinimumChampionAccuracy."""
+    given = dict(request.parameters)
+    if "ModelApprovalStatus" not in given:
+        given["ModelApprovalStatus"] = (
+            "PendingManualApproval" if request.manual_approval else "Approved"
+        )
+    if "MinimumChampionAccuracy" not in given:
+        given["MinimumChampionAccuracy"] = champion_floor(settings, cfg)
+    return validate(given, cfg)
+
+
+def champion_floor(settings: Settings, cfg: PipelineConfig) -> float:
+    from pipelines.register import registry
+
+    champion = registry.champion_accuracy(settings)
+    return cfg.champion_floor(champion if champion > 0 else None)
+
+
+def ensure_data(settings: Settings, uri: str, limit: int | None, out: Printer) -> None:
+    """Import a built-in dataset when its default raw prefix is empty."""
+    bucket, prefix = split_s3_uri(uri)
+    listed = s3_client(settings).list_objects_v2(
+        Bucket=bucket, Prefix=prefix.rstrip("/") + "/", MaxKeys=1
+    )
+    if listed.get("KeyCount", 0):
+        return
+    name = prefix.rstrip("/").rsplit("/", 1)[-1]
+    if name not in BUILTIN_DATASETS:
+        raise FileNotFoundError(f"no images under {uri}; import some with `lepton data import`")
+    from pipelines.prepare.importers import import_dataset
+
+    out(f"importing {name} into {uri} (first run)")
+    import_dataset(name, uri, settings, limit=limit, log=out)
+
+
+def build_definition(settings: Settings, cfg: PipelineConfig) -> dict[str, Any]:
+    from pipelines.definition.build import build_definition as build
+
+    return build(cfg, staging_root=settings.state_dir / "code").parsed()
+
+
+def run(settings: Settings, request: RunRequest, out: Printer = print) -> RunRecord:
+    t0 = time.monotonic()
+    services.up(settings, out=out)
+    cfg = local_config(settings)
+    parameters = execution_parameters(settings, cfg, request)
+    data_uri = str(parameters.get("InputDataUri", cfg.input_data_uri))
+    ensure_data(settings, data_uri, request.import_limit, out)
+    definition = build_definition(settings, cfg)
+    from pipelines.runner.engine import parameter_values
+
+    execution = Execution.new(
+        settings.state_dir, cfg.pipeline_name, parameter_values(definition, parameters)
+    )
+    (execution.folder / "definition.json").write_text(json.dumps(definition, indent=1))
+    out(f"execution {execution.id} (state: {execution.folder})")
+    return _execute(settings, definition, execution, request.use_cache, out, t0)
+
+
+def resume(settings: Settings, execution_id: str, out: Printer = print) -> RunRecord:
+    t0 = time.monotonic()
+    services.up(settings, out=out)
+    execution = Execution.load(settings.state_dir, execution_id)
+    if execution.status == "Succeeded":
+        out(f"execution {execution_id} already succeeded; nothing to resume")
+    definition = json.loads((execution.folder / "definition.json").read_text())
+    return _execute(settings, definition, execution, True, out, t0)
+
+
+def _execute(
+    settings: Settings,
+    definition: dict[str, Any],
+    execution: Execution,
+    use_cache: bool,
+    out: Printer,
+    t0: float,
+) -> RunRecord:
+    LocalRunner(settings, definition, execution, out=out, use_cache=use_cache).run()
+    record = summarize(settings, execution, time.monotonic() - t0, out)
+    record.write(settings.state_dir)
+    for line in record.text():
+        out(line)
+    return record
+
+
+def summarize(settings: Settings, execution: Execution, total_s: float, out: Printer) -> RunRecord:
+    """The run record of a local execution (and a last check of the endpoint it deployed)."""
+    from pipelines.evaluate.report import accuracy_of
+
+    steps = execution.steps
+    evaluate = steps.get(n.EVALUATE)
+    evaluation = evaluate.property_files.get(n.EVALUATION_REPORT) if evaluate else None
+    gate = steps.get(n.GATE)
+    register = steps.get(n.REGISTER)
+    deployed = n.DEPLOY in steps and steps[n.DEPLOY].status == "Succeeded"
+    endpoint_up = deployed and http_ok(settings.endpoint_url + "/ping", timeout_s=3)
+    gate_props = gate.properties if gate and gate.properties else {}
+    samples = classify_samples(settings, execution, out) if endpoint_up else []
+    return RunRecord(
+        where="local",
+        pipeline_name=execution.pipeline_name,
+        execution_id=execution.id,
+        status=execution.status,
+        failure=execution.failure,
+        accuracy=accuracy_of(evaluation),
+        gate_passed=gate_props.get("Outcome"),
+        gate_reasons=tuple(gate_props.get("Reasons", [])),
+        model_version=(register.properties or {}).get("ModelPackageVersion") if register else None,
+        endpoint_url=settings.endpoint_url if endpoint_up else None,
+        mlflow_url=settings.tracking_uri,
+        parameters=dict(execution.parameters),
+        steps={
+            name: StepSummary(r.type, r.status, r.seconds, r.cache_note, r.message)
+            for name, r in steps.items()
+        },
+        total_seconds=round(total_s, 1),
+        sample_predictions=tuple(samples),
+    )

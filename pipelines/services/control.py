@@ -1,0 +1,105 @@
+"""`lepton services up|down|status`: start, stop and inspect the local services.
+
+`up` is idempotent, `down` stops only the processes recorded in pid files (and checks the pid
+still belongs to that service), and data stays in the state folder across restarts.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from pipelines.services.definitions import Service, managed_services
+from pipelines.services.process import (
+    Printer,
+    ServiceError,
+    alive,
+    http_ok,
+    log_path,
+    pid_path,
+    port_free,
+    running_pid,
+    start_process,
+    stop,
+    terminate,
+)
+from pipelines.settings import Settings
+
+ENDPOINT_SERVICE = "endpoint"  # pid/log name of the local endpoint (pipelines.deploy.local)
+ENDPOINT_MARKER = "inference"  # must appear in the endpoint's command line (pid reuse guard)
+
+
+def _wait_healthy(service: Service, settings: Settings, pid: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if service.health():
+            return
+        if not alive(pid):
+            raise ServiceError(
+                f"{service.name} exited during start-up; see {log_path(settings, service.name)}"
+            )
+        time.sleep(0.5)
+    raise ServiceError(
+        f"{service.name} did not become healthy within {timeout_s:.0f} s on {service.url}; "
+        f"see {log_path(settings, service.name)}"
+    )
+
+
+def up(settings: Settings, timeout_s: float = 90.0, out: Printer = print) -> None:
+    """Start every managed service that is not running; wait for health; create buckets."""
+    if settings.mode != "local":
+        raise ServiceError("services run only in local mode (LEPTON_MODE=local)")
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    for service in managed_services(settings):
+        pid = running_pid(settings, service.name, service.marker)
+        if pid is not None:
+            out(f"{service.name}: already running (pid {pid}) on {service.url}")
+        else:
+            if not port_free(settings.host, service.port):
+                raise ServiceError(
+                    f"{service.name}: port {service.port} on {settings.host} is taken by another "
+                    f"process; stop it or choose another port ({service.port_variable})"
+                )
+            pid = start_process(settings, service.name, service.command, service.env)
+            out(f"{service.name}: starting (pid {pid}), log {log_path(settings, service.name)}")
+        try:
+            _wait_healthy(service, settings, pid, timeout_s)
+        except ServiceError:
+            terminate(pid)
+            pid_path(settings, service.name).unlink(missing_ok=True)
+            raise
+        if service.name == "s3":
+            from pipelines.storage import ensure_buckets
+
+            ensure_buckets(settings)
+        out(f"{service.name}: healthy at {service.url}")
+
+
+def down(settings: Settings, out: Printer = print) -> None:
+    """Stop the endpoint (if deployed) and every managed service, newest first; keep all data."""
+    names = [(ENDPOINT_SERVICE, ENDPOINT_MARKER)] + [
+        (s.name, s.marker) for s in reversed(managed_services(settings))
+    ]
+    stopped = [stop(settings, name, marker, out) for name, marker in names]
+    if not any(stopped):
+        out("nothing was running")
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    url: str
+    pid: int | None
+    healthy: bool
+
+
+def status(settings: Settings) -> list[ServiceStatus]:
+    rows = []
+    for service in managed_services(settings):
+        pid = running_pid(settings, service.name, service.marker)
+        rows.append(ServiceStatus(service.name, service.url, pid, service.health()))
+    endpoint_pid = running_pid(settings, ENDPOINT_SERVICE, ENDPOINT_MARKER)
+    if endpoint_pid is not None:
+        healthy = http_ok(settings.endpoint_url + "/ping")
+        rows.append(ServiceStatus("endpoint", settings.endpoint_url, endpoint_pid, healthy))
+    return rows

@@ -1,0 +1,148 @@
+"""Supervise background processes: start with a pid file and log, find, health-check, stop.
+
+Used by the local services (SeaweedFS, MLflow) and the local endpoint. A pid file names a
+process only while that process is alive and its command line still holds the service's marker
+(pids are reused).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+from pipelines.settings import Settings
+
+Printer = Callable[[str], None]
+
+
+class ServiceError(RuntimeError):
+    """A service could not be started or stopped; the message says why and where to look."""
+
+
+def console_script(name: str) -> str:
+    """A console script of this environment (the venv's bin folder first, then PATH)."""
+    candidate = Path(sys.executable).with_name(name)
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        raise ServiceError(f"'{name}' not found: run `make setup` (it installs {name})")
+    return found
+
+
+def run_dir(settings: Settings) -> Path:
+    return settings.state_dir / "run"
+
+
+def log_dir(settings: Settings) -> Path:
+    return settings.state_dir / "logs"
+
+
+def pid_path(settings: Settings, name: str) -> Path:
+    return run_dir(settings) / f"{name}.pid"
+
+
+def log_path(settings: Settings, name: str) -> Path:
+    return log_dir(settings) / f"{name}.log"
+
+
+def http_ok(url: str, timeout_s: float = 2.0) -> bool:
+    """True when `url` answers 2xx within `timeout_s` (the one HTTP health probe)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            return 200 <= resp.status < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def running_pid(settings: Settings, name: str, marker: str | None = None) -> int | None:
+    """The pid recorded for `name` if that process is alive and still ours, else None."""
+    path = pid_path(settings, name)
+    try:
+        pid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        if marker and marker not in " ".join(proc.cmdline()):
+            return None  # pid reused by an unrelated process
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    return pid
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def start_process(
+    settings: Settings, name: str, command: list[str], env: dict[str, str], cwd: Path | None = None
+) -> int:
+    """Start a detached background process with a pid file and a log file; return its pid."""
+    run_dir(settings).mkdir(parents=True, exist_ok=True)
+    log_dir(settings).mkdir(parents=True, exist_ok=True)
+    log = open(log_path(settings, name), "ab")  # noqa: SIM115 - handed to the child
+    full_env = {**os.environ, **env}
+    proc = subprocess.Popen(
+        command,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=full_env,
+        cwd=cwd,
+        start_new_session=True,  # outlives `make`, and our Ctrl+C does not reach it
+    )
+    log.close()
+    pid_path(settings, name).write_text(str(proc.pid))
+    return proc.pid
+
+
+def terminate(pid: int, grace_s: float = 15.0) -> None:
+    try:
+        proc = psutil.Process(pid)
+        children = proc.children(recursive=True)
+        os.killpg(pid, signal.SIGTERM)  # the whole session: MLflow runs uvicorn workers
+    except (psutil.NoSuchProcess, ProcessLookupError, PermissionError):
+        return
+    _, alive = psutil.wait_procs([proc, *children], timeout=grace_s)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+
+
+def stop(settings: Settings, name: str, marker: str | None = None, out: Printer = print) -> bool:
+    """Stop one service recorded in a pid file. Returns whether something was stopped."""
+    pid = running_pid(settings, name, marker)
+    pid_path(settings, name).unlink(missing_ok=True)
+    if pid is None:
+        return False
+    terminate(pid)
+    out(f"{name}: stopped (pid {pid})")
+    return True
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
