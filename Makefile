@@ -25,8 +25,10 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 
-setup: $(PY) ## create .venv and install the project with pinned dependencies (constraints.txt)
+setup: $(PY) ## create .venv (the project, pinned: constraints.txt) and the step environment
 	$(PY) -m pip install -c constraints.txt -e '.[dev]'
+	@# the local runner's step environment: infra/image/requirements.txt alone, built once
+	$(LEPTON) pipeline environment
 	@$(PY) -c "from importlib.metadata import version as v; print('installed: ' + ', '.join(p + ' ' + v(p) for p in ('sagemaker', 's3fs', 'torch', 'lightning', 'mlflow')))"
 
 test: ## run the whole tiered suite (unit, integration, e2e incl. a real local pipeline run)

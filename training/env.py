@@ -133,3 +133,49 @@ def read_env(environ: Mapping[str, str] | None = None) -> TrainEnv:
         mlflow_run_name=_opt(env, "LEPTON_MLFLOW_RUN_NAME"),
         code_version=_opt(env, "LEPTON_CODE_VERSION") or "unknown",
     )
+
+
+@dataclass(frozen=True)
+class LaunchEnv:
+    """What the training launcher (training/launch.py) reads: the host layout SageMaker's
+    training toolkit exports (``SM_*``, from resourceconfig.json) and the process count the
+    pipeline's ProcessesPerNode parameter sets."""
+
+    host_count: int = 1  # SM_HOST_COUNT
+    host_rank: int = 0  # SM_CURRENT_HOST_RANK: this host's place in the sorted host list
+    master_addr: str = "algo-1"  # SM_MASTER_ADDR: the first host
+    master_port: int = 7777  # SM_MASTER_PORT
+    num_gpus: int = 0  # SM_NUM_GPUS on this host
+    num_neurons: int = 0  # SM_NUM_NEURONS on this host
+    instance_type: str = ""  # SM_CURRENT_INSTANCE_TYPE
+    network_interface: str = "eth0"  # SM_NETWORK_INTERFACE_NAME
+    processes_per_node: int = 0  # LEPTON_NPROC_PER_NODE (ProcessesPerNode); 0 = one per GPU
+
+    @property
+    def nproc_per_node(self) -> int:
+        """Processes on this host: the parameter, else one per GPU (or Neuron core), else 1;
+        the rule of the SageMaker SDK's `get_process_count`."""
+        return self.processes_per_node or self.num_gpus or self.num_neurons or 1
+
+
+def read_launch_env(environ: Mapping[str, str] | None = None) -> LaunchEnv:
+    env = os.environ if environ is None else environ
+    defaults = LaunchEnv()
+    return LaunchEnv(
+        host_count=_int(env, "SM_HOST_COUNT", defaults.host_count),
+        host_rank=_int(env, "SM_CURRENT_HOST_RANK", defaults.host_rank),
+        master_addr=_opt(env, "SM_MASTER_ADDR") or defaults.master_addr,
+        master_port=_int(env, "SM_MASTER_PORT", defaults.master_port),
+        num_gpus=_int(env, "SM_NUM_GPUS", 0),
+        num_neurons=_int(env, "SM_NUM_NEURONS", 0),
+        instance_type=_opt(env, "SM_CURRENT_INSTANCE_TYPE") or "",
+        network_interface=_opt(env, "SM_NETWORK_INTERFACE_NAME") or defaults.network_interface,
+        processes_per_node=_int(env, "LEPTON_NPROC_PER_NODE", 0),
+    )
+
+
+def needs_launcher(environ: Mapping[str, str] | None = None) -> bool:
+    """True in a SageMaker training container (SM_HOST_COUNT set) not yet under torchrun:
+    the entry point must start torchrun for this host first (training/launch.py)."""
+    env = os.environ if environ is None else environ
+    return bool(_opt(env, "SM_HOST_COUNT")) and _opt(env, "TORCHELASTIC_RUN_ID") is None

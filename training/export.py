@@ -4,7 +4,11 @@
 ``logits``, dynamic batch), ``model.pt`` (TorchScript) and ``metadata.json`` into the model
 dir, after checking that ONNX Runtime and TorchScript reproduce the trained module's logits on
 a real batch; a mismatch raises :class:`ExportMismatch` and writes nothing.
-``pack_model_tar`` makes a byte-for-byte reproducible ``model.tar.gz`` of that folder.
+``write_serving_code`` adds ``code/``: the serving package (``inference/``), the
+``inference.py`` shim SageMaker's PyTorch inference toolkit loads, and ``requirements.txt``, so
+the artifact carries the server that fits it (the container image's ``serve`` runs
+``code/inference`` on ``PYTHONPATH``). ``pack_model_tar`` makes a byte-for-byte reproducible
+``model.tar.gz`` of that folder.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tarfile
 import warnings
 from collections.abc import Mapping, Sequence
@@ -30,6 +35,9 @@ from training.shards import atomic_write_bytes
 FORMAT_VERSION = 1
 ONNX_OPSET = 17
 ARTIFACT_FILES = ("model.onnx", "model.pt", "metadata.json")
+SERVING_CODE = "code"  # model_dir/code: what serves this model (see write_serving_code)
+# The code tree this module runs from: the checkout, or the job's code bundle.
+CODE_ROOT = Path(__file__).resolve().parents[1]
 
 
 class ExportMismatch(RuntimeError):
@@ -183,6 +191,23 @@ def export_model(
     return ExportResult(out, files, diffs)
 
 
+def write_serving_code(model_dir: str | os.PathLike[str], code_root: Path = CODE_ROOT) -> Path:
+    """Copy the serving package, the toolkit shim and the image requirements into
+    ``model_dir/code`` (replacing what is there); returns that folder."""
+    target = Path(model_dir) / SERVING_CODE
+    source = code_root / "inference"
+    if not (source / "server.py").is_file():
+        raise FileNotFoundError(f"no serving package at {source}: cannot make the model servable")
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(source, target / "inference", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(source / "handler.py", target / "inference.py")
+    requirements = code_root / "infra" / "image" / "requirements.txt"
+    if requirements.is_file():
+        shutil.copy2(requirements, target / "requirements.txt")
+    return target
+
+
 def pack_model_tar(
     model_dir: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
@@ -190,15 +215,19 @@ def pack_model_tar(
 ) -> str:
     """Write ``model.tar.gz`` of ``model_dir`` reproducibly; returns its sha256.
 
-    Members are the folder's regular files (or ``names``) in sorted order with zeroed
-    mtime/owner and mode 0644, and the gzip header has no timestamp or file name, so the
-    same files always give the same bytes.
+    Members are the folder's regular files, subfolders included (or ``names``), in sorted order
+    with zeroed mtime/owner and mode 0644, and the gzip header has no timestamp or file name,
+    so the same files always give the same bytes.
     """
     src = Path(model_dir)
     members = (
         sorted(names)
         if names is not None
-        else sorted(p.name for p in src.iterdir() if p.is_file() and not p.name.startswith("."))
+        else sorted(
+            p.relative_to(src).as_posix()
+            for p in src.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(src).parts)
+        )
     )
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:

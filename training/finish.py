@@ -10,7 +10,7 @@ import torch
 
 from training.config import as_dict
 from training.evaluation import evaluate_split
-from training.export import build_metadata, export_model
+from training.export import build_metadata, export_model, write_serving_code
 from training.job import Fitted, Job
 from training.shards import atomic_write_bytes
 from training.tracking import confusion_matrix_figure
@@ -88,6 +88,7 @@ def finish(job: Job, fitted: Fitted) -> int:
         mlflow_run_id=job.tracker.run_id,
     )
     exported = export_model(model_cpu, job.paths.model_dir, example=example, metadata=metadata)
+    write_serving_code(job.paths.model_dir)
     if job.paths.output_data_dir is not None:
         report = _report(job, fitted, metrics, final_split, exported)
         atomic_write_bytes(

@@ -40,6 +40,18 @@ def quiet_sagemaker_header_plugin() -> None:
     )
 
 
+def mlflow_client(uri: str) -> Any:
+    """An MlflowClient for ``uri``. The sagemaker-mlflow plugin, which serves SageMaker managed
+    MLflow ARNs, signs requests for the *process-wide* tracking URI, not the client's, so an
+    ARN becomes that too (else every call fails with "list index out of range")."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    if uri.startswith("arn:"):
+        mlflow.set_tracking_uri(uri)
+    return MlflowClient(uri, registry_uri=uri)
+
+
 class TrackingUnavailable(RuntimeError):
     """The tracking server cannot be reached or used; raised at job start."""
 
@@ -88,10 +100,8 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
     # file and sqlite stores, SageMaker managed MLflow (arn:aws:sagemaker:...), databricks:
     # one cheap API call proves the store is usable (MLflow 3 refuses file stores unless
     # MLFLOW_ALLOW_FILE_STORE=true; its message says so)
-    from mlflow import MlflowClient
-
     try:
-        MlflowClient(uri).search_experiments(max_results=1)
+        mlflow_client(uri).search_experiments(max_results=1)
     except Exception as exc:
         raise TrackingUnavailable(f"MLflow tracking at {uri} is not usable: {exc}") from None
 
@@ -100,12 +110,10 @@ class MlflowTracker(NullTracker):
     """One MLflow run, written through MlflowClient (no process-global active run)."""
 
     def __init__(self, uri: str, run_id: str) -> None:
-        from mlflow import MlflowClient
-
         quiet_sagemaker_header_plugin()
         self.uri = uri
         self.run_id: str = run_id
-        self.client = MlflowClient(uri)
+        self.client = mlflow_client(uri)
         self._ended = False
         # one background thread sends metric batches in order, so the training loop never
         # waits on the tracking server (MLflow's own async queue duplicated entries in tests)
@@ -226,9 +234,7 @@ def start_tracking(
         print("tracking: MLFLOW_TRACKING_URI not set, MLflow tracking disabled", flush=True)
         return NullTracker()
     check_reachable(uri)
-    from mlflow import MlflowClient
-
-    client = MlflowClient(uri)
+    client = mlflow_client(uri)
     id_file = Path(checkpoint_dir) / RUN_ID_FILE
     run_id: str | None = None
     if resume and id_file.is_file():

@@ -257,6 +257,21 @@ def champion_accuracy(
     return accuracy_of(json.loads(body["Body"].read()))
 
 
+def data_snapshot(uri: str, settings: Settings, *, s3: Any = None) -> str:
+    """An identity of the objects under `uri` (keys, sizes, ETags): a new or changed object
+    gives a new value, so Prepare is never a stale cache hit on SageMaker."""
+    from pipelines.runner.transfer import fingerprint
+
+    try:
+        digest = fingerprint(s3 if s3 is not None else s3_client(settings), uri)
+    except ClientError as exc:
+        raise ValueError(
+            f"cannot list {uri} to name the data snapshot ({exc}); "
+            "check InputDataUri, or pass --param DataSnapshot=<id>"
+        ) from None
+    return "listing-" + digest[:16]
+
+
 def start_parameters(
     cfg: PipelineConfig, champion: float | None, overrides: Mapping[str, object] | None = None
 ) -> dict[str, object]:

@@ -59,6 +59,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     params.add_argument("--markdown", action="store_true", help="as the README's table")
     params.set_defaults(func=_parameters, defaults=_local_defaults())
 
+    env = actions.add_parser(
+        "environment",
+        help="build (once) and print the step environment: infra/image/requirements.txt alone",
+    )
+    env.set_defaults(func=_environment)
+
     summary = actions.add_parser("summary", help="the last run's record (.lepton/last-run.json)")
     summary.add_argument("--markdown", action="store_true", help="for a CI job summary")
     summary.add_argument("--title", default="Retraining", help="markdown heading")
@@ -139,6 +145,16 @@ def _parameters(args: argparse.Namespace) -> int:
         return 0
     for p in PARAMETERS:
         print(f"{p.name:<26} {p.sdk_type:<8} {getattr(args.defaults, p.field)!s:<32} {p.help}")
+    return 0
+
+
+def _environment(args: argparse.Namespace) -> int:
+    from pipelines.definition.names import IMAGE_REQUIREMENTS
+    from pipelines.imports import SOURCE_ROOT
+    from pipelines.runner.environment import ensure_environment
+
+    python = ensure_environment(SOURCE_ROOT / IMAGE_REQUIREMENTS, load_settings().env_root)
+    print(python)
     return 0
 
 

@@ -106,6 +106,10 @@ def _start(args: argparse.Namespace) -> int:
     settings = load_settings()
     cfg = aws_from_settings(settings, champion_tolerance=args.champion_tolerance)
     overrides = validate(requested_parameters(args), cfg)
+    if "DataSnapshot" not in overrides:
+        data = str(overrides.get("InputDataUri") or cfg.input_data_uri)
+        overrides["DataSnapshot"] = aws.data_snapshot(data, settings)
+        print(f"DataSnapshot={overrides['DataSnapshot']} (listing of {data})", file=sys.stderr)
     group = str(overrides.get("ModelPackageGroupName") or cfg.model_package_group)
     champion = aws.champion_accuracy(group, settings)
     name = args.pipeline_name or cfg.pipeline_name

@@ -42,8 +42,22 @@ PLACEHOLDER_ROLE_ARN = "arn:aws:iam::000000000000:role/lepton-local-placeholder"
 ENTRY_MODULES = (n.PREPARE_MODULE, n.EVALUATE_MODULE, n.DEPLOY_MODULE)
 
 
+class NoImageError(ValueError):
+    """An AWS definition without a container image."""
+
+
 def resolve_images(cfg: PipelineConfig) -> Images:
-    """The config's image URIs, or the SDK's PyTorch DLC images for the region (no AWS call)."""
+    """The project image for every container, or (`stock_images`) the SDK's PyTorch DLC images
+    for the region (no AWS call); neither is an error naming both ways out."""
+    if cfg.image_uri:
+        return Images(cfg.image_uri, cfg.image_uri, cfg.image_uri, stock=False)
+    if not cfg.stock_images:
+        raise NoImageError(
+            "the pipeline has no container image: build it with `lepton image build` (it "
+            "records the URI that LEPTON_IMAGE_URI / --image-uri give), or pass "
+            "--stock-images to use the SageMaker PyTorch images (they install "
+            "infra/image/requirements.txt at every container start)"
+        )
     from sagemaker.core import image_uris
 
     def dlc(scope: str, version: str, instance_type: str) -> str:
@@ -57,14 +71,12 @@ def resolve_images(cfg: PipelineConfig) -> Images:
         )
 
     return Images(
-        processing=cfg.processing_image_uri
-        or dlc("training", cfg.framework_version, cfg.processing_instance_type),
+        processing=dlc("training", cfg.framework_version, cfg.processing_instance_type),
         # GPU or CPU flavour follows the *default* TrainingInstanceType; a run that overrides
         # the parameter across that line needs a definition built for it.
-        training=cfg.training_image_uri
-        or dlc("training", cfg.framework_version, cfg.training_instance_type),
-        inference=cfg.inference_image_uri
-        or dlc("inference", cfg.inference_framework_version, cfg.endpoint_instance_type),
+        training=dlc("training", cfg.framework_version, cfg.training_instance_type),
+        inference=dlc("inference", cfg.inference_framework_version, cfg.endpoint_instance_type),
+        stock=True,
     )
 
 
@@ -125,7 +137,7 @@ def get_pipeline(
 class BuiltDefinition:
     definition: str  # the pipeline definition JSON
     bundle: CodeBundle  # objects the definition references; upload before running it
-    code_dir: Path  # the staged code folder (the packages + handler.py)
+    code_dir: Path  # the staged code folder (the packages + the image requirements)
 
     def parsed(self) -> dict[str, Any]:
         return dict(json.loads(self.definition))

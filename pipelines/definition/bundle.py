@@ -1,8 +1,7 @@
 """The code bundle: what the step containers run, staged content-addressed.
 
 The bundle is the project's packages (`pipelines/`, `training/`, `inference/`) in the repository
-layout, plus a root copy of `inference/handler.py` (SageMaker's PyTorch inference toolkit looks
-for the program at the bundle root). Entry points are modules (`python3 -m
+layout, plus `infra/image/requirements.txt` (the steps' environment). Entry points are modules (`python3 -m
 pipelines.prepare.step` with the bundle on PYTHONPATH), so nothing edits `sys.path`.
 `CodeBundle.stage*` returns content-addressed `s3://<bucket>/<prefix>/code/<sha256[:16]>` URIs:
 the same code gives the same URIs, so step caching sees a code change exactly when the code
@@ -12,20 +11,17 @@ runner) uploads them.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import os
 import shutil
-import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines.definition.names import IMAGE_REQUIREMENTS
 from pipelines.imports import PROJECT_PACKAGES
 
-INFERENCE_HANDLER = "inference/handler.py"  # copied to the bundle root as handler.py
 _SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
 _SKIP_SUFFIXES = (".pyc", ".pyo")
 _DIGEST_CHARS = 16  # 64 bits of sha256: collisions are not a practical concern for code versions
@@ -107,15 +103,16 @@ def _tree_digest(files: dict[str, bytes]) -> str:
 
 
 def source_files(source_root: Path) -> dict[str, bytes]:
-    """What the containers run: the project packages in the repo's layout, and handler.py."""
+    """What the containers run: the project packages in the repo's layout and the image's
+    requirements.txt."""
     files: dict[str, bytes] = {}
     for package in PROJECT_PACKAGES:
         pkg = source_root / package
         if pkg.is_dir():
             files.update({f"{package}/{rel}": data for rel, data in read_tree(pkg).items()})
-    handler = source_root / INFERENCE_HANDLER
-    if handler.is_file():
-        files["handler.py"] = handler.read_bytes()
+    requirements = source_root / IMAGE_REQUIREMENTS
+    if requirements.is_file():  # what the stock-image fallback installs, and the local runner
+        files[IMAGE_REQUIREMENTS] = requirements.read_bytes()
     return files
 
 
@@ -131,7 +128,6 @@ def stage_source(source_root: Path, staging_root: Path | None = None) -> Path:
     for rel, data in files.items():
         (tmp / "code" / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp / "code" / rel).write_bytes(data)
-    (tmp / "sourcedir.tar.gz").write_bytes(deterministic_targz(files))
     try:
         tmp.rename(staging_root / digest)
     except OSError:  # a concurrent build staged the same digest first: same bytes, keep theirs
@@ -142,17 +138,3 @@ def stage_source(source_root: Path, staging_root: Path | None = None) -> Path:
 def _mkdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def deterministic_targz(files: dict[str, bytes]) -> bytes:
-    """A tar.gz whose bytes depend only on the files (fixed mtimes, owners, order)."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for rel in sorted(files):
-            info = tarfile.TarInfo(rel)
-            info.size, info.mtime, info.mode = len(files[rel]), 0, 0o644
-            tar.addfile(info, io.BytesIO(files[rel]))
-    out = io.BytesIO()
-    with gzip.GzipFile(fileobj=out, mode="wb", mtime=0) as gz:
-        gz.write(raw.getvalue())
-    return out.getvalue()

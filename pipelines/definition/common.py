@@ -20,6 +20,7 @@ class Images:
     processing: str
     training: str
     inference: str
+    stock: bool  # SageMaker's PyTorch images: the project's requirements install at start
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,17 @@ def processing_output(name: str, source: str, destination: Any) -> Any:
     )
 
 
+def entrypoint(ctx: BuildContext, module: str) -> list[str]:
+    """`python3 -m <module>`; on stock images the image requirements are installed first."""
+    if not ctx.images.stock:
+        return ["python3", "-m", module]
+    script = (
+        f"python3 -m pip install --quiet -r {n.CODE_DIR}/{n.IMAGE_REQUIREMENTS} "
+        f'&& exec python3 -m {module} "$@"'
+    )
+    return ["bash", "-c", script, module]
+
+
 def processor(ctx: BuildContext, module: str, instance_count: Any, base_job_name: str) -> Any:
     """`python3 -m <module>` with the code bundle (the "code" input) on PYTHONPATH."""
     from sagemaker.core.processing import Processor
@@ -125,7 +137,7 @@ def processor(ctx: BuildContext, module: str, instance_count: Any, base_job_name
         image_uri=ctx.images.processing,
         instance_count=instance_count,
         instance_type=ctx.params["processing_instance_type"],
-        entrypoint=["python3", "-m", module],
+        entrypoint=entrypoint(ctx, module),
         volume_size_in_gb=ctx.cfg.volume_size_gb,
         base_job_name=base_job_name,
         sagemaker_session=ctx.session,

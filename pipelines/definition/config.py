@@ -28,6 +28,7 @@ APPROVAL_STATUSES = (APPROVED, PENDING, REJECTED)
 _PIPELINE_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,255}$")  # SageMaker's own pattern
 _ISO_DURATION = re.compile(r"^P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+S)?)?$")
 
+LOCAL_IMAGE = "lepton:local"  # the image of a local definition (pipelines/runner/environment.py)
 # Steps that consume parameters (the definition's step names: pipelines.definition.names).
 PREPARE, TRAIN, GATE, REGISTER = "Prepare", "Train", "QualityGate", "Register"
 
@@ -82,14 +83,24 @@ class PipelineConfig:
         PREPARE,
         aliases=("data",),
     )
+    # SageMaker caches a step by its arguments: without an identity of the data in Prepare's
+    # arguments, new objects under the same InputDataUri would be a cache hit for 30 days.
+    data_snapshot: str = parameter(
+        "DataSnapshot",
+        "",
+        "identity of the raw-data snapshot (a listing digest, a batch id); "
+        "`lepton pipeline start` and the triggers set it, so new data is never a stale cache hit",
+        PREPARE,
+    )
 
-    # --- container images; None -> the SDK's PyTorch DLC image for the region (image_uris)
-    framework_version: str = "2.8"  # PyTorch DLC version for the default training/processing image
-    inference_framework_version: str = "2.6"  # newest PyTorch *inference* DLC the SDK knows
+    # --- the container image of every step and of the endpoint (infra/image/, `lepton image
+    # build` records its URI); stock_images: the SageMaker PyTorch DLC images instead, which
+    # install infra/image/requirements.txt when each container starts (slower; a fallback)
+    image_uri: str | None = None
+    stock_images: bool = False
+    framework_version: str = "2.8"  # stock images: PyTorch DLC version of training/processing
+    inference_framework_version: str = "2.6"  # stock images: newest PyTorch *inference* DLC
     py_version: str = "py312"
-    processing_image_uri: str | None = None
-    training_image_uri: str | None = None
-    inference_image_uri: str | None = None
 
     # --- compute (defaults of the run-time parameters)
     processing_instance_type: str = parameter(
@@ -175,7 +186,6 @@ class PipelineConfig:
     model_package_group: str = parameter(
         "ModelPackageGroupName", "lepton-classifier", "model package group (registry)", REGISTER
     )
-    inference_program: str = "handler.py"  # bundle-root copy of inference/handler.py (shims)
     endpoint_name: str = "lepton-classifier"
     endpoint_instance_type: str = "ml.m5.large"
     endpoint_instance_count: int = 1
@@ -222,6 +232,8 @@ class PipelineConfig:
             raise ValueError(f"cache_expire must be ISO 8601, got {self.cache_expire!r}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if self.image_uri and self.stock_images:
+            raise ValueError("give image_uri or stock_images, not both")
         if not self.input_data_uri.startswith("s3://"):
             raise ValueError(f"input_data_uri must be an s3:// URI, got {self.input_data_uri!r}")
         self._check_hyperparameters_given_once()
@@ -289,6 +301,7 @@ def local_default(settings: Settings) -> PipelineConfig:
         input_data_uri=f"s3://{settings.data_bucket}/raw/mnist-5k",
         training_instance_type="ml.m5.xlarge",  # a CPU type: the local runner never uses a GPU
         processes_per_node=2,
+        image_uri=LOCAL_IMAGE,  # the local runner runs the image's environment, not the image
         model_package_group=settings.registered_model_name,
         tracking_uri=settings.tracking_uri,
     )
@@ -311,6 +324,7 @@ def aws_from_settings(settings: Settings, **overrides: Any) -> PipelineConfig:
     """`aws_default` with role, buckets, names and tracking server from `settings` (which
     `lepton infra outputs --format env` exports, or `--stack` reads from the stack)."""
     optional = {
+        "image_uri": settings.image_uri,
         "model_package_group": settings.registered_model_name,
         "input_data_uri": settings.raw_data_uri,
         "pipeline_name": settings.pipeline_name,

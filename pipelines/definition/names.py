@@ -24,6 +24,8 @@ PREPARE_MODULE = "pipelines.prepare.step"
 EVALUATE_MODULE = "pipelines.evaluate.step"
 DEPLOY_MODULE = "pipelines.deploy.step"
 
+IMAGE_REQUIREMENTS = "infra/image/requirements.txt"  # in the code bundle (definition/bundle.py)
+
 # ---- container paths (processing)
 PROCESSING_ROOT = "/opt/ml/processing"
 CODE_DIR = f"{PROCESSING_ROOT}/input/code"

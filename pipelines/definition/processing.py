@@ -19,11 +19,12 @@ from pipelines.definition.config import PipelineConfig
 
 
 def prepare_arguments(cfg: PipelineConfig) -> list[str]:
-    """Prepare's container arguments: the serialized `PrepareConfig` (training.serialize)."""
+    """Prepare's container arguments: the serialized `PrepareConfig` (training.serialize);
+    the data snapshot is added by the builder as a parameter reference."""
     from pipelines.prepare.config import PrepareConfig
     from training.serialize import to_args
 
-    return to_args(
+    args = to_args(
         PrepareConfig(
             input=n.RAW_DIR,
             output=n.DATASET_OUT_DIR,
@@ -33,6 +34,8 @@ def prepare_arguments(cfg: PipelineConfig) -> list[str]:
             split_fractions=cfg.split_fractions,
         )
     )
+    at = args.index("--snapshot")
+    return args[:at] + args[at + 2 :]
 
 
 def dataset_uri(prepare: Any) -> Any:
@@ -58,7 +61,7 @@ def build_prepare_step(ctx: BuildContext) -> Any:
                 step_output_uri(ctx, n.PREPARE, n.DATASET_OUTPUT),
             )
         ],
-        arguments=prepare_arguments(ctx.cfg),
+        arguments=[*prepare_arguments(ctx.cfg), "--snapshot", ctx.params["data_snapshot"]],
     )
     return ProcessingStep(
         n.PREPARE,

@@ -27,19 +27,17 @@ def build_register_step(ctx: BuildContext, train: Any, evaluate: Any) -> Any:
     from sagemaker.serve.model_builder import ModelBuilder
 
     cfg, p = ctx.cfg, ctx.params
-    sourcedir = ctx.code_dir.parent / "sourcedir.tar.gz"
+    # The model artifact carries its serving code (model.tar.gz code/: training/export.py).
+    # The project image serves it with `serve` (bring-your-own-container); the stock PyTorch
+    # inference image loads code/inference.py and installs code/requirements.txt.
+    env = {"SAGEMAKER_PROGRAM": "inference.py"} if ctx.images.stock else {}
     builder = ModelBuilder(
         image_uri=ctx.images.inference,
         s3_model_data_url=train.properties.ModelArtifacts.S3ModelArtifacts,
         role_arn=ctx.role,
         sagemaker_session=ctx.session,
         instance_type=cfg.endpoint_instance_type,
-        env_vars={  # the SageMaker PyTorch inference container runs inference/handler.py
-            "SAGEMAKER_PROGRAM": cfg.inference_program,
-            "SAGEMAKER_SUBMIT_DIRECTORY": ctx.session.upload_data(
-                str(sourcedir), bucket=cfg.bucket, key_prefix=f"{cfg.prefix}/code/serve"
-            ),
-        },
+        env_vars=env,
     )
     step_args = builder.register(
         model_package_group_name=p["model_package_group"],

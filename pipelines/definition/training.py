@@ -64,7 +64,6 @@ def build_train_step(ctx: BuildContext, prepare: Any) -> Any:
     )
     from sagemaker.mlops.workflow import TrainingStep
     from sagemaker.train import ModelTrainer
-    from sagemaker.train.distributed import Torchrun
 
     cfg, p = ctx.cfg, ctx.params
     env = {
@@ -77,10 +76,15 @@ def build_train_step(ctx: BuildContext, prepare: Any) -> Any:
         env["MLFLOW_TRACKING_URI"] = cfg.tracking_uri
     trainer = ModelTrainer(
         training_image=ctx.images.training,
-        source_code=SourceCode(source_dir=str(ctx.code_dir), entry_script=cfg.train_entry_script),
-        # Baked into the SDK's driver files: on SageMaker ProcessesPerNode does not change it
-        # (None -> one process per GPU); the local runner reads LEPTON_NPROC_PER_NODE instead.
-        distributed=Torchrun(process_count_per_node=cfg.processes_per_node or None),
+        # No SDK `distributed=Torchrun(...)`: that bakes the process count into the driver when
+        # the definition is built. The SDK's basic script driver runs training/train.py, which
+        # starts torchrun for its host with ProcessesPerNode read at run time (launch.py).
+        source_code=SourceCode(
+            source_dir=str(ctx.code_dir),
+            entry_script=cfg.train_entry_script,
+            # stock images: the SDK's driver installs the image requirements before training
+            requirements=n.IMAGE_REQUIREMENTS if ctx.images.stock else None,
+        ),
         compute=Compute(
             instance_type=p["training_instance_type"],
             instance_count=p["training_instance_count"],

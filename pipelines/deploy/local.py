@@ -68,8 +68,11 @@ def serve_local(
         "--port",
         str(settings.endpoint_port),
     ]
-    env = {"PYTHONPATH": str(SOURCE_ROOT), "PYTHONUNBUFFERED": "1"}
-    pid = process.start_process(settings, ENDPOINT_SERVICE, command, env, cwd=SOURCE_ROOT)
+    # The model's own serving code (model.tar.gz code/, as the image's `serve` uses it), else
+    # this code tree's (a model exported before the artifact carried its server).
+    code = model_dir / "code" if (model_dir / "code" / "inference").is_dir() else SOURCE_ROOT
+    env = {"PYTHONPATH": str(code), "PYTHONUNBUFFERED": "1"}
+    pid = process.start_process(settings, ENDPOINT_SERVICE, command, env, cwd=model_dir)
     log = process.log_path(settings, ENDPOINT_SERVICE)
     out(f"endpoint starting (pid {pid}), log {log}")
     deadline = time.monotonic() + timeout_s

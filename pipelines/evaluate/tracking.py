@@ -21,9 +21,10 @@ def log_to_mlflow(
     """Log metrics and files into the training run (or a new run); returns the run id."""
     from mlflow.entities import Metric
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    from training.tracking import mlflow_client
+
+    client = mlflow_client(tracking_uri)
     run_id = result.mlflow_run_id
     created = False
     if run_id:

@@ -65,6 +65,7 @@ class PrepareConfig:
     chunk_size: int = 256  # images per worker task and per spill file (memory ~ this)
     force: bool = False  # redo even when the output already matches input and config
     work_dir: str = ""  # scratch folder for spill files and staged shards; "" -> system temp
+    snapshot: str = ""  # identity of the input snapshot (DataSnapshot); recorded in the manifest
 
     def __post_init__(self) -> None:
         if not self.input or not self.output:

@@ -378,6 +378,7 @@ def _build(
         "shards": shards,
         "code_version": code_version(),
         "raw_fingerprint": fingerprint,
+        "snapshot": cfg.snapshot,
         "config": cfg.manifest_config(),
         "config_sha256": cfg.config_sha256(),
     }

@@ -30,6 +30,7 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 EXPORTED_ARTIFACT_PATH = "exported"
 MODEL_FILES = ("model.onnx", "model.pt", "metadata.json")
+SERVING_CODE = "code"  # the serving code the artifact carries (training/export.py)
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))/?$")
 
 
@@ -57,9 +58,9 @@ class VersionInfo:
 
 def client(settings: Settings) -> Any:
     """An MlflowClient on the settings' tracking server (also the registry)."""
-    from mlflow.tracking import MlflowClient
+    from training.tracking import mlflow_client
 
-    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    return mlflow_client(settings.tracking_uri)
 
 
 def _ref(name: str, version: str | int) -> ModelVersionRef:
@@ -138,9 +139,7 @@ def register_model(
             run_id = run.info.run_id
         staged = Path(tmp) / "_staged"  # log only the model files, nothing else lying there
         staged.mkdir()
-        for f in MODEL_FILES:
-            if (root / f).is_file():
-                shutil.copy2(root / f, staged / f)
+        _copy_model(root, staged)
         c.log_artifacts(run_id, str(staged), artifact_path=EXPORTED_ARTIFACT_PATH)
         if created_run:
             c.set_terminated(run_id)
@@ -281,13 +280,21 @@ def resolve_version(settings: Settings, ref: str) -> ModelVersionRef:
         raise RegistryError(f"model {name} has no alias @{match['alias']}") from exc
 
 
-def _fill(dest: Path, root: Path) -> Path:
-    """Copy the model files of ``root`` into ``dest`` (replacing what is there)."""
+def _copy_model(root: Path, dest: Path) -> None:
+    """The model files and serving code of ``root`` into ``dest`` (replacing what is there)."""
     dest.mkdir(parents=True, exist_ok=True)
     for f in MODEL_FILES:
         (dest / f).unlink(missing_ok=True)
         if (root / f).is_file():
             shutil.copy2(root / f, dest / f)
+    shutil.rmtree(dest / SERVING_CODE, ignore_errors=True)
+    if (root / SERVING_CODE).is_dir():
+        shutil.copytree(root / SERVING_CODE, dest / SERVING_CODE)
+
+
+def _fill(dest: Path, root: Path) -> Path:
+    """Copy the model of ``root`` into ``dest`` (replacing what is there)."""
+    _copy_model(root, dest)
     if not (dest / "metadata.json").is_file():
         raise RegistryError(f"{root}: no metadata.json (not an exported model)")
     return dest

@@ -12,9 +12,10 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from pipelines.imports import code_version, fingerprint
+from pipelines.imports import fingerprint
 from pipelines.register.local import register_step
 from pipelines.runner import jobs, transfer
 from pipelines.runner.cache import StepCache
@@ -25,6 +26,7 @@ from pipelines.storage import s3_client
 
 Printer = Callable[[str], None]
 CACHEABLE = {"Processing", "Training"}
+SPOT_RESTARTS = 3  # interruptions a managed-spot training job survives locally
 
 
 class PipelineFailed(RuntimeError):
@@ -118,10 +120,12 @@ class LocalRunner:
         settings: Settings,
         definition: Mapping[str, Any],
         execution: Execution,
+        python: Path,
         out: Printer = print,
         use_cache: bool = True,
     ) -> None:
         self.settings = settings
+        self.python = python  # the step environment (the container image's Python)
         self.definition = definition
         self.execution = execution
         self.out = out
@@ -154,6 +158,8 @@ class LocalRunner:
         )
 
     def job_env(self) -> jobs.JobEnv:
+        """What a job's container gets from outside: locally the S3 endpoint and keys stand in
+        for the execution role; the state folder and ports are for the local Deploy step."""
         env = self.settings.s3_env()
         env.update(
             {
@@ -165,10 +171,9 @@ class LocalRunner:
                 "LEPTON_ENDPOINT_PORT": str(self.settings.endpoint_port),
                 "LEPTON_MLFLOW_PORT": str(self.settings.mlflow_port),
                 "LEPTON_S3_PORT": str(self.settings.s3_port),
-                "LEPTON_CODE_VERSION": code_version("training.train"),
             }
         )
-        return jobs.JobEnv(env=env, s3=self.s3, echo=self.echo)
+        return jobs.JobEnv(env=env, s3=self.s3, echo=self.echo, python=self.python)
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> Execution:
@@ -282,23 +287,12 @@ class LocalRunner:
                 note = "cache miss: cached outputs are gone"
             record.cache_note = note
             self.echo(f"{spec.name}: {note}")
-        work = ex_dir = self.execution.step_dir(spec.name)
-        attempts = self.max_attempts(spec)
-        for attempt in range(1, attempts + 1):
-            try:
-                if spec.type == "Processing":
-                    record.properties = jobs.run_processing(spec.name, args, work, self.job_env())
-                    record.property_files = self.read_property_files(spec, args, ex_dir)
-                else:
-                    record.properties = jobs.run_training(spec.name, args, work, self.job_env())
-                break
-            except jobs.JobFailed as exc:
-                if attempt == attempts:
-                    raise
-                self.echo(
-                    f"{spec.name}: attempt {attempt}/{attempts} failed, retrying: "
-                    f"{str(exc).splitlines()[0]}"
-                )
+        work = self.execution.step_dir(spec.name)
+        if spec.type == "Processing":
+            record.properties = jobs.run_processing(spec.name, args, work, self.job_env())
+            record.property_files = self.read_property_files(spec, args, work)
+        else:
+            record.properties = self.run_training(spec, args, work)
         if cache_on and key is not None and components is not None:
             record.cache_key = key
             self.cache.store(
@@ -310,13 +304,21 @@ class LocalRunner:
                 record.property_files,
             )
 
-    @staticmethod
-    def max_attempts(spec: StepSpec) -> int:
-        policies = spec.body.get("RetryPolicies", [])
-        if not policies:
-            return 1
-        # Locally only the job's own failures retry; cap so a deterministic bug fails fast.
-        return min(3, max(int(p.get("MaxAttempts", 1)) for p in policies))
+    def run_training(self, spec: StepSpec, args: dict[str, Any], work: Path) -> dict[str, Any]:
+        """A training job; with managed spot, an interrupted job restarts (as SageMaker restarts
+        it) and resumes from the checkpoints that reached S3. Other failures are the job's own:
+        SageMaker's retry policies retry only service, throttling and capacity errors, which a
+        local run does not have, so nothing else is retried here."""
+        restarts = SPOT_RESTARTS if args.get("EnableManagedSpotTraining") else 0
+        attempt = 0
+        while True:
+            try:
+                return jobs.run_training(spec.name, args, work, self.job_env())
+            except jobs.JobFailed as exc:
+                attempt += 1
+                if not exc.interrupted or attempt > restarts:
+                    raise
+                self.echo(f"{spec.name}: interrupted (spot); restarting from its checkpoints")
 
     def cache_key(self, spec: StepSpec, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         if spec.type == "Processing":

@@ -1,134 +1,38 @@
-"""Run a Processing or Training job of a pipeline definition as local processes.
+"""Run a Processing or Training job of a pipeline definition as SageMaker would run its
+container, without Docker (pipelines/runner/container.py).
 
-This emulates the SageMaker container contract without Docker: inputs are fetched from S3 into
-the step's work folder, `/opt/ml/...` paths are remapped into it, the entry module runs
-(processing: the job's `python3 -m <module>`; training: `training.train` under `torchrun`),
-and outputs (model.tar.gz, processing outputs, checkpoints) are uploaded back to S3.
+Inputs are fetched from S3 into the job's folder (the code bundle and the SDK's drivers are
+inputs like any other: the job runs the staged code, never the checkout), the step's Python is
+the container image's environment (pipelines/runner/environment.py), and outputs (processing
+outputs, model.tar.gz) go back to S3; checkpoints go while the job runs.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.runner import transfer
+from pipelines.runner import container, transfer
+from pipelines.runner.checkpoints import CheckpointSync
+from pipelines.runner.processes import Command, JobFailed, run_commands
 
-PROCESSING_ROOT = "/opt/ml/processing"
-CHECKPOINT_ROOT = "/opt/ml/checkpoints"
-# Channels the SDK adds for its own drivers and the uploaded source: locally the checkout runs.
-SDK_CHANNELS = {"code", "sm_drivers"}
-PROGRESS = re.compile(r"(epoch|Epoch|images/s|quarantin|prepared|accuracy|deployed|endpoint)")
-
-
-class JobFailed(RuntimeError):
-    """The job's process exited non-zero; the message names the log file."""
+__all__ = ["JobFailed", "JobEnv", "run_processing", "run_training"]
+SDK_CHANNELS = {"code", "sm_drivers"}  # the staged source and the SDK's driver scripts
+CODE_SUFFIX = "/input/code"  # a processing input at .../input/code is the code bundle
 
 
 @dataclass(frozen=True)
 class JobEnv:
     """What every local job gets besides its own arguments."""
 
-    env: dict[str, str]  # S3 endpoint/credentials, tracking URI, state folder
+    env: dict[str, str]  # S3 endpoint/credentials, tracking URI, state folder (the "role")
     s3: Any  # boto3 S3 client
     echo: Callable[[str], None]  # progress printer
-
-
-def _die_with_parent() -> None:
-    """Ask the kernel to SIGTERM the child when the runner dies (even by SIGKILL)."""
-    os.setsid()
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-def run_logged(
-    command: list[str], env: dict[str, str], log_path: Path, echo: Callable[[str], None], cwd: Path
-) -> None:
-    """Run `command`, appending all output to `log_path` and echoing progress lines."""
-    with open(log_path, "a", encoding="utf-8") as log:
-        log.write(f"$ {' '.join(command)}\n")
-        log.flush()
-        proc = subprocess.Popen(
-            command,
-            env=env,
-            cwd=cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            bufsize=1,
-            preexec_fn=_die_with_parent,
-        )
-        assert proc.stdout is not None
-        try:
-            for line in proc.stdout:
-                log.write(line)
-                if PROGRESS.search(line):
-                    echo(line.rstrip()[:160])
-            code = proc.wait()
-        except BaseException:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            raise
-    if code != 0:
-        tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
-        raise JobFailed(f"exited with code {code}; log {log_path}\n    " + "\n    ".join(tail))
-
-
-def _remap(value: str, root: str, local: Path) -> str:
-    return value.replace(root, str(local)) if isinstance(value, str) else value
-
-
-def run_processing(name: str, args: dict[str, Any], work: Path, job: JobEnv) -> dict[str, Any]:
-    """Run a resolved CreateProcessingJob request locally; return DescribeProcessingJob-like properties."""
-    root = work / "processing"
-    module, container_argv = processing_entry(args)
-    argv = [_remap(t, PROCESSING_ROOT, root) for t in container_argv]
-
-    for item in args.get("ProcessingInputs", []):
-        s3_input = item.get("S3Input")
-        if not s3_input or item.get("InputName") in SDK_CHANNELS:
-            continue
-        if s3_input["LocalPath"].rstrip("/").endswith("/input/code"):
-            continue  # the code bundle: locally the checkout is the code
-        local = Path(_remap(s3_input["LocalPath"], PROCESSING_ROOT, root))
-        count = transfer.download(job.s3, s3_input["S3Uri"], local)
-        job.echo(f"{name}: input {item.get('InputName')} <- {s3_input['S3Uri']} ({count} files)")
-    outputs = args.get("ProcessingOutputConfig", {}).get("Outputs", [])
-    for out in outputs:
-        Path(_remap(out["S3Output"]["LocalPath"], PROCESSING_ROOT, root)).mkdir(
-            parents=True, exist_ok=True
-        )
-
-    env = {**os.environ, **job.env, **{k: str(v) for k, v in args.get("Environment", {}).items()}}
-    command = [sys.executable, "-m", module, *argv]
-    run_logged(command, env, work / "step.log", job.echo, cwd=Path.cwd())
-
-    for out in outputs:
-        local = Path(_remap(out["S3Output"]["LocalPath"], PROCESSING_ROOT, root))
-        count = transfer.upload(job.s3, local, out["S3Output"]["S3Uri"])
-        job.echo(
-            f"{name}: output {out['OutputName']} -> {out['S3Output']['S3Uri']} ({count} files)"
-        )
-    return {
-        **args,
-        "ProcessingJobName": f"{name}-{work.parent.parent.name}",
-        "ProcessingJobStatus": "Completed",
-    }
+    python: Path  # the step environment's interpreter
 
 
 def processing_entry(args: dict[str, Any]) -> tuple[str, list[str]]:
@@ -149,116 +53,185 @@ def training_entry(args: dict[str, Any]) -> str:
     return script.removesuffix(".py").replace("/", ".")
 
 
+def job_name(step: str, work: Path) -> str:
+    return f"{step}-{work.parent.parent.name}"  # unique per execution, like SageMaker's
+
+
+def processing_root(work: Path) -> Path:
+    return work / "opt-ml"  # plays /opt/ml in the processing container
+
+
 def output_folder(args: dict[str, Any], work: Path, output_name: str) -> Path:
     for out in args.get("ProcessingOutputConfig", {}).get("Outputs", []):
         if out["OutputName"] == output_name:
-            return Path(_remap(out["S3Output"]["LocalPath"], PROCESSING_ROOT, work / "processing"))
+            return Path(
+                container.remap(
+                    out["S3Output"]["LocalPath"], container.OPT_ML, processing_root(work)
+                )
+            )
     raise KeyError(f"no processing output named {output_name!r}")
 
 
-def _hyperparameters(raw: dict[str, Any]) -> dict[str, Any]:
-    """SageMaker passes strings (the SDK JSON-encodes them); the toolkit decodes each value."""
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key.startswith("sagemaker_"):
+def _definition_env(args: dict[str, Any], root: Path) -> dict[str, str]:
+    return {
+        k: container.remap(str(v), container.OPT_ML, root)
+        for k, v in args.get("Environment", {}).items()
+    }
+
+
+def run_processing(name: str, args: dict[str, Any], work: Path, job: JobEnv) -> dict[str, Any]:
+    """Run a resolved CreateProcessingJob request; return DescribeProcessingJob-like properties."""
+    root = processing_root(work)
+    cluster = args.get("ProcessingResources", {}).get("ClusterConfig", {})
+    container.processing_config(
+        root,
+        job_name(name, work),
+        int(cluster.get("InstanceCount", 1)),
+        str(cluster.get("InstanceType", "")),
+    )
+    for item in args.get("ProcessingInputs", []):
+        s3_input = item.get("S3Input")
+        if not s3_input:
             continue
-        try:
-            out[key] = json.loads(value) if isinstance(value, str) else value
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+        local = Path(container.remap(s3_input["LocalPath"], container.OPT_ML, root))
+        count = transfer.download(job.s3, s3_input["S3Uri"], local)
+        if not s3_input["LocalPath"].rstrip("/").endswith(CODE_SUFFIX):
+            job.echo(
+                f"{name}: input {item.get('InputName')} <- {s3_input['S3Uri']} ({count} files)"
+            )
+    outputs = args.get("ProcessingOutputConfig", {}).get("Outputs", [])
+    for out in outputs:
+        Path(container.remap(out["S3Output"]["LocalPath"], container.OPT_ML, root)).mkdir(
+            parents=True, exist_ok=True
+        )
+    app = args["AppSpecification"]
+    tokens = [str(t) for t in app.get("ContainerEntrypoint", [])]
+    tokens += [str(t) for t in app.get("ContainerArguments", [])]
+    env = {**container.base_environment(job.python), **job.env, **_definition_env(args, root)}
+    command = container.processing_command(tokens, job.python, root)
+    run_commands([Command(command, env, work, work / "step.log")], job.echo)
+    for out in outputs:
+        local = Path(container.remap(out["S3Output"]["LocalPath"], container.OPT_ML, root))
+        count = transfer.upload(job.s3, local, out["S3Output"]["S3Uri"])
+        job.echo(
+            f"{name}: output {out['OutputName']} -> {out['S3Output']['S3Uri']} ({count} files)"
+        )
+    return {**args, "ProcessingJobName": job_name(name, work), "ProcessingJobStatus": "Completed"}
+
+
+def _fetch_channels(
+    name: str, args: dict[str, Any], hosts: list[container.Host], job: JobEnv
+) -> list[str]:
+    """Every channel into every host (FullyReplicated); returns the channel names."""
+    channels = []
+    for channel in args.get("InputDataConfig", []):
+        channel_name = channel["ChannelName"]
+        uri = channel["DataSource"]["S3DataSource"]["S3Uri"]
+        first = hosts[0].path(f"{container.OPT_ML}/input/data/{channel_name}")
+        count = transfer.download(job.s3, uri, first)
+        for host in hosts[1:]:
+            transfer.download(
+                job.s3, str(first), host.path(f"{container.OPT_ML}/input/data/{channel_name}")
+            )
+        if channel_name not in SDK_CHANNELS:
+            job.echo(
+                f"{name}: channel {channel_name} <- {uri} ({count} files, {len(hosts)} host(s))"
+            )
+        channels.append(channel_name)
+    return channels
+
+
+def _restore_checkpoints(name: str, uri: str | None, folders: list[Path], job: JobEnv) -> None:
+    """SageMaker copies the checkpoint URI's objects into every host's checkpoint folder when
+    a job starts, so all ranks resume from the same checkpoint."""
+    if not uri or not transfer.exists(job.s3, uri):
+        return
+    count = transfer.download(job.s3, uri, folders[0])
+    for folder in folders[1:]:
+        transfer.download(job.s3, str(folders[0]), folder)
+    job.echo(f"{name}: restored {count} checkpoint file(s) from {uri} to {len(folders)} host(s)")
+
+
+def _host_commands(
+    name: str, args: dict[str, Any], work: Path, hosts: list[container.Host], job: JobEnv
+) -> tuple[list[Command], dict[str, int]]:
+    """Each host's command as the SDK's driver makes it, and the job's topology."""
+    port = container.free_port()  # the first host's rendezvous port, shared by all hosts
+    local_ckpt = str(args.get("CheckpointConfig", {}).get("LocalPath", "/opt/ml/checkpoints"))
+    commands = []
+    per_host = 1
+    for i, host in enumerate(hosts):
+        base = {**container.base_environment(job.python), **job.env}
+        launch = container.sdk_driver_launch(host, job.python, job_name(name, work), port, base)
+        env = {**base, **_definition_env(args, host.root), **launch.env}
+        env["LEPTON_CHECKPOINT_DIR"] = str(host.path(local_ckpt))
+        per_host = int(env.get("LEPTON_NPROC_PER_NODE") or 0) or int(env.get("SM_NUM_GPUS") or 0)
+        per_host = per_host or 1
+        env.setdefault("OMP_NUM_THREADS", container.shared_threads(per_host * len(hosts)))
+        log = work / ("step.log" if i == 0 else f"{host.name}.log")
+        commands.append(Command(launch.command, env, launch.cwd, log, "" if i == 0 else host.name))
+    topology = {"hosts": len(hosts), "processes_per_host": per_host}
+    topology["world_size"] = per_host * len(hosts)
+    return commands, topology
 
 
 def run_training(name: str, args: dict[str, Any], work: Path, job: JobEnv) -> dict[str, Any]:
-    """Run a resolved CreateTrainingJob request locally under torchrun."""
-    env = {**os.environ, **job.env, **{k: str(v) for k, v in args.get("Environment", {}).items()}}
-    channels: list[str] = []
-    for channel in args.get("InputDataConfig", []):
-        channel_name = channel["ChannelName"]
-        if channel_name in SDK_CHANNELS:
-            continue
-        uri = channel["DataSource"]["S3DataSource"]["S3Uri"]
-        local = work / "input" / "data" / channel_name
-        count = transfer.download(job.s3, uri, local)
-        job.echo(f"{name}: channel {channel_name} <- {uri} ({count} files)")
-        env[f"SM_CHANNEL_{channel_name.upper()}"] = str(local)
-        channels.append(channel_name)
-
-    model_dir, output_dir = work / "model", work / "output" / "data"
-    checkpoints = work / "checkpoints"
-    for folder in (model_dir, output_dir, checkpoints):
-        folder.mkdir(parents=True, exist_ok=True)
-    checkpoint_uri = args.get("CheckpointConfig", {}).get("S3Uri")
-    if (
-        checkpoint_uri
-        and not any(checkpoints.iterdir())
-        and transfer.exists(job.s3, checkpoint_uri)
-    ):
-        transfer.download(job.s3, checkpoint_uri, checkpoints)  # SageMaker restores these too
-        job.echo(f"{name}: restored checkpoints from {checkpoint_uri}")
-
-    nodes = int(args.get("ResourceConfig", {}).get("InstanceCount", 1))
-    # 0 means "one per GPU" on SageMaker; this host has no GPU for the runner, so one process.
-    per_node = max(1, int(env.get("LEPTON_NPROC_PER_NODE") or "1"))
-    nproc = per_node * nodes  # M nodes emulated on one host
-    env.update(
-        {
-            "SM_MODEL_DIR": str(model_dir),
-            "SM_OUTPUT_DATA_DIR": str(output_dir),
-            "SM_HPS": json.dumps(_hyperparameters(args.get("HyperParameters", {}))),
-            "SM_HOSTS": json.dumps(["algo-1"]),
-            "SM_CURRENT_HOST": "algo-1",
-            "SM_NUM_GPUS": "0",
-            "SM_CHANNELS": json.dumps(channels),
-            "LEPTON_CHECKPOINT_DIR": str(checkpoints),
-            "OMP_NUM_THREADS": env.get(
-                "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc))
-            ),
-        }
+    """Run a resolved CreateTrainingJob request on its emulated hosts. Every attempt starts on
+    fresh hosts, as on SageMaker: what survives an attempt is what reached S3."""
+    resources = args.get("ResourceConfig", {})
+    shutil.rmtree(work / "hosts", ignore_errors=True)
+    hosts = container.training_hosts(work, int(resources.get("InstanceCount", 1)))
+    instance_type = str(resources.get("InstanceType", "ml.m5.xlarge"))
+    channels = _fetch_channels(name, args, hosts, job)
+    for host in hosts:
+        container.write_training_config(
+            host, hosts, instance_type, channels, dict(args.get("HyperParameters", {}))
+        )
+    checkpoint = args.get("CheckpointConfig", {})
+    local_ckpt = str(checkpoint.get("LocalPath", "/opt/ml/checkpoints"))
+    folders = [host.path(local_ckpt) for host in hosts]
+    _restore_checkpoints(name, checkpoint.get("S3Uri"), folders, job)
+    leader_ckpt = folders[0]
+    commands, topology = _host_commands(name, args, work, hosts, job)
+    job.echo(
+        f"{name}: {topology['hosts']} host(s) x {topology['processes_per_host']} process(es) "
+        f"= world size {topology['world_size']}"
     )
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        training_entry(args),
-    ]
-    job.echo(f"{name}: torchrun with {nproc} process(es)")
-    run_logged(command, env, work / "step.log", job.echo, cwd=Path.cwd())
+    if checkpoint.get("S3Uri"):
+        with CheckpointSync(job.s3, leader_ckpt, checkpoint["S3Uri"], echo=job.echo):
+            run_commands(commands, job.echo)
+    else:
+        run_commands(commands, job.echo)
+    return _training_outputs(name, args, work, hosts[0], job, topology)
 
-    output_path = args["OutputDataConfig"]["S3OutputPath"].rstrip("/")
-    job_name = f"{name}-{work.parent.parent.name}"
+
+def _training_outputs(
+    name: str,
+    args: dict[str, Any],
+    work: Path,
+    leader: container.Host,
+    job: JobEnv,
+    topology: dict[str, int],
+) -> dict[str, Any]:
+    """model.tar.gz of the first host's model folder to S3; DescribeTrainingJob-like properties."""
     from training.export import pack_model_tar  # the one reproducible model.tar.gz writer
 
+    name_of_job = job_name(name, work)
+    output_path = args["OutputDataConfig"]["S3OutputPath"].rstrip("/")
     tar_path = work / "model.tar.gz"
-    pack_model_tar(model_dir, tar_path)
-    model_uri = f"{output_path}/{job_name}/output/model.tar.gz"
-    _put_file(job.s3, tar_path, model_uri)
-    if checkpoint_uri:
-        transfer.upload(job.s3, checkpoints, checkpoint_uri)
-    summary_path = output_dir / "training.json"
+    pack_model_tar(leader.path(f"{container.OPT_ML}/model"), tar_path)
+    model_uri = f"{output_path}/{name_of_job}/output/model.tar.gz"
+    transfer.put_file(job.s3, tar_path, model_uri)
+    summary_path = leader.path(f"{container.OPT_ML}/output/data/training.json")
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     metrics = summary.get("metrics", {})
     return {
         **args,
-        "TrainingJobName": job_name,
+        "TrainingJobName": name_of_job,
         "TrainingJobStatus": "Completed",
         "ModelArtifacts": {"S3ModelArtifacts": model_uri},
         "FinalMetricDataList": [
             {"MetricName": k, "Value": v} for k, v in metrics.items() if isinstance(v, (int, float))
         ],
-        "Lepton": {"training": summary, "model_dir": str(model_dir)},
+        "Lepton": {"training": summary, "topology": topology},
     }
-
-
-def _put_file(s3: Any, path: Path, uri: str) -> None:
-    from pipelines.storage import is_s3_uri, split_s3_uri
-
-    if not is_s3_uri(uri):
-        Path(uri).parent.mkdir(parents=True, exist_ok=True)
-        Path(uri).write_bytes(path.read_bytes())
-        return
-    bucket, key = split_s3_uri(uri)
-    s3.upload_file(str(path), bucket, key)

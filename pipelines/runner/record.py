@@ -43,6 +43,8 @@ class RunRecord:
     parameters: dict[str, Any] = field(default_factory=dict)
     steps: dict[str, StepSummary] = field(default_factory=dict)  # in execution order
     total_seconds: float | None = None
+    # {"hosts": H, "processes_per_host": P, "world_size": W} of the training job that ran
+    training_topology: dict[str, int] | None = None
     sample_predictions: tuple[dict[str, Any], ...] = ()  # {"true": label, "predicted": label}
     format_version: int = FORMAT_VERSION
 

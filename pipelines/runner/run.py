@@ -6,10 +6,12 @@ values the user gives are execution parameters, as `lepton pipeline start` passe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pipelines.definition import names as n
@@ -83,9 +85,39 @@ def ensure_data(settings: Settings, uri: str, limit: int | None, out: Printer) -
 
 
 def build_definition(settings: Settings, cfg: PipelineConfig) -> dict[str, Any]:
+    """The definition JSON, with its code bundle uploaded to the local S3 (what upsert does on
+    AWS): the steps run that bundle, as their containers would."""
     from pipelines.definition.build import build_definition as build
 
-    return build(cfg, staging_root=settings.state_dir / "code").parsed()
+    built = build(cfg, staging_root=settings.state_dir / "code")
+    built.bundle.upload(s3_client(settings))
+    return built.parsed()
+
+
+def step_python(settings: Settings, definition: dict[str, Any], out: Printer) -> Path:
+    """The step environment of the definition's code bundle (its image requirements.txt)."""
+    from pipelines.definition.bundle import IMAGE_REQUIREMENTS
+    from pipelines.runner.environment import ensure_environment
+
+    uri = code_bundle_uri(definition)
+    bucket, key = split_s3_uri(f"{uri.rstrip('/')}/{IMAGE_REQUIREMENTS}")
+    body = s3_client(settings).get_object(Bucket=bucket, Key=key)["Body"].read()
+    folder = settings.state_dir / "requirements"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{hashlib.sha256(body).hexdigest()[:16]}.txt"
+    path.write_bytes(body)
+    return ensure_environment(path, settings.env_root, out)
+
+
+def code_bundle_uri(definition: dict[str, Any]) -> str:
+    """The s3:// URI of the code bundle the definition's processing steps mount."""
+    from pipelines.runner.engine import flatten_steps
+
+    for spec in flatten_steps(definition).values():
+        for item in spec.body.get("Arguments", {}).get("ProcessingInputs", []):
+            if item.get("InputName") == n.CODE_INPUT:
+                return str(item["S3Input"]["S3Uri"])
+    raise ValueError("the definition has no code bundle input")
 
 
 def run(settings: Settings, request: RunRequest, out: Printer = print) -> RunRecord:
@@ -124,7 +156,8 @@ def _execute(
     out: Printer,
     t0: float,
 ) -> RunRecord:
-    LocalRunner(settings, definition, execution, out=out, use_cache=use_cache).run()
+    python = step_python(settings, definition, out)
+    LocalRunner(settings, definition, execution, python, out=out, use_cache=use_cache).run()
     record = summarize(settings, execution, time.monotonic() - t0, out)
     record.write(settings.state_dir)
     for line in record.text():
@@ -141,6 +174,8 @@ def summarize(settings: Settings, execution: Execution, total_s: float, out: Pri
     evaluation = evaluate.property_files.get(n.EVALUATION_REPORT) if evaluate else None
     gate = steps.get(n.GATE)
     register = steps.get(n.REGISTER)
+    train = steps.get(n.TRAIN)
+    topology = (train.properties or {}).get("Lepton", {}).get("topology") if train else None
     deployed = n.DEPLOY in steps and steps[n.DEPLOY].status == "Succeeded"
     endpoint_up = deployed and http_ok(settings.endpoint_url + "/ping", timeout_s=3)
     gate_props = gate.properties if gate and gate.properties else {}
@@ -163,5 +198,6 @@ def summarize(settings: Settings, execution: Execution, total_s: float, out: Pri
             for name, r in steps.items()
         },
         total_seconds=round(total_s, 1),
+        training_topology=topology,
         sample_predictions=tuple(samples),
     )

@@ -113,3 +113,13 @@ def exists(client: Any, uri: str) -> bool:
     if not is_s3_uri(uri):
         return Path(uri).exists()
     return bool(list_objects(client, uri))
+
+
+def put_file(client: Any, path: Path, uri: str) -> None:
+    """One file to an s3:// URI (or a local path)."""
+    if not is_s3_uri(uri):
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, uri)
+        return
+    bucket, key = split_s3_uri(uri)
+    client.upload_file(str(path), bucket, key)

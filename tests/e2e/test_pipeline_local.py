@@ -172,7 +172,8 @@ def test_kill_during_training_then_resume(first_run: RunRecord, stack_settings: 
             return False
         new_id[:] = [sorted(ids)[-1]]
         ex = Execution.load(stack_settings.state_dir, new_id[0])
-        ckpts = list((ex.folder / "steps" / "Train" / "checkpoints").glob("step-*.ckpt"))
+        host = ex.folder / "steps" / "Train" / "hosts" / "algo-1"  # plays its /opt/ml
+        ckpts = list((host / "checkpoints").glob("step-*.ckpt"))
         return ex.steps["Train"].status == "Executing" and bool(ckpts)
 
     try:
@@ -195,7 +196,9 @@ def test_kill_during_training_then_resume(first_run: RunRecord, stack_settings: 
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Prepare: already succeeded (resume)" in out.stdout
     summary = json.loads(
-        (interrupted.folder / "steps" / "Train" / "output" / "data" / "training.json").read_text()
+        (interrupted.folder / "steps" / "Train" / "hosts" / "algo-1" / "output" / "data")
+        .joinpath("training.json")
+        .read_text()
     )
     assert summary["resumed_from"], "training restarted from scratch instead of the checkpoint"
     done = Execution.load(stack_settings.state_dir, new_id[0])

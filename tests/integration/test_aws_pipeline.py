@@ -139,13 +139,21 @@ def test_upsert_start_wait_status(
         "MinimumChampionAccuracy": "0.9",
     }
 
-    # the same through the CLI
+    # the same through the CLI; it names the data snapshot from the input's listing
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.create_bucket(Bucket="lepton-data")
+    s3.put_object(Bucket="lepton-data", Key="raw/mnist-5k/0/a.png", Body=b"x")
     assert (
         main(["pipeline", "start", "--pipeline-name", "lepton-it", "--param", "Epochs=1", "--wait"])
         == 0
     )
     cli_arn, final = capsys.readouterr().out.splitlines()
     assert aws.is_execution_arn(cli_arn) and final.startswith("Succeeded")
+    sent = sm.list_pipeline_parameters_for_execution(PipelineExecutionArn=cli_arn)
+    snapshot = {p["Name"]: p["Value"] for p in sent["PipelineParameters"]}["DataSnapshot"]
+    assert snapshot == aws.data_snapshot("s3://lepton-data/raw/mnist-5k", env)
+    s3.put_object(Bucket="lepton-data", Key="raw/mnist-5k/0/b.png", Body=b"y")
+    assert aws.data_snapshot("s3://lepton-data/raw/mnist-5k", env) != snapshot  # new data
     record = RunRecord.read(env.state_dir)  # what the CI job summary reads
     assert record is not None and (record.where, record.execution_id) == ("aws", cli_arn)
     assert record.status == "Succeeded" and "## Retraining: Succeeded" in record.markdown()

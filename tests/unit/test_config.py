@@ -25,7 +25,7 @@ def _configs() -> list[PipelineConfig]:
             PipelineConfig(),
             role_arn=ROLE,
             prefix="a/b",
-            training_image_uri="123.dkr.ecr.eu-west-1.amazonaws.com/x:1",
+            image_uri="123.dkr.ecr.eu-west-1.amazonaws.com/x:1",
             use_spot=True,
             max_wait_s=99_999,
             lr_peak=1e-4,
@@ -69,6 +69,7 @@ def test_parameter_defaults_round_trip() -> None:
     assert values["MinimumChampionAccuracy"] == 0.0
     fields_of_parameters = (
         "input_data_uri",
+        "data_snapshot",
         "processing_instance_type",
         "processing_instance_count",
         "training_instance_type",

@@ -23,6 +23,7 @@ from pipelines.definition.parameters import PARAMETERS, defaults, with_parameter
 from pipelines.imports import SOURCE_ROOT as REPO_ROOT
 
 ROLE = "arn:aws:iam::123456789012:role/lepton-pipeline"
+IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/lepton:0123abcd"
 PARAMETER_NAMES = tuple(p.name for p in PARAMETERS)
 
 
@@ -59,7 +60,9 @@ def source_root(project_source: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def cfg() -> PipelineConfig:
-    return aws_default(ROLE, "lepton-test-bucket", "eu-west-1", epochs=4, lr_peak=0.002)
+    return aws_default(
+        ROLE, "lepton-test-bucket", "eu-west-1", epochs=4, lr_peak=0.002, image_uri=IMAGE
+    )
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +129,7 @@ def test_code_change_changes_only_code_uris(
     other = build_definition(cfg, source_root=changed, staging_root=tmp_path / "staging")
     assert other.definition != built.definition
     old, new = set(built.bundle.uris()), set(other.bundle.uris())
-    assert len(old - new) == 2  # the code folder and the serving tarball; sm_drivers unchanged
+    assert len(old - new) == 1  # the code folder; sm_drivers unchanged
     strip = re.compile(r"(code|checkpoints)/[0-9a-f]{16}")  # checkpoints are per code version
     assert strip.sub(r"\1/X", other.definition) == strip.sub(r"\1/X", built.definition)
 
@@ -189,6 +192,7 @@ def test_config_round_trips_through_the_definition(d: dict[str, Any], cfg: Pipel
                     k: getattr(cfg, k)
                     for k in (
                         "role_arn",
+                        "image_uri",
                         "bucket",
                         "region",
                         "use_spot",
@@ -278,7 +282,7 @@ def test_train(d: dict[str, Any], built: BuiltDefinition, cfg: PipelineConfig) -
     assert ckpt["LocalPath"] == n.CHECKPOINT_DIR
     assert "Execution.PipelineExecutionId" not in json.dumps(ckpt)  # part of Train's cache key
     assert a["OutputDataConfig"]["S3OutputPath"] == f"{cfg.s3_root}/models"
-    assert a["AlgorithmSpecification"]["TrainingImage"].endswith("-gpu-py312")
+    assert a["AlgorithmSpecification"]["TrainingImage"] == IMAGE
     assert step["CacheConfig"]["Enabled"] is True and step["RetryPolicies"]
 
 
@@ -302,7 +306,7 @@ def test_code_bundle_contents(
         "pipelines/prepare/step.py",
         "pipelines/evaluate/step.py",
         "pipelines/deploy/step.py",
-        "handler.py",
+        "infra/image/requirements.txt",
         cfg.train_entry_script,
         "pipelines/prepare/config.py",
         "training/shards.py",
@@ -311,7 +315,10 @@ def test_code_bundle_contents(
     assert not any("__pycache__" in k for k in code)
     drivers = files(channels["sm_drivers"])
     assert "sm_train.sh" in drivers
-    assert json.loads(drivers["distributed.json"])["process_count_per_node"] is None  # per GPU
+    # The SDK's basic script driver runs training/train.py, which starts torchrun itself with
+    # ProcessesPerNode read at run time (no process count baked into the driver files).
+    assert "basic_script_driver.py" in drivers["sm_train.sh"].decode()
+    assert "torchrun" not in drivers.get("distributed.json", b"{}").decode()
     assert json.loads(drivers["sourcecode.json"])["entry_script"] == cfg.train_entry_script
     for uri in built.bundle.uris():
         assert uri.startswith(f"s3://{cfg.bucket}/{cfg.prefix}/code/")
@@ -371,7 +378,9 @@ def test_gate_register_deploy_fail(d: dict[str, Any]) -> None:
     assert reg["ModelApprovalStatus"] == {"Get": "Parameters.ModelApprovalStatus"}
     (container,) = reg["InferenceSpecification"]["Containers"]
     assert container["ModelDataUrl"] == {"Get": "Steps.Train.ModelArtifacts.S3ModelArtifacts"}
-    assert container["Environment"]["SAGEMAKER_PROGRAM"] == "handler.py"
+    assert container["Image"] == IMAGE  # the project image's `serve` (bring your own container)
+    # no code download at endpoint start: the model artifact carries its serving code
+    assert not container.get("Environment", {}).get("SAGEMAKER_SUBMIT_DIRECTORY")
     stats = reg["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"]["Std:Join"]["Values"]
     assert stats == [
         {"Get": "Steps.Evaluate.ProcessingOutputConfig.Outputs['evaluation'].S3Output.S3Uri"},
@@ -414,6 +423,9 @@ def test_cli_definition_command(
             "tiny",
             "--extra-hyperparameters",
             "width=24",
+            "--stock-images",
+            "--image-uri",
+            "null",
             "--out",
             str(out),
         ]
@@ -429,6 +441,11 @@ def test_cli_definition_command(
     assert "RetryPolicies" not in steps["Prepare"]
     assert "EnableManagedSpotTraining" not in train
     assert train["AlgorithmSpecification"]["TrainingImage"].endswith("-cpu-py312")
+    # stock images install the project's requirements when each container starts
+    prepare = steps["Prepare"]["Arguments"]["AppSpecification"]["ContainerEntrypoint"]
+    assert prepare[:2] == ["bash", "-c"] and "pip install" in prepare[2]
+    register = steps["Register"]["Arguments"]["InferenceSpecification"]["Containers"][0]
+    assert register["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
     hps = train["HyperParameters"]
     assert (hps["width"], hps["warmup_steps"]) == ("24", "10")  # override, then tiny's value
     assert no_network == []
@@ -519,3 +536,22 @@ def test_the_readme_parameter_table_is_the_derived_one() -> None:
 
     readme = (REPO_ROOT / "README.md").read_text()
     assert markdown_table() in readme, "run `lepton pipeline parameters --markdown` into README"
+
+
+def test_an_aws_definition_needs_an_image(source_root: Path, tmp_path: Path) -> None:
+    from pipelines.definition.build import NoImageError
+
+    with pytest.raises(NoImageError, match="lepton image build.*--stock-images"):
+        build_definition(aws_default(ROLE, "b", "eu-west-1"), source_root, tmp_path)
+
+
+def test_every_container_runs_the_project_image(d: dict[str, Any]) -> None:
+    for name, step in all_steps(d).items():
+        a = step.get("Arguments", {})
+        if step["Type"] == "Processing":
+            assert a["AppSpecification"]["ImageUri"] == IMAGE, name
+            assert a["AppSpecification"]["ContainerEntrypoint"][:2] == ["python3", "-m"], name
+        elif step["Type"] == "Training":
+            assert a["AlgorithmSpecification"]["TrainingImage"] == IMAGE
+        elif step["Type"] == "RegisterModel":
+            assert a["InferenceSpecification"]["Containers"][0]["Image"] == IMAGE

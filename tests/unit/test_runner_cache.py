@@ -61,8 +61,9 @@ def test_a_module_only_evaluate_imports_misses_only_evaluate(source_copy: Path) 
 
 
 def test_fingerprints_follow_real_imports(source_copy: Path) -> None:
-    # Evaluate draws with training's figure code (a function-level import): both miss.
-    assert _changed_steps(source_copy, "training/tracking.py") == {"Train", "Evaluate"}
+    # Evaluate draws with training's figure code and Deploy reads the registry through its
+    # MLflow client (function-level imports): all three miss.
+    assert _changed_steps(source_copy, "training/tracking.py") == {"Train", "Evaluate", "Deploy"}
     # Prepare reads S3 through pipelines/storage.py, which a hand-kept list once missed.
     assert "Prepare" in _changed_steps(source_copy, "pipelines/storage.py")
     assert (

@@ -65,3 +65,34 @@ def test_checkpoints_are_atomic_and_ordered(tmp_path: Path) -> None:
     with pytest.warns(RuntimeWarning, match="unreadable"):
         assert find_resume_checkpoint(tmp_path) == checkpoint_path(tmp_path, 5)
     assert find_resume_checkpoint(tmp_path / "missing") is None
+
+
+def test_a_managed_mlflow_arn_goes_through_the_sagemaker_plugin(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An ARN tracking URI reaches SageMaker's MLflow endpoint (the sagemaker-mlflow plugin
+    signs for the process-wide URI: a bare client once failed with "list index out of
+    range"); with no such endpoint reachable, start fails with one clear error."""
+    import mlflow
+
+    from training.tracking import TrackingUnavailable, check_reachable
+
+    arn = "arn:aws:sagemaker:us-east-1:123456789012:mlflow-tracking-server/lepton"
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_SAGEMAKER": "http://127.0.0.1:9",  # nothing listens: fail fast
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+    }.items():
+        monkeypatch.setenv(key, value)
+    before = mlflow.get_tracking_uri()
+    try:
+        with pytest.raises(TrackingUnavailable) as caught:
+            check_reachable(arn)
+    finally:
+        mlflow.set_tracking_uri(before)
+    message = str(caught.value)
+    assert arn in message and "list index out of range" not in message
+    assert "experiments.sagemaker.aws" in message or "127.0.0.1" in message  # the plugin's call
