@@ -172,9 +172,16 @@ def test_kill_during_training_then_resume(first_run: RunRecord, stack_settings: 
             return False
         new_id[:] = [sorted(ids)[-1]]
         ex = Execution.load(stack_settings.state_dir, new_id[0])
-        host = ex.folder / "steps" / "Train" / "hosts" / "algo-1"  # plays its /opt/ml
-        ckpts = list((host / "checkpoints").glob("step-*.ckpt"))
-        return ex.steps["Train"].status == "Executing" and bool(ckpts)
+        # A checkpoint that reached S3: what a new attempt restores (SageMaker's semantics).
+        listed = s3_client(stack_settings).list_objects_v2(
+            Bucket=stack_settings.artifact_bucket, Prefix="pipeline/checkpoints/"
+        )
+        synced = [
+            o["Key"]
+            for o in listed.get("Contents", [])
+            if f"Prepare-{new_id[0]}/" in o["Key"] and o["Key"].endswith(".ckpt")
+        ]
+        return ex.steps["Train"].status == "Executing" and bool(synced)
 
     try:
         _wait_for(training_started, 300)
