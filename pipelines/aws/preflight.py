@@ -14,7 +14,7 @@ import json
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import cache, cached_property
+from functools import cache, cached_property, partial
 from typing import Any
 from urllib.parse import unquote
 
@@ -171,24 +171,21 @@ def account_probes(
 
     clients = _Clients(settings)
     role = cfg.role_arn
+    role_name = _role_name(role) if role else "(none)"
     probes: list[tuple[str, Probe]] = [
-        (
-            f"execution role {_role_name(role) if role else '(none)'}",
-            lambda: _role(role, clients.iam),
-        )
+        (f"execution role {role_name}", partial(_role, role, clients))
     ]
     data_bucket, _ = split_s3_uri(cfg.input_data_uri)
     buckets = {cfg.bucket: "artifact bucket"}
     buckets[data_bucket] = "artifact and data bucket" if data_bucket in buckets else "data bucket"
     for bucket, label in buckets.items():
-        probes.append((f"{label} {bucket}", lambda b=bucket: _bucket(b, clients.s3)))  # type: ignore[misc]
-    probes.append(
-        (f"input data {cfg.input_data_uri}", lambda: _has_objects(cfg.input_data_uri, clients.s3))
-    )
+        probes.append((f"{label} {bucket}", partial(_bucket, bucket, clients)))
+    data = cfg.input_data_uri
+    probes.append((f"input data {data}", partial(_has_objects, data, clients)))
     for uri in image_uris(definition):
-        probes.append((f"image {uri}", lambda u=uri: _image(u, clients)))  # type: ignore[misc]
+        probes.append((f"image {uri}", partial(_image, uri, clients)))
     group = cfg.model_package_group
-    probes.append((f"model package group {group}", lambda: _group(group, clients.sagemaker)))
+    probes.append((f"model package group {group}", partial(_group, group, clients)))
     return probes
 
 
@@ -205,12 +202,12 @@ def _role_name(arn: str) -> str:
     return arn.rsplit("/", 1)[-1]
 
 
-def _role(arn: str | None, iam: Any) -> tuple[str, str]:
+def _role(arn: str | None, clients: _Clients) -> tuple[str, str]:
     if not arn:
         return SKIPPED, "no role configured (see above)"
     name = _role_name(arn)
     try:
-        role = iam.get_role(RoleName=name)["Role"]
+        role = clients.iam.get_role(RoleName=name)["Role"]
     except ClientError as exc:
         if _code(exc) == "NoSuchEntity":
             return FAILED, (
@@ -253,29 +250,39 @@ def trusts(document: Any, service: str) -> bool:
     return False
 
 
-def _bucket(bucket: str, s3: Any) -> tuple[str, str]:
+def _probe(call: Callable[[], object], known: Mapping[str, str]) -> tuple[str, str]:
+    """OK if `call` succeeds; else FAILED with the reason for its error code (`known`), or the
+    API's own code and message."""
     try:
-        s3.head_bucket(Bucket=bucket)
+        call()
     except ClientError as exc:
-        if _code(exc) in ("404", "NoSuchBucket"):
-            return FAILED, f"bucket {bucket} does not exist (`lepton infra deploy` creates it)"
-        if _code(exc) == "403":
-            return FAILED, f"bucket {bucket} exists but these credentials may not use it (403)"
-        return FAILED, _message(exc)
+        return FAILED, known.get(_code(exc), _message(exc))
     return OK, ""
 
 
-def _has_objects(uri: str, s3: Any) -> tuple[str, str]:
+def _bucket(bucket: str, clients: _Clients) -> tuple[str, str]:
+    missing = f"bucket {bucket} does not exist (`lepton infra deploy` creates it)"
+    return _probe(
+        lambda: clients.s3.head_bucket(Bucket=bucket),
+        {
+            "404": missing,
+            "NoSuchBucket": missing,
+            "403": f"bucket {bucket} exists but these credentials may not use it (403)",
+        },
+    )
+
+
+def _has_objects(uri: str, clients: _Clients) -> tuple[str, str]:
     from pipelines.storage import split_s3_uri
 
     bucket, key = split_s3_uri(uri)
     # a prefix is a folder (ImageFolder layout); a .jsonl key is a manifest object
     prefix = key if key.endswith(".jsonl") or not key else key.rstrip("/") + "/"
     try:
-        found = s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("KeyCount", 0)
+        listed = clients.s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
     except ClientError as exc:
         return FAILED, f"cannot list {uri}: {_message(exc)}"
-    if not found:
+    if not listed.get("KeyCount", 0):
         return FAILED, (
             f"no objects under {uri}; upload images first, e.g. "
             f"`LEPTON_MODE=aws lepton data import mnist-5k {uri}`"
@@ -331,22 +338,23 @@ def _image(uri: str, clients: _Clients) -> tuple[str, str]:
         if match["digest"]
         else {"imageTag": match["tag"] or "latest"}
     )
-    try:
-        clients.ecr(region).describe_images(
+    wanted = next(iter(image_id.values()))
+    return _probe(
+        lambda: clients.ecr(region).describe_images(
             registryId=account, repositoryName=repo, imageIds=[image_id]
-        )
-    except ClientError as exc:
-        if _code(exc) == "RepositoryNotFoundException":
-            return FAILED, f"repository {repo} does not exist in account {account} ({region})"
-        if _code(exc) == "ImageNotFoundException":
-            return FAILED, f"repository {repo} has no image {next(iter(image_id.values()))}"
-        return FAILED, _message(exc)
-    return OK, ""
+        ),
+        {
+            "RepositoryNotFoundException": (
+                f"repository {repo} does not exist in account {account} ({region})"
+            ),
+            "ImageNotFoundException": f"repository {repo} has no image {wanted}",
+        },
+    )
 
 
-def _group(name: str, sagemaker: Any) -> tuple[str, str]:
+def _group(name: str, clients: _Clients) -> tuple[str, str]:
     try:
-        sagemaker.describe_model_package_group(ModelPackageGroupName=name)
+        clients.sagemaker.describe_model_package_group(ModelPackageGroupName=name)
     except ClientError as exc:
         if "does not exist" not in str(exc) and _code(exc) != "ResourceNotFound":
             return FAILED, _message(exc)

@@ -16,7 +16,7 @@ botocore).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -98,6 +98,20 @@ class _Errors(ValidationErrors):
         self.found.append(_describe(name.lstrip("."), reason, kwargs))
 
 
+def _with_limits(
+    base: Callable[..., None], kinds: type | tuple[type, ...], size: Callable[[Any], float]
+) -> Callable[..., None]:
+    """botocore's check of one shape type, then max/enum/pattern on a value of the right type."""
+
+    def check(self: ParamValidator, param: Any, shape: Shape, errors: Any, name: str) -> None:
+        base(self, param, shape, errors, name)
+        if isinstance(param, kinds):
+            for reason, kwargs in _limit_errors(param, size(param), shape):
+                errors.report(name, reason, **kwargs)
+
+    return check
+
+
 class _Validator(ParamValidator):
     """`ParamValidator` plus max/enum/pattern, checked in the same walk over the shape."""
 
@@ -108,37 +122,13 @@ class _Validator(ParamValidator):
         self._validate(params, shape, errors, name="")
         return errors
 
-    def _limits(self, value: Any, size: int | float, shape: Shape, errors: Any, name: str) -> None:
-        for reason, kwargs in _limit_errors(value, size, shape):
-            errors.report(name, reason, **kwargs)
-
-    def _validate_string(self, param: Any, shape: Shape, errors: Any, name: str) -> None:
-        super()._validate_string(param, shape, errors, name)
-        if isinstance(param, str):
-            self._limits(param, len(param), shape, errors, name)
-
-    def _validate_list(self, param: Any, shape: Shape, errors: Any, name: str) -> None:
-        super()._validate_list(param, shape, errors, name)
-        if isinstance(param, (list, tuple)):
-            self._limits(param, len(param), shape, errors, name)
-
-    def _validate_map(self, param: Any, shape: Shape, errors: Any, name: str) -> None:
-        super()._validate_map(param, shape, errors, name)
-        if isinstance(param, dict):
-            self._limits(param, len(param), shape, errors, name)
-
-    def _validate_integer(self, param: Any, shape: Shape, errors: Any, name: str) -> None:
-        super()._validate_integer(param, shape, errors, name)
-        if isinstance(param, int):
-            self._limits(param, param, shape, errors, name)
-
-    def _validate_double(self, param: Any, shape: Shape, errors: Any, name: str) -> None:
-        super()._validate_double(param, shape, errors, name)
-        if isinstance(param, (int, float)):
-            self._limits(param, param, shape, errors, name)
-
+    _validate_string = _with_limits(ParamValidator._validate_string, str, len)
+    _validate_list = _with_limits(ParamValidator._validate_list, (list, tuple), len)
+    _validate_map = _with_limits(ParamValidator._validate_map, dict, len)
+    _validate_integer = _with_limits(ParamValidator._validate_integer, int, int)
+    _validate_long = _with_limits(ParamValidator._validate_long, int, int)
+    _validate_double = _with_limits(ParamValidator._validate_double, (int, float), float)
     _validate_float = _validate_double
-    _validate_long = _validate_integer
 
 
 def validate(params: Mapping[str, Any], shape: Shape) -> list[tuple[str, str]]:

@@ -165,49 +165,58 @@ def test_role_that_sagemaker_cannot_assume_fails(
     ]
 
 
-def test_missing_bucket_fails(
+MISSING = "does not exist (`lepton infra deploy` creates it)"
+ELSEWHERE: dict[str, tuple[dict[str, str], list[str]]] = {
+    "artifact bucket": (
+        {"bucket": "lepton-pf-nowhere"},
+        [f"artifact bucket lepton-pf-nowhere: FAILED: bucket lepton-pf-nowhere {MISSING}"],
+    ),
+    "data bucket": (
+        {"input_data_uri": "s3://lepton-pf-gone/raw/x"},
+        [
+            f"data bucket lepton-pf-gone: FAILED: bucket lepton-pf-gone {MISSING}",
+            "input data s3://lepton-pf-gone/raw/x: FAILED: cannot list s3://lepton-pf-gone/raw/x",
+        ],
+    ),
+    "empty data prefix": (
+        {"input_data_uri": f"s3://{DATA}/raw/mnist"},  # a prefix of the real one: no objects
+        [
+            f"input data s3://{DATA}/raw/mnist: FAILED: no objects under s3://{DATA}/raw/mnist; "
+            f"upload images first, e.g. `LEPTON_MODE=aws lepton data import mnist-5k "
+            f"s3://{DATA}/raw/mnist`"
+        ],
+    ),
+    "model package group": (  # moto cannot delete a group: name one that was never created
+        {"model_package_group": "lepton-pf-other"},
+        [
+            "model package group lepton-pf-other: FAILED: it does not exist, and the Register "
+            "step needs it: `lepton infra deploy` creates it (stack parameter "
+            "ModelPackageGroupName=lepton-pf-other)"
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", ELSEWHERE)
+def test_config_naming_what_is_missing_fails(
+    account: Settings, cfg: PipelineConfig, definition: dict[str, Any], case: str
+) -> None:
+    changes, expected = ELSEWHERE[case]
+    failed = _failed(_online(replace(cfg, **changes), definition, account))
+    assert len(failed) == len(expected), failed
+    for line, prefix in zip(failed, expected, strict=True):
+        assert line.startswith(prefix), (line, prefix)
+
+
+def test_missing_image_fails(
     account: Settings, cfg: PipelineConfig, definition: dict[str, Any]
 ) -> None:
-    other = replace(cfg, bucket="lepton-pf-nowhere")
-    failed = _failed(_online(other, definition, account))
-    assert failed == [
-        "artifact bucket lepton-pf-nowhere: FAILED: bucket lepton-pf-nowhere does not exist "
-        "(`lepton infra deploy` creates it)"
+    ecr = boto3.client("ecr", region_name=REGION)
+    ecr.batch_delete_image(repositoryName=IMAGE_REPO, imageIds=[{"imageTag": "1"}])
+    assert _failed(_online(cfg, definition, account)) == [
+        f"image {IMAGE}: FAILED: repository {IMAGE_REPO} has no image 1"
     ]
-
-
-def test_missing_data_bucket_and_empty_prefix_fail(
-    account: Settings, cfg: PipelineConfig, definition: dict[str, Any]
-) -> None:
-    gone = replace(cfg, input_data_uri="s3://lepton-pf-gone/raw/x")
-    failed = _failed(_online(gone, definition, account))
-    assert failed[0] == (
-        "data bucket lepton-pf-gone: FAILED: bucket lepton-pf-gone does not exist "
-        "(`lepton infra deploy` creates it)"
-    )
-    assert failed[1].startswith("input data s3://lepton-pf-gone/raw/x: FAILED: cannot list")
-    empty = replace(cfg, input_data_uri=f"s3://{DATA}/raw/mnist")  # a prefix of a prefix: empty
-    assert _failed(_online(empty, definition, account)) == [
-        f"input data s3://{DATA}/raw/mnist: FAILED: no objects under s3://{DATA}/raw/mnist; "
-        f"upload images first, e.g. `LEPTON_MODE=aws lepton data import mnist-5k "
-        f"s3://{DATA}/raw/mnist`"
-    ]
-
-
-def test_missing_group_and_image_fail(
-    account: Settings, cfg: PipelineConfig, definition: dict[str, Any]
-) -> None:
-    boto3.client("ecr", region_name=REGION).batch_delete_image(
-        repositoryName=IMAGE_REPO, imageIds=[{"imageTag": "1"}]
-    )
-    other = replace(cfg, model_package_group="lepton-pf-other")  # moto cannot delete a group
-    assert _failed(_online(other, definition, account)) == [
-        f"image {IMAGE}: FAILED: repository {IMAGE_REPO} has no image 1",
-        "model package group lepton-pf-other: FAILED: it does not exist, and the Register step "
-        "needs it: `lepton infra deploy` creates it (stack parameter "
-        "ModelPackageGroupName=lepton-pf-other)",
-    ]
-    boto3.client("ecr", region_name=REGION).delete_repository(repositoryName=IMAGE_REPO)
+    ecr.delete_repository(repositoryName=IMAGE_REPO)
     assert _failed(_online(cfg, definition, account)) == [
         f"image {IMAGE}: FAILED: repository {IMAGE_REPO} does not exist in account {ACCOUNT} "
         f"({REGION})"

@@ -417,6 +417,11 @@ def test_cli_preflight_offline(
     assert f"model package group lepton-classifier: {SKIPPED}: offline" in lines
     assert lines[-1] == "preflight passed"
 
+    # --stack reads the stack from AWS: refused offline, before anything is built
+    code, _, err = cli("preflight", "--offline", "--stack", "lepton", capsys=capsys)
+    assert code == 1
+    assert "--stack reads the stack's outputs from AWS; not possible offline" in err
+
     # the local setup has no role: the one failure, and the exit status says so
     code, out, _ = cli("preflight", "--setup", "local", capsys=capsys)
     assert code == 1
