@@ -1,4 +1,4 @@
-"""`lepton pipeline aws-definition|upsert|start|wait|status`: the pipeline on SageMaker.
+"""`lepton pipeline aws-definition|preflight|upsert|start|wait|status`: the pipeline on SageMaker.
 
 Role, buckets and names come from settings (`lepton infra outputs --format env` exports them),
 or from a stack's outputs with `--stack`; any `PipelineConfig` field can be set as a flag
@@ -30,6 +30,12 @@ def register(actions: argparse._SubParsersAction) -> None:
 
     for name, func, text in (
         ("aws-definition", _definition, "print the SageMaker pipeline definition JSON (offline)"),
+        (
+            "preflight",
+            _preflight,
+            "check role, buckets, data, images, model package group and every step's request "
+            "before anything starts on AWS (--offline: the definition only)",
+        ),
         ("upsert", _upsert, "upload the code bundle and create/update the SageMaker pipeline"),
     ):
         p = actions.add_parser(name, help=text)
@@ -37,6 +43,14 @@ def register(actions: argparse._SubParsersAction) -> None:
         p.add_argument("--stack", help="take role, bucket and names from this stack's outputs")
         if name == "aws-definition":
             p.add_argument("--out", type=Path, help="write it to this file instead of stdout")
+        if name == "preflight":
+            p.add_argument("--offline", action="store_true", help="skip the AWS account checks")
+        if name == "upsert":
+            p.add_argument(
+                "--skip-preflight",
+                action="store_true",
+                help="do not check the definition's step requests first",
+            )
         add_config_options(p, PipelineConfig)
         p.set_defaults(func=func)
 
@@ -90,11 +104,51 @@ def _definition(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preflight(args: argparse.Namespace) -> int:
+    from pipelines.aws import preflight as pf
+    from pipelines.aws.clients import has_credentials
+    from pipelines.definition.build import build_definition
+
+    offline = pf.offline_reason(
+        load_settings(), requested=args.offline, has_credentials=has_credentials
+    )
+    if offline is not None and args.stack:
+        raise ValueError(
+            f"--stack reads the stack's outputs from AWS; not possible offline ({offline})"
+        )
+    settings = _settings(args)
+    cfg = config_from_cli(args, settings)
+    built = build_definition(cfg, staging_root=settings.state_dir / "code")
+    where = f"offline: {offline}" if offline else f"online, region {cfg.region}"
+    print(f"preflight of pipeline {cfg.pipeline_name} (setup {args.setup}; {where})")
+    checks = pf.preflight(cfg, built.parsed(), settings, offline)
+    for check in checks:
+        print(check.line())
+    failed = sum(c.status == pf.FAILED for c in checks)
+    print(f"{failed} check(s) failed" if failed else "preflight passed")
+    return 0 if failed == 0 else 1
+
+
 def _upsert(args: argparse.Namespace) -> int:
     from pipelines.aws import pipeline as aws
 
     settings = _settings(args)
-    print(aws.upsert(config_from_cli(args, settings), settings))
+    cfg = config_from_cli(args, settings)
+    if not args.skip_preflight:
+        from pipelines.aws.preflight import FAILED, definition_checks, definition_report
+        from pipelines.definition.build import build_definition
+
+        built = build_definition(cfg, staging_root=settings.state_dir / "code")
+        report = definition_report(cfg, built.parsed())
+        failures = [c.line() for c in definition_checks(report) if c.status == FAILED]
+        if failures:
+            print("\n".join(failures), file=sys.stderr)
+            print(
+                "upsert refused: the definition fails preflight (--skip-preflight to force)",
+                file=sys.stderr,
+            )
+            return 1
+    print(aws.upsert(cfg, settings))
     return 0
 
 
