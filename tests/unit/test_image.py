@@ -41,6 +41,7 @@ from pipelines.aws.image_lock import (
     third_party_imports,
 )
 from pipelines.definition import names
+from pipelines.settings import load_settings
 
 DOCKERFILE = IMAGE_DIR / "Dockerfile"
 REQUIREMENTS = read_pins(REQUIREMENTS_PATH)
@@ -266,3 +267,19 @@ def test_write_to_keeps_modes(tmp_path: Path) -> None:
     folder = load_context().write_to(tmp_path / "ctx")
     assert (folder / "serve").stat().st_mode & 0o777 == 0o755
     assert sorted(p.name for p in folder.iterdir()) == sorted(CONTEXT_FILES)
+
+
+# ------------------------------------------------------------------ settings
+def test_settings_read_the_image_variables() -> None:
+    settings = load_settings(
+        {"LEPTON_IMAGE_URI": "r/x:1", "LEPTON_IMAGE_PARAMETER": "/s/image-uri"}
+    )
+    assert (settings.image_uri, settings.image_parameter) == ("r/x:1", "/s/image-uri")
+    assert load_settings({}).image_uri is None and load_settings({}).image_parameter is None
+
+
+def test_cli_checks_the_requirements(capsys: pytest.CaptureFixture[str]) -> None:
+    from pipelines.cli import main
+
+    assert main(["image", "requirements"]) == 0
+    assert "up to date" in capsys.readouterr().out
