@@ -15,7 +15,7 @@ NPROC ?=
 THRESHOLD ?=
 
 .PHONY: help setup test test-fast lint format services-up services-down services-status \
-        pipeline-run bench clean clean-state infra-validate infra-deploy
+        pipeline-run bench clean clean-state infra-validate infra-deploy image
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -67,6 +67,9 @@ infra-validate: ## cfn-lint + checkov (zero failed checks) on infra/template.yam
 
 infra-deploy: ## deploy the stack to the current AWS account: PARAMS="GitHubOwner=acme GitHubRepo=lepton" [STACK=lepton]
 	LEPTON_MODE=aws $(LEPTON) infra deploy --stack $(or $(STACK),lepton) $(foreach p,$(PARAMS),--parameter $(p))
+
+image: ## build the pipeline's container image in the stack's CodeBuild: [FLAVOUR=gpu|cpu] [DOCKER=1: local engine] [STACK=lepton]
+	LEPTON_MODE=aws $(LEPTON) image build --stack $(or $(STACK),lepton) $(if $(FLAVOUR),--flavour $(FLAVOUR)) $(if $(DOCKER),--docker)
 
 bench: ## run the side-by-side benchmarks (prints JSON)
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

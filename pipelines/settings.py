@@ -58,7 +58,8 @@ class Settings:
     pipeline_name: str | None = None  # LEPTON_PIPELINE_NAME
     endpoint_name: str | None = None  # LEPTON_ENDPOINT_NAME
     raw_data_uri: str | None = None  # LEPTON_RAW_DATA_URI: default InputDataUri on AWS
-    image_uri: str | None = None  # LEPTON_IMAGE_URI: the pipeline's container image
+    image_uri: str | None = None  # LEPTON_IMAGE_URI: the image every step and the endpoint run
+    image_parameter: str | None = None  # LEPTON_IMAGE_PARAMETER: SSM parameter that records it
     # LEPTON_ENV_DIR: the local runner's step environments (one per requirements digest)
     env_root: Path = Path.home() / ".cache" / "lepton" / "envs"
     debug: bool = False  # LEPTON_DEBUG=1: full tracebacks from the CLI
@@ -159,8 +160,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     LEPTON_MODE (local|aws), LEPTON_STATE_DIR (default ./.lepton), LEPTON_S3_PORT,
     LEPTON_MLFLOW_PORT, LEPTON_ENDPOINT_PORT, LEPTON_DATA_BUCKET, LEPTON_ARTIFACT_BUCKET,
     LEPTON_MLFLOW_BUCKET, LEPTON_EXPERIMENT (or MLFLOW_EXPERIMENT_NAME), LEPTON_MODEL_NAME, LEPTON_SAGEMAKER_ROLE_ARN,
-    LEPTON_PIPELINE_NAME, LEPTON_ENDPOINT_NAME, LEPTON_RAW_DATA_URI, LEPTON_IMAGE_URI, LEPTON_ENV_DIR,
-    AWS_REGION / AWS_DEFAULT_REGION,
+    LEPTON_PIPELINE_NAME, LEPTON_ENDPOINT_NAME, LEPTON_RAW_DATA_URI, LEPTON_IMAGE_URI,
+    LEPTON_IMAGE_PARAMETER, LEPTON_ENV_DIR, AWS_REGION / AWS_DEFAULT_REGION,
     AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, MLFLOW_TRACKING_URI.
     """
     env = os.environ if env is None else env
@@ -194,6 +195,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         endpoint_name=env.get("LEPTON_ENDPOINT_NAME") or None,
         raw_data_uri=env.get("LEPTON_RAW_DATA_URI") or None,
         image_uri=env.get("LEPTON_IMAGE_URI") or None,
+        image_parameter=env.get("LEPTON_IMAGE_PARAMETER") or None,
         env_root=Path(env["LEPTON_ENV_DIR"]).absolute()
         if env.get("LEPTON_ENV_DIR")
         else defaults.env_root,

@@ -36,6 +36,7 @@ OUTPUT_ENV = {
     "PipelineName": "LEPTON_PIPELINE_NAME",
     "EndpointName": "LEPTON_ENDPOINT_NAME",
     "RawDataUri": "LEPTON_RAW_DATA_URI",
+    "ImageParameterName": "LEPTON_IMAGE_PARAMETER",  # records the image `lepton image build` made
 }
 
 

@@ -18,6 +18,14 @@ What moto's CloudFormation does and does not do (moto 5.2), and how each gap is 
   never in its request context, so the TLS deny is evaluated with infra/iam_policy.py instead.
 - EventBridge TestEventPattern is not implemented: each deployed rule's (resolved) pattern is
   copied onto a probe bus with an SQS target, and events are put there.
+- AWS::CodeBuild::Project is not created either, so the ImageBuildProjectName output is absent
+  (tests/integration/test_image_build.py creates the project through CodeBuild's API) and a
+  `${ImageBuildProject}` inside a Sub stays unresolved (the builder policy's test puts the
+  project's Name there, as CloudFormation would); the project's role is created and checked here.
+- AWS::ECR::Repository keeps its name and tag immutability but drops ImageScanningConfiguration
+  and EncryptionConfiguration (moto reads the template's keys as API keys) and LifecyclePolicy:
+  the first two are checked on the template; the lifecycle policy is resolved and put through
+  ECR's API, which validates it.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ KNOWN_UNSUPPORTED = {
     "AWS::IAM::OIDCProvider",
     "AWS::SageMaker::ModelPackageGroup",
     "AWS::SageMaker::MlflowTrackingServer",
+    "AWS::CodeBuild::Project",
 }
 OTHER_BUCKET = "someone-elses-bucket"
 pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse AWS::")
@@ -228,13 +237,8 @@ def test_execution_role_prefix_scoping(aws: dict[str, Any]) -> None:
 
 def test_assumed_execution_role_cannot_reach_other_buckets(aws: dict[str, Any]) -> None:
     """Real requests under moto's IAM enforcement, signed with the assumed role's credentials."""
-    iam, s3, out = aws["client"]("iam"), aws["client"]("s3"), aws["outputs"]
+    s3, out = aws["client"]("s3"), aws["outputs"]
     role_arn = out["SageMakerExecutionRoleArn"]
-    name = role_arn.rsplit("/", 1)[1]
-    for policy in iam.list_role_policies(RoleName=name)["PolicyNames"]:  # repr -> JSON, see top
-        doc = iam.get_role_policy(RoleName=name, PolicyName=policy)["PolicyDocument"]
-        doc = ast.literal_eval(doc) if isinstance(doc, str) else doc
-        iam.put_role_policy(RoleName=name, PolicyName=policy, PolicyDocument=json.dumps(doc))
     data, art = out["DataBucketName"], out["ArtifactBucketName"]
     s3.create_bucket(Bucket=OTHER_BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
     for bucket, key in (
@@ -243,18 +247,10 @@ def test_assumed_execution_role_cannot_reach_other_buckets(aws: dict[str, Any]) 
         (OTHER_BUCKET, "raw/1.png"),
     ):
         s3.put_object(Bucket=bucket, Key=key, Body=b"x")
-    creds = aws["client"]("sts").assume_role(RoleArn=role_arn, RoleSessionName="probe")[
-        "Credentials"
-    ]
+    c = _assumed_client(aws, role_arn, "s3")
 
     @set_initial_no_auth_action_count(0)
     def probe() -> dict[str, bool]:
-        c = aws["client"](
-            "s3",
-            aws_access_key_id=creds["AccessKeyId"],
-            aws_secret_access_key=creds["SecretAccessKey"],
-            aws_session_token=creds["SessionToken"],
-        )
         calls = {
             "read raw": lambda: c.get_object(Bucket=data, Key="raw/cat/1.png"),
             "list raw": lambda: c.list_objects_v2(Bucket=data, Prefix="raw/"),
@@ -265,15 +261,7 @@ def test_assumed_execution_role_cannot_reach_other_buckets(aws: dict[str, Any]) 
             "list other bucket": lambda: c.list_objects_v2(Bucket=OTHER_BUCKET),
             "write other bucket": lambda: c.put_object(Bucket=OTHER_BUCKET, Key="x", Body=b"x"),
         }
-        allowed = {}
-        for label, call in calls.items():
-            try:
-                call()
-                allowed[label] = True
-            except ClientError as err:
-                assert err.response["Error"]["Code"] == "AccessDenied", err
-                allowed[label] = False
-        return allowed
+        return _allowed(calls)
 
     assert probe() == {
         "read raw": True,
@@ -285,6 +273,39 @@ def test_assumed_execution_role_cannot_reach_other_buckets(aws: dict[str, Any]) 
         "list other bucket": False,
         "write other bucket": False,
     }
+
+
+def _assumed_client(aws: dict[str, Any], role_arn: str, service: str) -> Any:
+    """A client signed with the role's assumed credentials; its inline policies re-put as JSON
+    first (repr -> JSON, see the top) so moto's IAM enforcement can read them."""
+    iam = aws["client"]("iam")
+    name = role_arn.rsplit("/", 1)[1]
+    for policy in iam.list_role_policies(RoleName=name)["PolicyNames"]:
+        doc = iam.get_role_policy(RoleName=name, PolicyName=policy)["PolicyDocument"]
+        doc = ast.literal_eval(doc) if isinstance(doc, str) else doc
+        iam.put_role_policy(RoleName=name, PolicyName=policy, PolicyDocument=json.dumps(doc))
+    creds = aws["client"]("sts").assume_role(RoleArn=role_arn, RoleSessionName="probe")[
+        "Credentials"
+    ]
+    return aws["client"](
+        service,
+        aws_access_key_id=creds["AccessKeyId"],
+        aws_secret_access_key=creds["SecretAccessKey"],
+        aws_session_token=creds["SessionToken"],
+    )
+
+
+def _allowed(calls: dict[str, Any]) -> dict[str, bool]:
+    """Run each call; True if it went through, False if IAM refused it."""
+    allowed = {}
+    for label, call in calls.items():
+        try:
+            call()
+            allowed[label] = True
+        except ClientError as err:
+            assert err.response["Error"]["Code"] == "AccessDenied", err
+            allowed[label] = False
+    return allowed
 
 
 def test_ci_role_trusts_only_the_configured_repo_and_branch(aws: dict[str, Any]) -> None:
@@ -479,3 +500,167 @@ def test_schedule_and_reserved_concurrency_can_be_switched_off(aws: dict[str, An
 
 def test_template_path_is_the_repo_template() -> None:
     assert TEMPLATE_PATH.name == "template.yaml" and TEMPLATE_PATH.parent.name == "infra"
+
+
+# ---------------------------------------------------------------- container image
+def _account(aws: dict[str, Any]) -> str:
+    return str(aws["outputs"]["KmsKeyArn"].split(":")[4])
+
+
+def _repository(aws: dict[str, Any]) -> dict[str, Any]:
+    name = aws["outputs"]["ImageRepositoryUri"].split("/", 1)[1]
+    (repo,) = aws["client"]("ecr").describe_repositories(repositoryNames=[name])["repositories"]
+    return dict(repo)
+
+
+def test_image_resources_exist(aws: dict[str, Any]) -> None:
+    out = aws["outputs"]
+    repo = _repository(aws)
+    assert repo["imageTagMutability"] == "IMMUTABLE"
+    assert repo["repositoryName"].startswith(f"{out['PipelineName']}-")  # lower case, per stack
+    parameter = aws["client"]("ssm").get_parameter(Name=out["ImageParameterName"])["Parameter"]
+    assert parameter["Name"] == f"/{STACK}/image-uri" and parameter["Value"] == "unset"
+    (group,) = aws["client"]("logs").describe_log_groups(
+        logGroupNamePrefix=out["ImageBuildLogGroupName"]
+    )["logGroups"]
+    assert group["logGroupName"] == f"/aws/codebuild/{STACK}-image"
+    assert group["retentionInDays"] == 365
+    assert "ImageBuildProjectName" not in out  # moto skips the project (see the top)
+
+
+def test_image_lifecycle_policy_is_valid(aws: dict[str, Any]) -> None:
+    from moto.cloudformation import cloudformation_backends
+    from moto.cloudformation.parsing import clean_json
+    from moto.core import DEFAULT_ACCOUNT_ID
+
+    backend = cloudformation_backends[DEFAULT_ACCOUNT_ID][REGION]
+    stack = next(s for s in backend.stacks.values() if s.name == STACK)
+    props = stack.template_dict["Resources"]["ImageRepository"]["Properties"]
+    text = clean_json(props["LifecyclePolicy"]["LifecyclePolicyText"], stack.resource_map)
+    ecr, name = aws["client"]("ecr"), _repository(aws)["repositoryName"]
+    ecr.put_lifecycle_policy(repositoryName=name, lifecyclePolicyText=text)  # ECR validates it
+    rules = json.loads(ecr.get_lifecycle_policy(repositoryName=name)["lifecyclePolicyText"])[
+        "rules"
+    ]
+    assert [r["selection"].get("tagPrefixList") for r in rules] == [None, ["gpu-"], ["cpu-"]]
+    assert rules[1]["selection"]["countNumber"] == 20
+
+
+def test_image_build_role_is_least_privilege(aws: dict[str, Any]) -> None:
+    iam, out = aws["client"]("iam"), aws["outputs"]
+    docs = _role_docs(iam, out["ImageBuildRoleArn"])
+    art, data, account = out["ArtifactBucketName"], out["DataBucketName"], _account(aws)
+    repo = _repository(aws)["repositoryArn"]
+    parameter = f"arn:aws:ssm:{REGION}:{account}:parameter{out['ImageParameterName']}"
+    own_log = f"arn:aws:logs:{REGION}:{account}:log-group:{out['ImageBuildLogGroupName']}"
+    allowed = [
+        ("s3:GetObject", f"arn:aws:s3:::{art}/image-build/0123abcd.zip"),
+        ("s3:GetBucketLocation", f"arn:aws:s3:::{art}"),
+        ("ecr:GetAuthorizationToken", "*"),
+        ("ecr:PutImage", repo),
+        ("ecr:InitiateLayerUpload", repo),
+        ("ecr:DescribeImages", repo),
+        ("ssm:PutParameter", parameter),
+        ("logs:PutLogEvents", f"{own_log}:log-stream:0f1e2d3c"),
+        ("kms:Decrypt", out["KmsKeyArn"]),
+    ]
+    refused = [
+        ("s3:GetObject", f"arn:aws:s3:::{art}/models/run/model.tar.gz"),
+        ("s3:GetObject", f"arn:aws:s3:::{art}/image-build-other/x.zip"),
+        ("s3:GetObject", f"arn:aws:s3:::{data}/raw/cat/1.png"),
+        ("s3:PutObject", f"arn:aws:s3:::{art}/image-build/0123abcd.zip"),
+        ("ecr:PutImage", repo.rsplit("/", 1)[0] + "/someone-elses-repo"),
+        ("ecr:DeleteRepository", repo),
+        ("ecr:BatchDeleteImage", repo),
+        ("ssm:PutParameter", parameter.replace("image-uri", "other")),
+        ("ssm:GetParameter", f"arn:aws:ssm:{REGION}:{account}:parameter/prod/secret"),
+        (
+            "logs:PutLogEvents",
+            f"arn:aws:logs:{REGION}:{account}:log-group:/aws/lambda/x:log-stream:y",
+        ),
+        ("kms:Decrypt", out["KmsKeyArn"][:-4] + "ffff"),
+        ("iam:PassRole", out["SageMakerExecutionRoleArn"]),
+        ("codebuild:StartBuild", f"arn:aws:codebuild:{REGION}:{account}:project/{STACK}-image"),
+    ]
+    for action, resource in allowed:
+        assert evaluate(docs, action, resource) == "allow", (action, resource)
+    for action, resource in refused:
+        assert evaluate(docs, action, resource) == "implicit-deny", (action, resource)
+    trust = iam.get_role(RoleName=out["ImageBuildRoleArn"].rsplit("/", 1)[1])["Role"]
+    (st,) = trust["AssumeRolePolicyDocument"]["Statement"]
+    assert st["Principal"] == {"Service": "codebuild.amazonaws.com"}
+
+
+def test_assumed_image_build_role_reads_only_build_contexts(aws: dict[str, Any]) -> None:
+    """Real requests under moto's IAM enforcement, signed as the CodeBuild role."""
+    s3, out = aws["client"]("s3"), aws["outputs"]
+    art, data = out["ArtifactBucketName"], out["DataBucketName"]
+    for bucket, key in (
+        (art, "image-build/ctx.zip"),
+        (art, "models/m.tar.gz"),
+        (data, "raw/c/1.png"),
+    ):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+    c = _assumed_client(aws, out["ImageBuildRoleArn"], "s3")
+
+    @set_initial_no_auth_action_count(0)
+    def probe() -> dict[str, bool]:
+        return _allowed(
+            {
+                "read context": lambda: c.get_object(Bucket=art, Key="image-build/ctx.zip"),
+                "read model": lambda: c.get_object(Bucket=art, Key="models/m.tar.gz"),
+                "read raw data": lambda: c.get_object(Bucket=data, Key="raw/c/1.png"),
+                "write context": lambda: c.put_object(Bucket=art, Key="image-build/y", Body=b"x"),
+            }
+        )
+
+    assert probe() == {
+        "read context": True,
+        "read model": False,
+        "read raw data": False,
+        "write context": False,
+    }
+
+
+def test_image_builder_policy_is_what_the_cli_needs(aws: dict[str, Any]) -> None:
+    iam, out = aws["client"]("iam"), aws["outputs"]
+    arn = out["ImageBuilderPolicyArn"]
+    version = iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
+    doc = iam.get_policy_version(PolicyArn=arn, VersionId=version)["PolicyVersion"]["Document"]
+    text = doc if isinstance(doc, str) else json.dumps(doc)
+    # moto leaves `${ImageBuildProject}` (a Ref to the type it skips) unresolved; CloudFormation
+    # puts the project's Name there.
+    assert "project/${ImageBuildProject}" in text
+    doc = json.loads(text.replace("${ImageBuildProject}", f"{STACK}-image"))
+    art, account = out["ArtifactBucketName"], _account(aws)
+    project = f"arn:aws:codebuild:{REGION}:{account}:project/{STACK}-image"
+    parameter = f"arn:aws:ssm:{REGION}:{account}:parameter{out['ImageParameterName']}"
+    stack_id = aws["client"]("cloudformation").describe_stacks(StackName=STACK)["Stacks"][0]
+    log = f"arn:aws:logs:{REGION}:{account}:log-group:{out['ImageBuildLogGroupName']}"
+    for action, resource in (
+        ("cloudformation:DescribeStacks", stack_id["StackId"]),
+        ("s3:PutObject", f"arn:aws:s3:::{art}/image-build/abc.zip"),
+        ("codebuild:StartBuild", project),
+        ("codebuild:BatchGetBuilds", project),
+        ("logs:GetLogEvents", f"{log}:log-stream:abc"),
+        ("ecr:DescribeImages", _repository(aws)["repositoryArn"]),
+        ("ssm:PutParameter", parameter),
+        ("ssm:GetParameter", parameter),
+    ):
+        assert evaluate(doc, action, resource) == "allow", (action, resource)
+    for action, resource in (
+        ("codebuild:StartBuild", project.replace(f"{STACK}-image", "other")),
+        ("codebuild:UpdateProject", project),
+        ("s3:PutObject", f"arn:aws:s3:::{art}/models/m.tar.gz"),
+        ("ssm:PutParameter", parameter.replace("image-uri", "x")),
+    ):
+        assert evaluate(doc, action, resource) == "implicit-deny", (action, resource)
+
+
+def test_ci_role_reads_the_image_uri_but_cannot_change_it(aws: dict[str, Any]) -> None:
+    out = aws["outputs"]
+    docs = _role_docs(aws["client"]("iam"), out["CiRoleArn"])
+    parameter = f"arn:aws:ssm:{REGION}:{_account(aws)}:parameter{out['ImageParameterName']}"
+    assert evaluate(docs, "ssm:GetParameter", parameter) == "allow"
+    assert evaluate(docs, "ssm:PutParameter", parameter) == "implicit-deny"
+    assert evaluate(docs, "codebuild:StartBuild", "*") == "implicit-deny"
