@@ -1,4 +1,4 @@
-"""The AWS control-plane clients (SageMaker, CloudFormation, IAM, ECR), built from `Settings`.
+"""The AWS control-plane clients (SageMaker, CloudFormation, IAM, ECR, ...), built from `Settings`.
 
 boto3's default credential chain and `settings.region`; botocore itself honours
 `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_<SERVICE>` (a moto server in tests, VPC endpoints), so
@@ -14,21 +14,26 @@ import boto3
 from pipelines.settings import Settings
 
 
+def aws_client(settings: Settings, service: str, region: str | None = None) -> Any:
+    """A boto3 client of `service` in `region` (default: the settings' region)."""
+    return boto3.session.Session().client(service, region_name=region or settings.region)
+
+
 def sagemaker_client(settings: Settings) -> Any:
-    return boto3.session.Session().client("sagemaker", region_name=settings.region)
+    return aws_client(settings, "sagemaker")
 
 
 def cloudformation_client(settings: Settings) -> Any:
-    return boto3.session.Session().client("cloudformation", region_name=settings.region)
+    return aws_client(settings, "cloudformation")
 
 
 def iam_client(settings: Settings) -> Any:
-    return boto3.session.Session().client("iam", region_name=settings.region)
+    return aws_client(settings, "iam")
 
 
 def ecr_client(settings: Settings, region: str | None = None) -> Any:
     """ECR in `region` (an image's own region), else the settings' region."""
-    return boto3.session.Session().client("ecr", region_name=region or settings.region)
+    return aws_client(settings, "ecr", region)
 
 
 def has_credentials() -> bool:

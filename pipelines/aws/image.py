@@ -17,9 +17,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
 from botocore.exceptions import ClientError
 
+from pipelines.aws.clients import aws_client
 from pipelines.aws.image_context import BuildContext
 from pipelines.settings import Settings
 
@@ -72,11 +72,6 @@ class BuildResult:
     uri: str
     action: str  # "built" | "exists" (the tag was in the repository: nothing was built)
     build_id: str | None = None
-
-
-def aws_client(settings: Settings, service: str) -> Any:
-    """A boto3 client for `service` in the settings' region (botocore honours AWS_ENDPOINT_URL)."""
-    return boto3.session.Session().client(service, region_name=settings.region)
 
 
 @dataclass(frozen=True)

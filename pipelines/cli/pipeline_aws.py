@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from pipelines.definition.config import PipelineConfig, aws_from_settings, local_default
@@ -85,8 +86,14 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def config_from_cli(args: argparse.Namespace, settings: Settings) -> PipelineConfig:
-    """Named setup (from settings), then the PipelineConfig fields given as options."""
-    return config_from_namespace(PipelineConfig, args, base=SETUPS[args.setup](settings))
+    """Named setup (from settings), then the PipelineConfig fields given as options; the AWS
+    setup's image is what `lepton image build` recorded unless one is given."""
+    cfg = config_from_namespace(PipelineConfig, args, base=SETUPS[args.setup](settings))
+    if args.setup == "aws" and not cfg.image_uri and not cfg.stock_images:
+        from pipelines.aws.image import resolve_image_uri
+
+        cfg = replace(cfg, image_uri=resolve_image_uri(settings))
+    return cfg
 
 
 def _definition(args: argparse.Namespace) -> int:
