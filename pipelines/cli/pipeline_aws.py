@@ -114,7 +114,7 @@ def _definition(args: argparse.Namespace) -> int:
 def _preflight(args: argparse.Namespace) -> int:
     from pipelines.aws import preflight as pf
     from pipelines.aws.clients import has_credentials
-    from pipelines.definition.build import build_definition
+    from pipelines.definition.build import NoImageError, build_definition
 
     offline = pf.offline_reason(
         load_settings(), requested=args.offline, has_credentials=has_credentials
@@ -125,7 +125,11 @@ def _preflight(args: argparse.Namespace) -> int:
         )
     settings = _settings(args)
     cfg = config_from_cli(args, settings)
-    built = build_definition(cfg, staging_root=settings.state_dir / "code")
+    try:
+        built = build_definition(cfg, staging_root=settings.state_dir / "code")
+    except NoImageError as exc:
+        print(f"image: {pf.FAILED}: {exc}\n1 check(s) failed")
+        return 1
     where = f"offline: {offline}" if offline else f"online, region {cfg.region}"
     print(f"preflight of pipeline {cfg.pipeline_name} (setup {args.setup}; {where})")
     checks = pf.preflight(cfg, built.parsed(), settings, offline)

@@ -139,15 +139,21 @@ def _wait_for(predicate, timeout_s: float) -> None:
     raise TimeoutError("condition not reached")
 
 
-def test_kill_during_training_then_resume(first_run: RunRecord, stack_settings: Settings) -> None:
+def _checkpoint_in_s3(settings: Settings, execution_id: str) -> bool:
+    """A checkpoint of this execution's Train reached S3: what a new attempt restores."""
+    listed = s3_client(settings).list_objects_v2(
+        Bucket=settings.artifact_bucket, Prefix="pipeline/checkpoints/"
+    )
+    return any(
+        f"Prepare-{execution_id}/" in o["Key"] and o["Key"].endswith(".ckpt")
+        for o in listed.get("Contents", [])
+    )
+
+
+def _start_run(stack_settings: Settings, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """`lepton pipeline run --no-cache` in the background; returns it once Train has a
+    checkpoint in S3, with the execution id."""
     before = set(list_ids(stack_settings.state_dir))
-    env = {
-        **os.environ,
-        "LEPTON_STATE_DIR": str(stack_settings.state_dir),
-        "LEPTON_S3_PORT": str(stack_settings.s3_port),
-        "LEPTON_MLFLOW_PORT": str(stack_settings.mlflow_port),
-        "LEPTON_ENDPOINT_PORT": str(stack_settings.endpoint_port),
-    }
     # --no-cache: Train must really run so that there is something to interrupt.
     cmd = [
         sys.executable,
@@ -166,48 +172,93 @@ def test_kill_during_training_then_resume(first_run: RunRecord, stack_settings: 
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     new_id: list[str] = []
 
-    def training_started() -> bool:
+    def training_checkpointed() -> bool:
         ids = set(list_ids(stack_settings.state_dir)) - before
         if not ids:
             return False
         new_id[:] = [sorted(ids)[-1]]
         ex = Execution.load(stack_settings.state_dir, new_id[0])
-        # A checkpoint that reached S3: what a new attempt restores (SageMaker's semantics).
-        listed = s3_client(stack_settings).list_objects_v2(
-            Bucket=stack_settings.artifact_bucket, Prefix="pipeline/checkpoints/"
+        return ex.steps["Train"].status == "Executing" and _checkpoint_in_s3(
+            stack_settings, new_id[0]
         )
-        synced = [
-            o["Key"]
-            for o in listed.get("Contents", [])
-            if f"Prepare-{new_id[0]}/" in o["Key"] and o["Key"].endswith(".ckpt")
-        ]
-        return ex.steps["Train"].status == "Executing" and bool(synced)
 
     try:
-        _wait_for(training_started, 300)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    interrupted = Execution.load(stack_settings.state_dir, new_id[0])
-    prepare_started = interrupted.steps["Prepare"].started
-    assert interrupted.steps["Prepare"].status == "Succeeded"
-    assert interrupted.steps["Train"].status == "Executing"  # the runner died mid-step
+        _wait_for(training_checkpointed, 300)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, new_id[0]
 
-    out = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "pipeline", "resume", new_id[0]],
+
+def _env(stack_settings: Settings) -> dict[str, str]:
+    return {
+        **os.environ,
+        "LEPTON_STATE_DIR": str(stack_settings.state_dir),
+        "LEPTON_S3_PORT": str(stack_settings.s3_port),
+        "LEPTON_MLFLOW_PORT": str(stack_settings.mlflow_port),
+        "LEPTON_ENDPOINT_PORT": str(stack_settings.endpoint_port),
+    }
+
+
+def _resume(env: dict[str, str], execution_id: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "pipeline", "resume", execution_id],
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
+
+
+def _training_report(execution: Execution) -> dict[str, Any]:
+    host = execution.folder / "steps" / "Train" / "hosts" / "algo-1"  # plays its /opt/ml
+    return json.loads((host / "output" / "data" / "training.json").read_text())
+
+
+def test_sigterm_to_the_training_job_then_resume_from_s3(
+    first_run: RunRecord, stack_settings: Settings
+) -> None:
+    """A spot interruption: the job's main process gets SIGTERM, the ranks save a checkpoint
+    and stop, Train fails; the next attempt starts on fresh hosts and resumes from S3."""
+    import psutil
+
+    env = _env(stack_settings)
+    proc, execution_id = _start_run(stack_settings, env)
+    folder = Execution.load(stack_settings.state_dir, execution_id).folder
+    launchers = [
+        p
+        for p in psutil.process_iter(["cmdline", "cwd"])
+        if "training/train.py" in (p.info["cmdline"] or [])
+        and str(p.info["cwd"] or "").startswith(str(folder))
+    ]
+    assert len(launchers) == 1, launchers
+    launchers[0].send_signal(signal.SIGTERM)  # what SageMaker sends the container
+    assert proc.wait(timeout=300) == 1
+    interrupted = Execution.load(stack_settings.state_dir, execution_id)
+    assert interrupted.steps["Train"].status == "Failed"
+    out = _resume(env, execution_id)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "restored" in out.stdout and "checkpoint file(s) from s3://" in out.stdout
+    done = Execution.load(stack_settings.state_dir, execution_id)
+    assert done.status == "Succeeded"
+    assert _training_report(done)["resumed_from"], "the next attempt did not resume"
+
+
+def test_kill_during_training_then_resume(first_run: RunRecord, stack_settings: Settings) -> None:
+    env = _env(stack_settings)
+    proc, execution_id = _start_run(stack_settings, env)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    interrupted = Execution.load(stack_settings.state_dir, execution_id)
+    prepare_started = interrupted.steps["Prepare"].started
+    assert interrupted.steps["Prepare"].status == "Succeeded"
+    assert interrupted.steps["Train"].status == "Executing"  # the runner died mid-step
+
+    out = _resume(env, execution_id)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Prepare: already succeeded (resume)" in out.stdout
-    summary = json.loads(
-        (interrupted.folder / "steps" / "Train" / "hosts" / "algo-1" / "output" / "data")
-        .joinpath("training.json")
-        .read_text()
-    )
+    summary = _training_report(interrupted)
     assert summary["resumed_from"], "training restarted from scratch instead of the checkpoint"
-    done = Execution.load(stack_settings.state_dir, new_id[0])
+    done = Execution.load(stack_settings.state_dir, execution_id)
     assert done.status == "Succeeded"
     assert done.steps["Prepare"].started == prepare_started  # not redone

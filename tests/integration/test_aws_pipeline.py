@@ -27,6 +27,7 @@ moto = pytest.importorskip("moto")
 REGION = "us-east-1"
 BUCKET = "lepton-test-artifacts"
 ROLE = "arn:aws:iam::123456789012:role/lepton-pipeline"
+IMAGE = f"123456789012.dkr.ecr.{REGION}.amazonaws.com/lepton:gpu-0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def test_upsert_start_wait_status(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    cfg = aws_default(None, BUCKET, REGION, pipeline_name="lepton-it", epochs=3)
+    cfg = aws_default(None, BUCKET, REGION, pipeline_name="lepton-it", epochs=3, image_uri=IMAGE)
     with pytest.raises(ValueError, match="execution role"):
         aws.upsert(cfg, env, source_root=source_root)
 
@@ -93,6 +94,7 @@ def test_upsert_start_wait_status(
     monkeypatch.setenv("LEPTON_ARTIFACT_BUCKET", BUCKET)
     monkeypatch.setenv("LEPTON_STATE_DIR", str(env.state_dir))
     monkeypatch.setenv("LEPTON_DEBUG", "1")  # raise instead of printing one line
+    monkeypatch.setenv("LEPTON_IMAGE_URI", IMAGE)  # as `lepton image build` leaves it
     before = len(code_keys)
     assert (
         main(

@@ -45,14 +45,9 @@ SAGEMAKER_TRUST = {
 
 @pytest.fixture(scope="module")
 def cfg() -> PipelineConfig:
-    # Processing steps use an image in this account's ECR; Train/Register keep the DLC images.
+    # every container runs the project image, in this account's ECR
     return aws_default(
-        ROLE,
-        ARTIFACTS,
-        REGION,
-        input_data_uri=INPUT,
-        model_package_group=GROUP,
-        processing_image_uri=IMAGE,
+        ROLE, ARTIFACTS, REGION, input_data_uri=INPUT, model_package_group=GROUP, image_uri=IMAGE
     )
 
 
@@ -134,8 +129,11 @@ def test_everything_in_place_is_all_ok(
     ):
         assert got[name].status == OK, got[name]
     assert got[f"execution role {ROLE_NAME}"].detail == "exists, trusted by sagemaker.amazonaws.com"
-    dlc = [c for c in checks if c.name.startswith("image 763104351884.")]
-    assert len(dlc) == 2  # training (GPU) and inference
+    # the stock images are SageMaker's own: not checked in this account
+    stock = replace(cfg, image_uri=None, stock_images=True)
+    built = build_definition(stock, staging_root=account.state_dir / "stock").parsed()
+    dlc = [c for c in _online(stock, built, account) if c.name.startswith("image 763104351884.")]
+    assert len(dlc) == 3  # processing, training (GPU) and inference
     assert all(c.status == SKIPPED and "AWS-owned image" in c.detail for c in dlc)
 
 
@@ -245,7 +243,7 @@ def test_cli_online(
         "AWS_REGION": REGION,
     }.items():
         monkeypatch.setenv(key, value)
-    argv = ["pipeline", "preflight", "--processing-image-uri", IMAGE]
+    argv = ["pipeline", "preflight", "--image-uri", IMAGE]
     assert main(argv) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"preflight of pipeline lepton (setup aws; online, region {REGION})"

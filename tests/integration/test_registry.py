@@ -68,7 +68,8 @@ def test_register_a_tarball_with_a_training_run(
     registry.approve(settings, ref.version)
     assert registry.champion_accuracy(settings) == 0.0
     exported = {f.path for f in client.list_artifacts(run_id, registry.EXPORTED_ARTIFACT_PATH)}
-    assert exported == {f"exported/{n}" for n in registry.MODEL_FILES}
+    # the model files and the serving code the artifact carries, nothing else lying there
+    assert exported == {f"exported/{n}" for n in registry.MODEL_FILES} | {"exported/code"}
 
 
 def test_approve_reject_rules(settings: Settings, trained_model_dir: Path) -> None:

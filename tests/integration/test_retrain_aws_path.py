@@ -107,11 +107,17 @@ def test_the_aws_path_of_the_retrain_workflow_runs_against_moto(
         }
         outputs = deploy_stack(stack, cfn, parameters=params, poll_seconds=0).outputs
 
+    # The image was built before (`lepton image build` records its URI in the stack's parameter).
+    image = f"123456789012.dkr.ecr.{REGION}.amazonaws.com/lepton:gpu-0123456789abcdef"
+    session.client("ssm", endpoint_url=moto_server).put_parameter(
+        Name=outputs["ImageParameterName"], Value=image, Type="String", Overwrite=True
+    )
+
     # The workspace is a copy of the checkout with the project's venv at .venv (as `make setup`
     # leaves it), so the workflow's `.venv/bin/lepton` lines run unchanged.
     work = tmp_path / "checkout"
     work.mkdir()
-    for name in ("pipelines", "training", "inference", "infra"):
+    for name in ("pipelines", "training", "inference", "infra"):  # infra/image: the requirements
         shutil.copytree(ROOT / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
     (work / ".venv").symlink_to(Path(sys.prefix))
     env["PYTHONPATH"] = str(work)
@@ -147,6 +153,7 @@ def test_the_aws_path_of_the_retrain_workflow_runs_against_moto(
     name = outputs["PipelineName"]
     described = sm.describe_pipeline(PipelineName=name)
     assert described["RoleArn"] == role  # the role came through the settings, not a flag
+    assert image in described["PipelineDefinition"]  # and the image through its parameter
     s3 = session.client("s3", endpoint_url=moto_server)
     code = s3.list_objects_v2(Bucket=outputs["ArtifactBucketName"], Prefix="pipeline/code/")
     assert code.get("KeyCount", 0) > 0  # the code bundle went to the stack's artifact bucket

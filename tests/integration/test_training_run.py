@@ -63,7 +63,10 @@ def test_fast_dev_run(tiny_dataset_dir: Path, tmp_path: Path) -> None:
         "model.onnx",
         "model.pt",
         "metadata.json",
+        "code",  # the serving code that fits the model (model.tar.gz code/)
     }
+    code = tmp_path / "model" / "code"
+    assert (code / "inference" / "server.py").is_file() and (code / "inference.py").is_file()
 
 
 def test_seeded_run_is_reproducible(tiny_dataset_dir: Path, tmp_path: Path) -> None:

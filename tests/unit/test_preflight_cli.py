@@ -39,10 +39,13 @@ def cli(
     return run
 
 
+IMAGE = ("--image-uri", "123456789012.dkr.ecr.us-east-1.amazonaws.com/lepton:gpu-0123")
+
+
 def test_cli_preflight_offline(
     cli: Callable[..., tuple[int, str, str]], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, _ = cli("preflight", "--offline", "--role-arn", ROLE, capsys=capsys)
+    code, out, _ = cli("preflight", "--offline", "--role-arn", ROLE, *IMAGE, capsys=capsys)
     lines = out.splitlines()
     assert code == 0, out
     assert lines[0] == "preflight of pipeline lepton (setup aws; offline: --offline given)"
@@ -52,6 +55,10 @@ def test_cli_preflight_offline(
     assert f"execution role lepton-pipeline: {SKIPPED}: offline" in lines
     assert f"model package group lepton-classifier: {SKIPPED}: offline" in lines
     assert lines[-1] == "preflight passed"
+
+    # no image: one failed check saying how to get one
+    code, out, _ = cli("preflight", "--offline", "--role-arn", ROLE, capsys=capsys)
+    assert code == 1 and "image: FAILED: the pipeline has no container image" in out
 
     # --stack reads the stack from AWS: refused offline, before anything is built
     code, _, err = cli("preflight", "--offline", "--stack", "lepton", capsys=capsys)
@@ -71,7 +78,7 @@ def test_cli_preflight_offline(
 def test_cli_flags_reach_the_checked_definition_and_upsert_refuses_it(
     cli: Callable[..., tuple[int, str, str]], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    bad = ("--role-arn", ROLE, "--processing-instance-type", "ml.x9.huge")
+    bad = ("--role-arn", ROLE, *IMAGE, "--processing-instance-type", "ml.x9.huge")
     code, out, _ = cli("preflight", "--offline", *bad, capsys=capsys)
     assert code == 1
     failed = [line for line in out.splitlines() if f": {FAILED}: " in line]
