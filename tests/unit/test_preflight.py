@@ -39,7 +39,10 @@ EXPECTED_APIS = {
 @pytest.fixture(scope="module")
 def d(project_source: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     cfg = aws_default(
-        ROLE, "lepton-test-bucket", REGION, image_uri=f"123456789012.dkr.ecr.{REGION}.amazonaws.com/l:1"
+        ROLE,
+        "lepton-test-bucket",
+        REGION,
+        image_uri=f"123456789012.dkr.ecr.{REGION}.amazonaws.com/l:1",
     )
     built = build_definition(cfg, project_source, tmp_path_factory.mktemp("staging"))
     return built.parsed()
