@@ -53,6 +53,7 @@ class Settings:
     mlflow_bucket: str = "lepton-mlflow"
     experiment_name: str = "lepton"
     registered_model_name: str = "lepton-classifier"
+    model_name_given: bool = False  # LEPTON_MODEL_NAME was set (a run keeps it, whatever the data)
     # AWS side (exported by `lepton infra outputs --format env`); None -> not configured
     sagemaker_role_arn: str | None = None  # LEPTON_SAGEMAKER_ROLE_ARN: the execution role
     pipeline_name: str | None = None  # LEPTON_PIPELINE_NAME
@@ -189,7 +190,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         experiment_name=env.get("LEPTON_EXPERIMENT")
         or env.get("MLFLOW_EXPERIMENT_NAME")
         or defaults.experiment_name,
-        registered_model_name=env.get("LEPTON_MODEL_NAME", defaults.registered_model_name),
+        registered_model_name=env.get("LEPTON_MODEL_NAME") or defaults.registered_model_name,
+        model_name_given=bool(env.get("LEPTON_MODEL_NAME")),
         sagemaker_role_arn=env.get("LEPTON_SAGEMAKER_ROLE_ARN") or None,
         pipeline_name=env.get("LEPTON_PIPELINE_NAME") or None,
         endpoint_name=env.get("LEPTON_ENDPOINT_NAME") or None,

@@ -126,12 +126,30 @@ def resnet18_transfer() -> TrainConfig:
     )
 
 
+def photos() -> TrainConfig:
+    """Colour photos and textures of 64-224 px, no pretrained weights: a resnet18 trained from
+    scratch (AdamW, one-cycle), with flips and mild zoom and shifts; what a run picks for
+    larger images (pipelines/prepare/profile.py)."""
+    return TrainConfig(
+        arch="resnet18",
+        epochs=12,
+        per_device_batch_size=32,
+        lr_peak=2e-3,
+        warmup_steps=50,
+        aug_shift_px=4.0,
+        aug_rotate_deg=0.0,
+        aug_scale=0.1,
+        aug_hflip=True,
+    )
+
+
 SETUPS: dict[str, Callable[[], TrainConfig]] = {
     "mnist_default": mnist_default,
     "default": mnist_default,
     "tiny": tiny,
     "dev_run": dev_run,
     "resnet18_transfer": resnet18_transfer,
+    "photos": photos,
 }
 
 

@@ -51,6 +51,16 @@ def option(
     return dataclasses.field(default=default, metadata=meta)
 
 
+def size_shorthand(text: str) -> tuple[int, int]:
+    """An image size on a command line: `64` -> (64, 64); `28,32` or `28x32` -> (28, 32)."""
+    parts = text.lower().replace("x", ",").split(",")
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2:
+        raise ValueError(f"expected H,W or HxW or N, got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
 def _fields(cls: type) -> tuple[dataclasses.Field[Any], ...]:
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")

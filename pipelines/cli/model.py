@@ -12,6 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("model", help="list, approve and reject registered model versions")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="versions with aliases, approval status, accuracy")
+    _model_option(listing)
     listing.set_defaults(func=_list)
     for name, func, text in (
         ("approve", _approve, "mark Approved, move the champion alias and (re)deploy"),
@@ -19,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ):
         action = actions.add_parser(name, help=text)
         action.add_argument("version", help="MLflow model version number")
+        _model_option(action)
         action.add_argument(
             "--no-deploy",
             action="store_true",
@@ -36,6 +38,25 @@ def register(sub: argparse._SubParsersAction) -> None:
             help="AWS: execution role for the SageMaker model (deploys only with it)",
         )
         action.set_defaults(func=func)
+
+
+def _model_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        help="registered model name (default: LEPTON_MODEL_NAME, else the last run's model)",
+    )
+
+
+def model_settings(args: argparse.Namespace) -> Settings:
+    """Settings naming the registered model these commands act on."""
+    from pipelines.runner.record import RunRecord
+
+    settings = load_settings()
+    name = args.model
+    if not name and not settings.model_name_given:
+        last = RunRecord.read(settings.state_dir)
+        name = last.model_name if last is not None and last.where == "local" else None
+    return settings.with_overrides(registered_model_name=name) if name else settings
 
 
 def _package_arn(settings: Settings, version: str) -> str | None:
@@ -65,7 +86,7 @@ def _set_package_status(settings: Settings, version: str, status: str) -> str | 
 def _list(args: argparse.Namespace) -> int:
     from pipelines.deploy.local import deployed_info
 
-    settings = load_settings()
+    settings = model_settings(args)
     rows = registry.list_versions(settings)
     if not rows:
         print(f"no versions of {settings.registered_model_name} registered yet")
@@ -87,7 +108,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _approve(args: argparse.Namespace) -> int:
-    settings = load_settings()
+    settings = model_settings(args)
     ref = registry.approve(settings, args.version)
     print(f"{ref.uri}: Approved; alias {registry.CHAMPION} -> version {ref.version}")
     arn = _set_package_status(settings, ref.version, registry.APPROVED)
@@ -115,7 +136,7 @@ def _approve(args: argparse.Namespace) -> int:
 
 
 def _reject(args: argparse.Namespace) -> int:
-    settings = load_settings()
+    settings = model_settings(args)
     ref = registry.reject(settings, args.version)
     print(f"{ref.uri}: Rejected (never deployed)")
     _set_package_status(settings, ref.version, registry.REJECTED)

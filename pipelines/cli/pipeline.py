@@ -37,6 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="register as PendingManualApproval instead of approving a model that passes the gate",
     )
     run.add_argument("--import-limit", type=int, help="import only this many images on first run")
+    data = run.add_argument_group(
+        "data settings (default: chosen from the data, see the README)"
+    )
+    data.add_argument("--image-size", metavar="H,W", help="resize to H,W (or N) pixels")
+    data.add_argument("--channels", choices=("1", "3"), help="1 grayscale, 3 RGB")
+    data.add_argument("--train-setup", metavar="NAME", help="a training/config.py named setup")
+    data.add_argument("--dataset-name", metavar="NAME", help="default: the input prefix's name")
     run.add_argument("--no-cache", action="store_true", help="run every step even if cached")
     run.set_defaults(func=_run)
 
@@ -96,11 +103,17 @@ def requested_parameters(args: argparse.Namespace) -> dict[str, str]:
 def _run(args: argparse.Namespace) -> int:
     from pipelines.runner.run import RunRequest, run
 
+    config = {
+        name: getattr(args, name)
+        for name in ("image_size", "channels", "train_setup", "dataset_name")
+        if getattr(args, name) is not None
+    }
     request = RunRequest(
         parameters=requested_parameters(args),
         manual_approval=args.manual_approval,
         import_limit=args.import_limit,
         use_cache=not args.no_cache,
+        config=config,
     )
     record = run(load_settings(), request)
     return 0 if record.status == "Succeeded" else 1

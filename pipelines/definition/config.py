@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from training.serialize import from_args as _from_args
-from training.serialize import option
+from training.serialize import option, size_shorthand
 from training.serialize import to_args as _to_args
 
 if TYPE_CHECKING:
@@ -161,7 +161,9 @@ class PipelineConfig:
 
     # --- prepare options baked into the Prepare step's arguments
     dataset_name: str = ""  # "" -> prepare names it after the input prefix
-    image_size: tuple[int, int] = (28, 28)  # (height, width) pixels
+    image_size: tuple[int, int] = option(
+        (28, 28), help="(height, width) pixels: H,W or N", shorthand=size_shorthand
+    )
     channels: int = 1  # 1 grayscale, 3 RGB
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train, val, test
 

@@ -100,11 +100,13 @@ def deploy_local(
     from pipelines.register import registry
 
     version = registry.resolve_version(settings, ref)
-    status = registry.approval_status(settings, version.version)
+    # the approval of the model that is deployed: the reference's own, whatever the default
+    owner = settings.with_overrides(registered_model_name=version.name)
+    status = registry.approval_status(owner, version.version)
     if status == registry.REJECTED:
         out(f"{version.uri} is Rejected; {REJECTED_MESSAGE}")
         return None
-    if not registry.is_deployable(settings, version.version):
+    if status != registry.APPROVED:
         out(f"{version.uri} is {status}; {PENDING_MESSAGE}")
         return None
     base = endpoint_dir(settings)

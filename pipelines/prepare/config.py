@@ -9,17 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from training.serialize import option
-
-
-def _size(text: str) -> tuple[int, int]:
-    """`64` -> (64, 64); `28,32` or `28x32` -> (28, 32)."""
-    parts = text.lower().replace("x", ",").split(",")
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2:
-        raise ValueError(f"expected H,W or HxW or N, got {text!r}")
-    return int(parts[0]), int(parts[1])
+from training.serialize import option, size_shorthand
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -38,7 +28,7 @@ class PrepareConfig:
     output: str  # dataset folder or s3:// prefix; manifest.json is written there last
     dataset: str = ""  # name in the manifest; "" -> the last component of `input`
     image_size: tuple[int, int] = option(
-        (28, 28), help="(height, width) in pixels after resize: H,W or N", shorthand=_size
+        (28, 28), help="(height, width) in pixels after resize: H,W or N", shorthand=size_shorthand
     )
     channels: int = 1  # 1 = grayscale (ITU-R 601-2 luma), 3 = RGB
     split_fractions: tuple[float, float, float] = option(

@@ -51,6 +51,9 @@ def register_step(
 ) -> dict[str, Any]:
     from pipelines.register import registry
 
+    # The registered model is the step's model package group (a pipeline parameter).
+    group = str(args.get("ModelPackageGroupName") or settings.registered_model_name)
+    settings = settings.with_overrides(registered_model_name=group)
     model_url = _model_data_url(args)
     summary = _training_summary(ctx, model_url)
     accuracy = _accuracy(ctx)
@@ -60,7 +63,7 @@ def register_step(
         "model_data_url": model_url,
         "data_manifest_sha256": str(summary.get("data_manifest_sha256", "")),
         "code_version": str(summary.get("code_version", "")),
-        "model_package_group": str(args.get("ModelPackageGroupName", "")),
+        "model_package_group": group,
     }
     # Idempotent: a cached re-run hands the same model.tar.gz to Register again; it keeps its
     # version (and approval) instead of piling up copies.
@@ -70,9 +73,7 @@ def register_step(
     )
     if existing is not None:
         echo(f"{model_url} is already version {existing.version} ({existing.approval_status})")
-        return _properties(
-            args, settings.registered_model_name, existing.version, existing.approval_status
-        )
+        return _properties(args, group, existing.version, existing.approval_status)
     with tempfile.TemporaryDirectory() as tmp:
         tar_path = Path(tmp) / "model.tar.gz"
         bucket, key = split_s3_uri(model_url)

@@ -26,6 +26,7 @@ from pipelines.storage import is_s3_uri, s3_client, split_s3_uri
 
 APPROVAL_TAG = "approval_status"
 ACCURACY_TAG = "accuracy"
+CONTRACT_TAG = "input_contract"  # digest of classes + input shape: what a champion is compared on
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 EXPORTED_ARTIFACT_PATH = "exported"
@@ -147,6 +148,9 @@ def register_model(
     version_tags = {
         "data_manifest_sha256": str(metadata.get("data_manifest_sha256") or ""),
         "code_version": str(metadata.get("code_version") or ""),
+        CONTRACT_TAG: input_contract(
+            metadata["classes"], metadata["image_size"], metadata["channels"]
+        ),
         **{k: str(v) for k, v in tags.items()},
         APPROVAL_TAG: PENDING,
     }
@@ -247,6 +251,36 @@ def champion(settings: Settings) -> ModelVersionRef | None:
             return None
         raise
     return _ref(name, mv.version)
+
+
+def input_contract(classes: Any, image_size: Any, channels: Any) -> str:
+    """What makes two models comparable on one test set: the class list (names and order) and
+    the input they take. A digest, so it fits a tag whatever the number of classes."""
+    import hashlib
+    import json
+
+    doc = {
+        "classes": [str(c) for c in classes],
+        "image_size": [int(v) for v in image_size],
+        "channels": int(channels),
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def champion_contract(settings: Settings) -> str | None:
+    """The champion's input contract (None when there is no champion); read from its
+    metadata.json for versions registered before the tag existed."""
+    import json
+
+    ref = champion(settings)
+    if ref is None:
+        return None
+    mv = _get_version(client(settings), ref.name, ref.version)
+    if mv.tags.get(CONTRACT_TAG):
+        return str(mv.tags[CONTRACT_TAG])
+    with tempfile.TemporaryDirectory(prefix="lepton-contract-") as tmp:
+        meta = json.loads((download_model(settings, ref.uri, Path(tmp)) / "metadata.json").read_text())
+    return input_contract(meta["classes"], meta["image_size"], meta["channels"])
 
 
 def champion_accuracy(settings: Settings) -> float:

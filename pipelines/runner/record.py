@@ -45,6 +45,9 @@ class RunRecord:
     total_seconds: float | None = None
     # {"hosts": H, "processes_per_host": P, "world_size": W} of the training job that ran
     training_topology: dict[str, int] | None = None
+    model_name: str | None = None  # the registered model (model package group) of the run
+    # the data: its name, profile, and the settings chosen from it (and why)
+    data: dict[str, Any] = field(default_factory=dict)
     sample_predictions: tuple[dict[str, Any], ...] = ()  # {"true": label, "predicted": label}
     format_version: int = FORMAT_VERSION
 
@@ -89,7 +92,7 @@ class RunRecord:
         lines += [
             f"  accuracy:       {shown}",
             f"  gate passed:    {self.gate_passed}  {'; '.join(self.gate_reasons)}",
-            f"  model version:  {self.model_version}",
+            f"  model version:  {self.model_name or '-'} {self.model_version}",
             f"  endpoint:       {self.endpoint_url or '-'}",
             f"  MLflow:         {self.mlflow_url or '-'}",
         ]

@@ -9,8 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from pipelines.definition import names as n
 from pipelines.definition.config import PipelineConfig, local_default
 from pipelines.definition.parameters import validate
 from pipelines.runner.engine import LocalRunner
+from pipelines.runner.plan import RunRequest, plan_run
 from pipelines.runner.record import RunRecord, StepSummary
 from pipelines.runner.samples import classify_samples
 from pipelines.runner.state import Execution
@@ -27,17 +27,7 @@ from pipelines.settings import Settings
 from pipelines.storage import s3_client, split_s3_uri
 
 Printer = Callable[[str], None]
-BUILTIN_DATASETS = ("mnist-5k", "digits")
-
-
-@dataclass(frozen=True)
-class RunRequest:
-    """What the user asked of `pipeline run`."""
-
-    parameters: Mapping[str, Any] = field(default_factory=dict)  # name -> value (overrides)
-    manual_approval: bool = False  # locally a model that passes the gate is approved unless set
-    import_limit: int | None = None  # import only this many images (tests, quick looks)
-    use_cache: bool = True
+__all__ = ["RunRequest", "run", "resume", "summarize", "local_config"]
 
 
 def local_config(settings: Settings) -> PipelineConfig:
@@ -46,11 +36,14 @@ def local_config(settings: Settings) -> PipelineConfig:
 
 
 def execution_parameters(
-    settings: Settings, cfg: PipelineConfig, request: RunRequest
+    settings: Settings, cfg: PipelineConfig, request: RunRequest, given: dict[str, Any]
 ) -> dict[str, Any]:
-    """The request's parameters, validated, with the local defaults a run adds: approval at
-    once (unless --manual-approval) and the gate's MinimumChampionAccuracy."""
-    given = dict(request.parameters)
+    """The run's parameters, validated, with the local defaults a run adds: approval at once
+    (unless --manual-approval) and the gate's MinimumChampionAccuracy (of the run's model)."""
+    given = dict(given)
+    settings = settings.with_overrides(
+        registered_model_name=str(given.get("ModelPackageGroupName", cfg.model_package_group))
+    )
     if "ModelApprovalStatus" not in given:
         given["ModelApprovalStatus"] = (
             "PendingManualApproval" if request.manual_approval else "Approved"
@@ -65,23 +58,6 @@ def champion_floor(settings: Settings, cfg: PipelineConfig) -> float:
 
     champion = registry.champion_accuracy(settings)
     return cfg.champion_floor(champion if champion > 0 else None)
-
-
-def ensure_data(settings: Settings, uri: str, limit: int | None, out: Printer) -> None:
-    """Import a built-in dataset when its default raw prefix is empty."""
-    bucket, prefix = split_s3_uri(uri)
-    listed = s3_client(settings).list_objects_v2(
-        Bucket=bucket, Prefix=prefix.rstrip("/") + "/", MaxKeys=1
-    )
-    if listed.get("KeyCount", 0):
-        return
-    name = prefix.rstrip("/").rsplit("/", 1)[-1]
-    if name not in BUILTIN_DATASETS:
-        raise FileNotFoundError(f"no images under {uri}; import some with `lepton data import`")
-    from pipelines.prepare.importers import import_dataset
-
-    out(f"importing {name} into {uri} (first run)")
-    import_dataset(name, uri, settings, limit=limit, log=out)
 
 
 def build_definition(settings: Settings, cfg: PipelineConfig) -> dict[str, Any]:
@@ -123,10 +99,9 @@ def code_bundle_uri(definition: dict[str, Any]) -> str:
 def run(settings: Settings, request: RunRequest, out: Printer = print) -> RunRecord:
     t0 = time.monotonic()
     services.up(settings, out=out)
-    cfg = local_config(settings)
-    parameters = execution_parameters(settings, cfg, request)
-    data_uri = str(parameters.get("InputDataUri", cfg.input_data_uri))
-    ensure_data(settings, data_uri, request.import_limit, out)
+    plan = plan_run(settings, local_config(settings), request, out)
+    cfg = plan.cfg
+    parameters = execution_parameters(settings, cfg, request, plan.parameters)
     definition = build_definition(settings, cfg)
     from pipelines.runner.engine import parameter_values
 
@@ -134,6 +109,7 @@ def run(settings: Settings, request: RunRequest, out: Printer = print) -> RunRec
         settings.state_dir, cfg.pipeline_name, parameter_values(definition, parameters)
     )
     (execution.folder / "definition.json").write_text(json.dumps(definition, indent=1))
+    (execution.folder / "data.json").write_text(json.dumps(plan.data, indent=1))
     out(f"execution {execution.id} (state: {execution.folder})")
     return _execute(settings, definition, execution, request.use_cache, out, t0)
 
@@ -199,5 +175,11 @@ def summarize(settings: Settings, execution: Execution, total_s: float, out: Pri
         },
         total_seconds=round(total_s, 1),
         training_topology=topology,
+        model_name=(register.properties or {}).get("ModelPackageGroupName") if register else None,
+        data=_read_json(execution.folder / "data.json"),
         sample_predictions=tuple(samples),
     )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return dict(json.loads(path.read_text())) if path.is_file() else {}
