@@ -538,35 +538,35 @@ def _put(aws: dict[str, Any], bucket: str, *keys: str) -> None:
         aws["client"]("s3").put_object(Bucket=bucket, Key=key, Body=b"x")
 
 
+def _enforced(calls: dict[str, Any]) -> dict[str, bool]:
+    """`_allowed(calls)` with moto's IAM enforcement on for these requests only."""
+    return set_initial_no_auth_action_count(0)(_allowed)(calls)
+
+
 EVALUATION_KEY = "pipeline/executions/0a1b2c3d/Evaluate/evaluation/evaluation.json"
+MODEL_KEY = "models/run/output/model.tar.gz"
 
 
 def test_assumed_ci_role_writes_only_the_code_prefix(aws: dict[str, Any]) -> None:
     """Real requests under moto's IAM enforcement, signed as the CI role."""
     art = aws["outputs"]["ArtifactBucketName"]
-    _put(aws, art, EVALUATION_KEY, "models/run/output/model.tar.gz")
+    _put(aws, art, EVALUATION_KEY, MODEL_KEY)
     c = _assumed_client(aws, aws["outputs"]["CiRoleArn"], "s3")
 
-    @set_initial_no_auth_action_count(0)
-    def probe() -> dict[str, bool]:
-        def put(key: str) -> Any:
-            return lambda: c.put_object(Bucket=art, Key=key, Body=b"x")
+    def put(key: str) -> Any:
+        return lambda: c.put_object(Bucket=art, Key=key, Body=b"x")
 
-        return _allowed(
-            {
-                "write code": put("pipeline/code/0123abcd/sourcedir.tar.gz"),
-                "read evaluation": lambda: c.get_object(Bucket=art, Key=EVALUATION_KEY),
-                "overwrite model": put("models/run/output/model.tar.gz"),
-                "overwrite evaluation": put(EVALUATION_KEY),
-                "write dataset": put("pipeline/executions/0a1b2c3d/Prepare/dataset/manifest.json"),
-                "write checkpoint": put("checkpoints/run/last.ckpt"),
-                "read model": lambda: c.get_object(
-                    Bucket=art, Key="models/run/output/model.tar.gz"
-                ),
-            }
-        )
-
-    assert probe() == {
+    assert _enforced(
+        {
+            "write code": put("pipeline/code/0123abcd/sourcedir.tar.gz"),
+            "read evaluation": lambda: c.get_object(Bucket=art, Key=EVALUATION_KEY),
+            "overwrite model": put(MODEL_KEY),
+            "overwrite evaluation": put(EVALUATION_KEY),
+            "write dataset": put("pipeline/executions/0a1b2c3d/Prepare/dataset/manifest.json"),
+            "write checkpoint": put("checkpoints/run/last.ckpt"),
+            "read model": lambda: c.get_object(Bucket=art, Key=MODEL_KEY),
+        }
+    ) == {
         "write code": True,
         "read evaluation": True,
         "overwrite model": False,
@@ -580,26 +580,17 @@ def test_assumed_ci_role_writes_only_the_code_prefix(aws: dict[str, Any]) -> Non
 def test_assumed_start_function_role_reads_only_evaluations(aws: dict[str, Any]) -> None:
     """Real requests under moto's IAM enforcement, signed as the start function's role."""
     art, data = aws["outputs"]["ArtifactBucketName"], aws["outputs"]["DataBucketName"]
-    _put(aws, art, EVALUATION_KEY, "models/run/output/model.tar.gz")
+    _put(aws, art, EVALUATION_KEY, MODEL_KEY)
     _put(aws, data, "raw/batch-7/_READY")
     c = _assumed_client(aws, _function_role(aws, "StartFunctionArn"), "s3")
-
-    @set_initial_no_auth_action_count(0)
-    def probe() -> dict[str, bool]:
-        return _allowed(
-            {
-                "read evaluation": lambda: c.get_object(Bucket=art, Key=EVALUATION_KEY),
-                "read model": lambda: c.get_object(
-                    Bucket=art, Key="models/run/output/model.tar.gz"
-                ),
-                "read raw data": lambda: c.get_object(Bucket=data, Key="raw/batch-7/_READY"),
-                "write evaluation": lambda: c.put_object(
-                    Bucket=art, Key=EVALUATION_KEY, Body=b"{}"
-                ),
-            }
-        )
-
-    assert probe() == {
+    assert _enforced(
+        {
+            "read evaluation": lambda: c.get_object(Bucket=art, Key=EVALUATION_KEY),
+            "read model": lambda: c.get_object(Bucket=art, Key=MODEL_KEY),
+            "read raw data": lambda: c.get_object(Bucket=data, Key="raw/batch-7/_READY"),
+            "write evaluation": lambda: c.put_object(Bucket=art, Key=EVALUATION_KEY, Body=b"{}"),
+        }
+    ) == {
         "read evaluation": True,
         "read model": False,
         "read raw data": False,

@@ -416,6 +416,8 @@ EVALUATION = (
     f"arn:aws:s3:::{ART}/{EXECUTION}/{n.EVALUATE}/{n.EVALUATION_OUTPUT}/{n.EVALUATION_FILE}"
 )
 CODE = f"arn:aws:s3:::{ART}/{_code_prefix(CFG)}/0123abcd4567ef89/sourcedir.tar.gz"
+MODEL = f"arn:aws:s3:::{ART}/models/run/output/model.tar.gz"
+DATASET = f"arn:aws:s3:::{ART}/{EXECUTION}/{n.PREPARE}/dataset/manifest.json"
 PENDING_STATUS = {"sagemaker:ModelApprovalStatus": PENDING}
 APPROVED_STATUS = {"sagemaker:ModelApprovalStatus": APPROVED}
 ROLES = sorted(_of_type("AWS::IAM::Role"))
@@ -479,7 +481,7 @@ def test_execution_role_is_not_even_allowed_to_approve_or_deploy() -> None:
         # what the pipeline still does
         ("sagemaker:CreateTrainingJob", f"{SM}:training-job/lepton-train-1", {}, "allow"),
         ("sagemaker:DescribeModelPackage", PACKAGE, {}, "allow"),
-        ("s3:PutObject", f"arn:aws:s3:::{ART}/models/run/output/model.tar.gz", {}, "allow"),
+        ("s3:PutObject", MODEL, {}, "allow"),
     ],
 )
 def test_execution_role_registers_pending_approval_and_never_approves_nor_deploys(
@@ -493,11 +495,11 @@ def test_execution_role_registers_pending_approval_and_never_approves_nor_deploy
     [
         ("s3:PutObject", CODE, {}, "allow"),
         ("s3:GetObject", CODE, {}, "allow"),  # upsert skips code already uploaded (HeadObject)
-        ("s3:PutObject", f"arn:aws:s3:::{ART}/models/run/output/model.tar.gz", {}, "implicit-deny"),
+        ("s3:PutObject", MODEL, {}, "implicit-deny"),
         ("s3:PutObject", EVALUATION, {}, "implicit-deny"),
         (
             "s3:PutObject",
-            f"arn:aws:s3:::{ART}/{EXECUTION}/{n.PREPARE}/dataset/manifest.json",
+            DATASET,
             {},
             "implicit-deny",
         ),
@@ -531,10 +533,10 @@ def test_ci_role_writes_only_code_and_runs_the_pipeline(
         ("sagemaker:DescribeModelPackage", f"{SM}:model-package/other-group/7", "implicit-deny"),
         ("s3:GetObject", EVALUATION, "allow"),
         ("kms:Decrypt", KEY_ARN, "allow"),  # the artifact bucket is SSE-KMS
-        ("s3:GetObject", f"arn:aws:s3:::{ART}/models/run/output/model.tar.gz", "implicit-deny"),
+        ("s3:GetObject", MODEL, "implicit-deny"),
         (
             "s3:GetObject",
-            f"arn:aws:s3:::{ART}/{EXECUTION}/{n.PREPARE}/dataset/manifest.json",
+            DATASET,
             "implicit-deny",
         ),
         ("s3:PutObject", EVALUATION, "implicit-deny"),
