@@ -22,6 +22,13 @@ What moto's CloudFormation does and does not do (moto 5.2), and how each gap is 
   (tests/integration/test_image_build.py creates the project through CodeBuild's API) and a
   `${ImageBuildProject}` inside a Sub stays unresolved (the builder policy's test puts the
   project's Name there, as CloudFormation would); the project's role is created and checked here.
+- AWS::Lambda::Function drops KmsKeyArn and DeadLetterConfig (checked on the template; the
+  dead-letter queues are created) and hands a Number parameter into Environment as a number.
+- moto's IAM enforcement authorizes SageMaker requests against resource "*" and fills no
+  condition keys (sagemaker:ModelApprovalStatus, s3:prefix), so scoped SageMaker statements
+  never match there: what the roles may do in SageMaker, and with condition keys, is evaluated
+  with infra/iam_policy.py (here on the deployed documents, and in test_infra_template.py);
+  S3 object access is probed for real, signed as each role.
 - AWS::ECR::Repository keeps its name and tag immutability but drops ImageScanningConfiguration
   and EncryptionConfiguration (moto reads the template's keys as API keys) and LifecyclePolicy:
   the first two are checked on the template; the lifecycle policy is resolved and put through
@@ -91,9 +98,17 @@ def _role_docs(iam: Any, role_arn: str) -> list[dict[str, Any]]:
     return docs
 
 
+def _function_role(aws: dict[str, Any], function_output: str) -> str:
+    fn = aws["client"]("lambda").get_function(FunctionName=aws["outputs"][function_output])
+    return str(fn["Configuration"]["Role"])
+
+
 def _all_roles(aws: dict[str, Any]) -> dict[str, str]:
     out = aws["outputs"]
-    return {k: v for k, v in out.items() if k.endswith("RoleArn")}
+    roles = {k: v for k, v in out.items() if k.endswith("RoleArn")}
+    for function in ("StartFunctionArn", "DeployFunctionArn"):  # their roles are no outputs
+        roles[function.replace("Arn", "RoleArn")] = _function_role(aws, function)
+    return roles
 
 
 def test_stack_created_with_every_output(aws: dict[str, Any]) -> None:
@@ -107,8 +122,9 @@ def test_stack_created_with_every_output(aws: dict[str, Any]) -> None:
         "KmsKeyArn",
         "SageMakerExecutionRoleArn",
         "CiRoleArn",
-        "PipelineTriggerRoleArn",
+        "StartFunctionArn",
         "DeployFunctionArn",
+        "ModelApproverPolicyArn",
         "ModelPackageGroupName",
         "PipelineName",
         "EndpointName",
@@ -227,9 +243,12 @@ def test_execution_role_prefix_scoping(aws: dict[str, Any]) -> None:
     )
     account = out["KmsKeyArn"].split(":")[4]
     group = f"arn:aws:sagemaker:{REGION}:{account}:model-package/lepton-classifier/3"
-    assert evaluate(docs, "sagemaker:CreateModelPackage", group) == "allow"
+    pending = {"sagemaker:ModelApprovalStatus": "PendingManualApproval"}
+    assert evaluate(docs, "sagemaker:CreateModelPackage", group, pending) == "allow"
+    approved = {"sagemaker:ModelApprovalStatus": "Approved"}
+    assert evaluate(docs, "sagemaker:CreateModelPackage", group, approved) == "deny"
     other_group = f"arn:aws:sagemaker:{REGION}:{account}:model-package/other-group/3"
-    assert evaluate(docs, "sagemaker:CreateModelPackage", other_group) == "implicit-deny"
+    assert evaluate(docs, "sagemaker:CreateModelPackage", other_group, pending) == "implicit-deny"
     assert evaluate(docs, "kms:Decrypt", out["KmsKeyArn"]) == "allow"
     assert evaluate(docs, "kms:Decrypt", out["KmsKeyArn"][:-4] + "ffff") == "implicit-deny"
     assert evaluate(docs, "iam:PassRole", out["CiRoleArn"]) == "implicit-deny"
@@ -338,7 +357,7 @@ def test_ci_role_trusts_only_the_configured_repo_and_branch(aws: dict[str, Any])
     assert evaluate(trust, "sts:AssumeRole", out["CiRoleArn"], {}, {"AWS": "*"}) == "implicit-deny"
 
 
-def test_rules_target_the_pipeline_and_the_deploy_function(aws: dict[str, Any]) -> None:
+def test_rules_target_the_start_and_the_deploy_function(aws: dict[str, Any]) -> None:
     events, out = aws["client"]("events"), aws["outputs"]
     rules = {
         r["Name"].split("-")[2]: r
@@ -351,11 +370,11 @@ def test_rules_target_the_pipeline_and_the_deploy_function(aws: dict[str, Any]) 
     pipeline_arn = f"arn:aws:sagemaker:{REGION}:{account}:pipeline/{out['PipelineName']}"
     for key in ("RetrainScheduleRule", "NewDataRule"):
         (target,) = events.list_targets_by_rule(Rule=rules[key]["Name"])["Targets"]
-        assert target["Arn"] == pipeline_arn
-        assert target["RoleArn"] == out["PipelineTriggerRoleArn"]
+        assert target["Arn"] == out["StartFunctionArn"]
+        assert "RoleArn" not in target  # Lambda targets are invoked through a permission
     (deploy,) = events.list_targets_by_rule(Rule=rules["ModelApprovedRule"]["Name"])["Targets"]
     assert deploy["Arn"] == out["DeployFunctionArn"]
-    trigger_docs = _role_docs(aws["client"]("iam"), out["PipelineTriggerRoleArn"])
+    trigger_docs = _role_docs(aws["client"]("iam"), _function_role(aws, "StartFunctionArn"))
     assert evaluate(trigger_docs, "sagemaker:StartPipelineExecution", pipeline_arn) == "allow"
     assert (
         evaluate(trigger_docs, "sagemaker:StartPipelineExecution", pipeline_arn + "-other")
@@ -476,6 +495,130 @@ def test_deploy_function_configuration(aws: dict[str, Any]) -> None:
     )
 
 
+def test_start_function_configuration(aws: dict[str, Any]) -> None:
+    lam, out = aws["client"]("lambda"), aws["outputs"]
+    fn = lam.get_function(FunctionName=out["StartFunctionArn"])["Configuration"]
+    concurrency = lam.get_function_concurrency(FunctionName=out["StartFunctionArn"])
+    assert concurrency["ReservedConcurrentExecutions"] == 1
+    # (moto hands a Number parameter through as a number; Lambda stores every value as text)
+    env = {k: str(v) for k, v in fn["Environment"]["Variables"].items()}
+    assert env == {
+        "PIPELINE_NAME": out["PipelineName"],
+        "MODEL_PACKAGE_GROUP": out["ModelPackageGroupName"],
+        "CHAMPION_TOLERANCE": "0.005",
+    }
+    # moto keeps neither KmsKeyArn nor DeadLetterConfig (both checked on the template); the
+    # queue itself is created
+    sqs = aws["client"]("sqs")
+    (url,) = sqs.list_queues(QueueNamePrefix=f"{STACK}-StartDeadLetterQueue-")["QueueUrls"]
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert attributes["MessageRetentionPeriod"] == "1209600"
+    (group,) = aws["client"]("logs").describe_log_groups(
+        logGroupNamePrefix=f"/aws/lambda/{STACK}-start-pipeline"
+    )["logGroups"]
+    assert group["retentionInDays"] == 365
+    # Each rule may invoke it, and nothing else: one permission per rule, bound to its ARN.
+    rules = {
+        r["Name"].split("-")[2]: r["Arn"]
+        for r in aws["client"]("events").list_rules()["Rules"]
+        if r["Name"].startswith(STACK)
+    }
+    policy = json.loads(lam.get_policy(FunctionName=out["StartFunctionArn"])["Policy"])
+    sources = sorted(
+        st["Condition"]["ArnLike"]["AWS:SourceArn"]
+        for st in policy["Statement"]
+        if st["Principal"] == {"Service": "events.amazonaws.com"}
+    )
+    assert sources == sorted([rules["RetrainScheduleRule"], rules["NewDataRule"]])
+    assert len(policy["Statement"]) == 2
+
+
+def _put(aws: dict[str, Any], bucket: str, *keys: str) -> None:
+    for key in keys:
+        aws["client"]("s3").put_object(Bucket=bucket, Key=key, Body=b"x")
+
+
+def _enforced(calls: dict[str, Any]) -> dict[str, bool]:
+    """`_allowed(calls)` with moto's IAM enforcement on for these requests only."""
+    return set_initial_no_auth_action_count(0)(_allowed)(calls)
+
+
+EVALUATION_KEY = "pipeline/executions/0a1b2c3d/Evaluate/evaluation/evaluation.json"
+MODEL_KEY = "models/run/output/model.tar.gz"
+
+
+def test_assumed_ci_role_writes_only_the_code_prefix(aws: dict[str, Any]) -> None:
+    """Real requests under moto's IAM enforcement, signed as the CI role."""
+    art = aws["outputs"]["ArtifactBucketName"]
+    _put(aws, art, EVALUATION_KEY, MODEL_KEY)
+    c = _assumed_client(aws, aws["outputs"]["CiRoleArn"], "s3")
+
+    def put(key: str) -> Any:
+        return lambda: c.put_object(Bucket=art, Key=key, Body=b"x")
+
+    assert _enforced(
+        {
+            "write code": put("pipeline/code/0123abcd/sourcedir.tar.gz"),
+            "read evaluation": lambda: c.get_object(Bucket=art, Key=EVALUATION_KEY),
+            "overwrite model": put(MODEL_KEY),
+            "overwrite evaluation": put(EVALUATION_KEY),
+            "write dataset": put("pipeline/executions/0a1b2c3d/Prepare/dataset/manifest.json"),
+            "write checkpoint": put("checkpoints/run/last.ckpt"),
+            "read model": lambda: c.get_object(Bucket=art, Key=MODEL_KEY),
+        }
+    ) == {
+        "write code": True,
+        "read evaluation": True,
+        "overwrite model": False,
+        "overwrite evaluation": False,
+        "write dataset": False,
+        "write checkpoint": False,
+        "read model": False,
+    }
+
+
+def test_assumed_start_function_role_reads_only_evaluations(aws: dict[str, Any]) -> None:
+    """Real requests under moto's IAM enforcement, signed as the start function's role."""
+    art, data = aws["outputs"]["ArtifactBucketName"], aws["outputs"]["DataBucketName"]
+    _put(aws, art, EVALUATION_KEY, MODEL_KEY)
+    _put(aws, data, "raw/batch-7/_READY")
+    c = _assumed_client(aws, _function_role(aws, "StartFunctionArn"), "s3")
+    assert _enforced(
+        {
+            "read evaluation": lambda: c.get_object(Bucket=art, Key=EVALUATION_KEY),
+            "read model": lambda: c.get_object(Bucket=art, Key=MODEL_KEY),
+            "read raw data": lambda: c.get_object(Bucket=data, Key="raw/batch-7/_READY"),
+            "write evaluation": lambda: c.put_object(Bucket=art, Key=EVALUATION_KEY, Body=b"{}"),
+        }
+    ) == {
+        "read evaluation": True,
+        "read model": False,
+        "read raw data": False,
+        "write evaluation": False,
+    }
+
+
+def test_model_approver_policy_is_attached_to_nobody(aws: dict[str, Any]) -> None:
+    iam, out = aws["client"]("iam"), aws["outputs"]
+    arn = out["ModelApproverPolicyArn"]
+    policy = iam.get_policy(PolicyArn=arn)["Policy"]
+    assert policy["AttachmentCount"] == 0
+    entities = iam.list_entities_for_policy(PolicyArn=arn)
+    assert not (entities["PolicyRoles"] or entities["PolicyUsers"] or entities["PolicyGroups"])
+    version = iam.get_policy_version(PolicyArn=arn, VersionId=policy["DefaultVersionId"])
+    doc = version["PolicyVersion"]["Document"]
+    doc = json.loads(doc) if isinstance(doc, str) else doc
+    package = (
+        f"arn:aws:sagemaker:{REGION}:{_account(aws)}:model-package/{out['ModelPackageGroupName']}/3"
+    )
+    approved = {"sagemaker:ModelApprovalStatus": "Approved"}
+    assert evaluate(doc, "sagemaker:UpdateModelPackage", package, approved) == "allow"
+    # Nobody the stack creates can approve: every role, as deployed.
+    for label, role in _all_roles(aws).items():
+        docs = _role_docs(iam, role)
+        assert evaluate(docs, "sagemaker:UpdateModelPackage", package, approved) != "allow", label
+
+
 def test_schedule_and_reserved_concurrency_can_be_switched_off(aws: dict[str, Any]) -> None:
     cfn, events, lam = (
         aws["client"]("cloudformation"),
@@ -494,8 +637,13 @@ def test_schedule_and_reserved_concurrency_can_be_switched_off(aws: dict[str, An
     assert rules and not any("RetrainScheduleRule" in r["Name"] for r in rules)
     new_data = next(r for r in rules if "NewDataRule" in r["Name"])
     assert json.loads(new_data["EventPattern"])["detail"]["object"]["key"] == [{"prefix": "raw/"}]
-    concurrency = lam.get_function_concurrency(FunctionName=result.outputs["DeployFunctionArn"])
-    assert "ReservedConcurrentExecutions" not in concurrency
+    for function in ("DeployFunctionArn", "StartFunctionArn"):
+        concurrency = lam.get_function_concurrency(FunctionName=result.outputs[function])
+        assert "ReservedConcurrentExecutions" not in concurrency, function
+    # No schedule, no permission for it: the new-data rule is the function's only caller.
+    policy = json.loads(lam.get_policy(FunctionName=result.outputs["StartFunctionArn"])["Policy"])
+    (only,) = policy["Statement"]
+    assert only["Condition"]["ArnLike"]["AWS:SourceArn"] == new_data["Arn"]
 
 
 def test_template_path_is_the_repo_template() -> None:

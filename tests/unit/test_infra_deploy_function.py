@@ -26,14 +26,17 @@ ENV = {
 }
 
 
-def _handler_module() -> types.ModuleType:
-    code = load_template(TEMPLATE_PATH)["Resources"]["DeployFunction"]["Properties"]["Code"][
-        "ZipFile"
-    ]
+def inline_function(logical_id: str) -> types.ModuleType:
+    """The inline code (ZipFile) of the template's function `logical_id`, as module `index`."""
+    code = load_template(TEMPLATE_PATH)["Resources"][logical_id]["Properties"]["Code"]["ZipFile"]
     assert len(code) < 4096, "inline Lambda code (ZipFile) is limited to 4 KB"
     module = types.ModuleType("index")
     exec(compile(code, "index.py", "exec"), module.__dict__)  # noqa: S102 - our own template
     return module
+
+
+def _handler_module() -> types.ModuleType:
+    return inline_function("DeployFunction")
 
 
 class _SageMaker:
