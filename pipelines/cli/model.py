@@ -26,17 +26,6 @@ def register(sub: argparse._SubParsersAction) -> None:
             action="store_true",
             help="change the registry only; leave the endpoint alone",
         )
-        action.add_argument(
-            "--endpoint-name",
-            default="lepton-classifier",
-            help="AWS: SageMaker endpoint to deploy to",
-        )
-        action.add_argument("--instance-type", default="ml.m5.large", help="AWS: instance type")
-        action.add_argument(
-            "--role-arn",
-            default=None,
-            help="AWS: execution role for the SageMaker model (deploys only with it)",
-        )
         action.set_defaults(func=func)
 
 
@@ -118,20 +107,10 @@ def _approve(args: argparse.Namespace) -> int:
         from pipelines.deploy.local import deploy_local
 
         deploy_local(settings, ref.uri, out=print)
-    elif arn and args.role_arn:
-        from pipelines.aws.clients import sagemaker_client
-        from pipelines.deploy.sagemaker import deploy_sagemaker
-
-        deploy_sagemaker(
-            sagemaker_client(settings),
-            arn,
-            args.endpoint_name,
-            args.instance_type,
-            role_arn=args.role_arn,
-            out=print,
-        )
-    else:
-        print("not deployed: give --role-arn (and the package must exist) to deploy on AWS")
+    elif arn:
+        # On AWS the approval is the deployment: the stack's approval rule runs its
+        # DeployFunction (approving needs the stack's ModelApproverPolicy).
+        print("the stack's approval rule deploys it to the endpoint")
     return 0
 
 

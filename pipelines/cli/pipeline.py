@@ -37,9 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="register as PendingManualApproval instead of approving a model that passes the gate",
     )
     run.add_argument("--import-limit", type=int, help="import only this many images on first run")
-    data = run.add_argument_group(
-        "data settings (default: chosen from the data, see the README)"
-    )
+    data = run.add_argument_group("data settings (default: chosen from the data, see the README)")
     data.add_argument("--image-size", metavar="H,W", help="resize to H,W (or N) pixels")
     data.add_argument("--channels", choices=("1", "3"), help="1 grayscale, 3 RGB")
     data.add_argument("--train-setup", metavar="NAME", help="a training/config.py named setup")

@@ -15,7 +15,12 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from pipelines.definition.config import PipelineConfig, aws_from_settings, local_default
+from pipelines.definition.config import (
+    PENDING,
+    PipelineConfig,
+    aws_from_settings,
+    local_default,
+)
 from pipelines.settings import Settings, load_settings
 from training.serialize import add_config_options, config_from_namespace
 
@@ -171,6 +176,12 @@ def _start(args: argparse.Namespace) -> int:
     settings = load_settings()
     cfg = aws_from_settings(settings, champion_tolerance=args.champion_tolerance)
     overrides = validate(requested_parameters(args), cfg)
+    status = overrides.get("ModelApprovalStatus", PENDING)
+    if status != PENDING:
+        raise ValueError(
+            f"ModelApprovalStatus={status}: on AWS a run registers as {PENDING} (the stack's IAM "
+            "refuses anything else); approve with `lepton model approve`, which deploys"
+        )
     if "DataSnapshot" not in overrides:
         data = str(overrides.get("InputDataUri") or cfg.input_data_uri)
         overrides["DataSnapshot"] = aws.data_snapshot(data, settings)

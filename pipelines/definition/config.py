@@ -189,8 +189,7 @@ class PipelineConfig:
         "ModelPackageGroupName", "lepton-classifier", "model package group (registry)", REGISTER
     )
     endpoint_name: str = "lepton-classifier"
-    endpoint_instance_type: str = "ml.m5.large"
-    endpoint_instance_count: int = 1
+    endpoint_instance_type: str = "ml.m5.large"  # the package's inference instance type
 
     # --- orchestration
     retries: int = 2  # extra attempts of a processing/training step on transient failures
@@ -213,7 +212,6 @@ class PipelineConfig:
             "training_instance_count",
             "epochs",
             "per_device_batch_size",
-            "endpoint_instance_count",
             "volume_size_gb",
             "max_run_s",
         ):

@@ -114,7 +114,8 @@ def build_evaluate_step(ctx: BuildContext, prepare: Any, train: Any) -> tuple[An
 
 
 def build_deploy_step(ctx: BuildContext, register: Any) -> Any:
-    """The deploy step deploys the package only if it is Approved; it decides, not the graph."""
+    """Locally the step serves the registered version if it is Approved; on AWS it reports the
+    package's status: the stack's approval rule deploys (pipelines/deploy/sagemaker.py)."""
     from sagemaker.mlops.workflow import ProcessingStep
 
     cfg = ctx.cfg
@@ -126,12 +127,6 @@ def build_deploy_step(ctx: BuildContext, register: Any) -> Any:
             register.properties.ModelPackageArn,
             "--endpoint-name",
             cfg.endpoint_name,
-            "--instance-type",
-            cfg.endpoint_instance_type,
-            "--instance-count",
-            str(cfg.endpoint_instance_count),
-            "--role-arn",
-            ctx.role,
         ],
     )
     return ProcessingStep(n.DEPLOY, step_args=step_args, retry_policies=job_retry_policies(ctx))

@@ -1,11 +1,11 @@
 """SageMaker Processing entry point of the deploy step: serve an approved model, never another.
 
-    python3 -m pipelines.deploy.step --model-package-arn REF --endpoint-name NAME \
-        --instance-type ml.m5.large [--instance-count 1] [--role-arn ARN] [--wait]
+    python3 -m pipelines.deploy.step --model-package-arn REF --endpoint-name NAME
 
 ``REF`` decides where the endpoint lives:
-- ``arn:aws:sagemaker:...:model-package/...`` (AWS): deployed only if the package is Approved:
-  a SageMaker model, an endpoint config, then the endpoint is created or updated (boto3).
+- ``arn:aws:sagemaker:...:model-package/...`` (AWS): the step reports the package's status and
+  deploys nothing: an approval deploys, through the stack's approval rule and DeployFunction,
+  and IAM denies the pipeline's role any endpoint change (pipelines/deploy/sagemaker.py).
 - ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` (local run): deployed only if the MLflow
   version is Approved: the model is downloaded into ``<state>/endpoint/model``, the running
   local endpoint is stopped and ``python -m inference.server`` started on
@@ -34,10 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="SageMaker model package ARN, or models:/NAME/VERSION (local)",
     )
     p.add_argument("--endpoint-name", default="lepton-classifier")
-    p.add_argument("--instance-type", default="ml.m5.large")
-    p.add_argument("--instance-count", type=int, default=1)
-    p.add_argument("--role-arn", default=None, help="execution role of the SageMaker model")
-    p.add_argument("--wait", action="store_true", help="AWS: wait until InService")
     p.add_argument("--timeout", type=float, default=120.0, help="local: seconds to wait for /ping")
     return p
 
@@ -48,17 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if ref.startswith("arn:"):
             from pipelines.aws.clients import sagemaker_client
-            from pipelines.deploy.sagemaker import deploy_sagemaker
+            from pipelines.deploy.sagemaker import report_sagemaker
 
-            deploy_sagemaker(
-                sagemaker_client(load_settings()),
-                ref,
-                args.endpoint_name,
-                args.instance_type,
-                args.instance_count,
-                args.role_arn,
-                args.wait,
-            )
+            report_sagemaker(sagemaker_client(load_settings()), ref, args.endpoint_name)
         elif ref.startswith("models:/"):
             from pipelines.deploy.local import deploy_local
 

@@ -76,9 +76,7 @@ def _look(data: bytes) -> tuple[int, int, bool] | None:
     except (UnidentifiedImageError, OSError, ValueError):
         return None
     pixels = rgb.tobytes()
-    spread = max(
-        max(pixels[i : i + 3]) - min(pixels[i : i + 3]) for i in range(0, len(pixels), 3)
-    )
+    spread = max(max(pixels[i : i + 3]) - min(pixels[i : i + 3]) for i in range(0, len(pixels), 3))
     return height, width, spread > COLOUR_SPREAD
 
 

@@ -279,7 +279,9 @@ def champion_contract(settings: Settings) -> str | None:
     if mv.tags.get(CONTRACT_TAG):
         return str(mv.tags[CONTRACT_TAG])
     with tempfile.TemporaryDirectory(prefix="lepton-contract-") as tmp:
-        meta = json.loads((download_model(settings, ref.uri, Path(tmp)) / "metadata.json").read_text())
+        meta = json.loads(
+            (download_model(settings, ref.uri, Path(tmp)) / "metadata.json").read_text()
+        )
     return input_contract(meta["classes"], meta["image_size"], meta["channels"])
 
 

@@ -86,9 +86,7 @@ def _given_config(cfg: PipelineConfig, config: Mapping[str, str]) -> PipelineCon
     return from_hyperparameters(PipelineConfig, dict(config), base=cfg, ignore_prefixes=())
 
 
-def plan_run(
-    settings: Settings, cfg: PipelineConfig, request: RunRequest, out: Printer
-) -> Plan:
+def plan_run(settings: Settings, cfg: PipelineConfig, request: RunRequest, out: Printer) -> Plan:
     from pipelines.prepare.profile import choose_settings, profile_input
     from pipelines.register import registry
 
@@ -108,8 +106,10 @@ def plan_run(
         cfg = replace(cfg, **{name: getattr(choice, name) for name in undecided})
         data["chosen"] = {name: getattr(choice, name) for name in undecided}
         data["reason"] = choice.reason
-        out(f"data {cfg.dataset_name}: {profile.files} images, {len(profile.classes)} classes; "
-            f"chose {', '.join(f'{k}={v}' for k, v in data['chosen'].items())}: {choice.reason}")
+        out(
+            f"data {cfg.dataset_name}: {profile.files} images, {len(profile.classes)} classes; "
+            f"chose {', '.join(f'{k}={v}' for k, v in data['chosen'].items())}: {choice.reason}"
+        )
 
     name = str(given.get("ModelPackageGroupName") or settings.registered_model_name)
     named = "ModelPackageGroupName" in given or settings.model_name_given
@@ -126,8 +126,10 @@ def plan_run(
                 "compare them; give this run a model name of its own (--model-package-group)"
             )
         own = f"{name}-{cfg.dataset_name}"
-        out(f"model {name}'s champion was trained on other classes or input: this run "
-            f"registers as {own} (its own champion and gate)")
+        out(
+            f"model {name}'s champion was trained on other classes or input: this run "
+            f"registers as {own} (its own champion and gate)"
+        )
         name = own
     given["ModelPackageGroupName"] = name
     data["model_name"] = name

@@ -24,7 +24,6 @@ from pipelines.register import sagemaker as smr
 REGION = "us-east-1"
 GROUP = "lepton-classifier"
 IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.5-cpu-py311"
-ROLE = "arn:aws:iam::123456789012:role/lepton-sagemaker"
 
 
 @pytest.fixture()
@@ -88,56 +87,21 @@ def test_latest_approved_follows_approvals(sm: Any) -> None:
     assert smr.approval_status(sm, second) == smr.REJECTED
 
 
-def _deploy(client: Any, arn: str) -> str | None:
-    return deploy_sagemaker.deploy_sagemaker(
-        client, arn, "lepton-ep", "ml.m5.large", 1, ROLE, out=lambda _m: None
-    )
-
-
-def test_deploy_only_approved_packages(sm: Any, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_deploy_step_reports_and_deploys_nothing_on_aws(
+    sm: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On AWS an approval deploys (the stack's approval rule and DeployFunction; IAM denies the
+    pipeline's role any endpoint change): the step says so for every status."""
     smr.ensure_model_package_group(sm, GROUP)
     pending, rejected = _package(sm, 1), _package(sm, 2, smr.REJECTED)
-    assert (
-        deploy_sagemaker.deploy_sagemaker(sm, pending, "lepton-ep", "ml.m5.large", 1, ROLE) is None
-    )
+    approved = _package(sm, 3, smr.APPROVED)
+    assert deploy_sagemaker.report_sagemaker(sm, pending, "lepton-ep") == smr.PENDING
     assert messages.PENDING_MESSAGE in capsys.readouterr().out
-    assert (
-        deploy_sagemaker.deploy_sagemaker(sm, rejected, "lepton-ep", "ml.m5.large", 1, ROLE) is None
-    )
+    assert deploy_sagemaker.report_sagemaker(sm, rejected, "lepton-ep") == smr.REJECTED
     assert messages.REJECTED_MESSAGE in capsys.readouterr().out
+    assert deploy_sagemaker.report_sagemaker(sm, approved, "lepton-ep") == smr.APPROVED
+    assert "approval rule deploys it" in capsys.readouterr().out
     assert sm.list_endpoints()["Endpoints"] == [] and sm.list_models()["Models"] == []
-
-
-def test_deploy_creates_then_updates_endpoint(sm: Any) -> None:
-    smr.ensure_model_package_group(sm, GROUP)
-    first = _package(sm, 1, smr.APPROVED)
-    assert _deploy(sm, first) == "lepton-ep"
-    endpoint = sm.describe_endpoint(EndpointName="lepton-ep")
-    config = sm.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
-    variant = config["ProductionVariants"][0]
-    assert variant["InstanceType"] == "ml.m5.large" and variant["InitialInstanceCount"] == 1
-    model = sm.describe_model(ModelName=variant["ModelName"])
-    assert model["PrimaryContainer"]["ModelPackageName"] == first
-    assert model["ExecutionRoleArn"] == ROLE
-
-    class Recording:  # moto has no UpdateEndpoint
-        def __init__(self, inner: Any) -> None:
-            self.inner, self.updates = inner, []
-
-        def update_endpoint(self, **kwargs: Any) -> None:
-            self.updates.append(kwargs)
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.inner, name)
-
-    second = _package(sm, 2, smr.APPROVED)
-    recording = Recording(sm)
-    assert _deploy(recording, second) == "lepton-ep"
-    (update,) = recording.updates
-    assert update["EndpointName"] == "lepton-ep"
-    new_config = sm.describe_endpoint_config(EndpointConfigName=update["EndpointConfigName"])
-    new_model = sm.describe_model(ModelName=new_config["ProductionVariants"][0]["ModelName"])
-    assert new_model["PrimaryContainer"]["ModelPackageName"] == second
 
 
 def test_deploy_main_with_an_arn(sm: Any, capsys: pytest.CaptureFixture[str]) -> None:
@@ -146,11 +110,7 @@ def test_deploy_main_with_an_arn(sm: Any, capsys: pytest.CaptureFixture[str]) ->
     assert deploy.main(["--model-package-arn", pending, "--endpoint-name", "ep"]) == 0
     assert messages.PENDING_MESSAGE in capsys.readouterr().out
     approved = _package(sm, 2, smr.APPROVED)
-    assert deploy.main(["--model-package-arn", approved, "--endpoint-name", "ep"]) == 1
-    assert "--role-arn" in capsys.readouterr().err
-    assert (
-        deploy.main(["--model-package-arn", approved, "--endpoint-name", "ep", "--role-arn", ROLE])
-        == 0
-    )
-    assert sm.describe_endpoint(EndpointName="ep")["EndpointStatus"] == "InService"
+    assert deploy.main(["--model-package-arn", approved, "--endpoint-name", "ep"]) == 0
+    assert "approval rule deploys it" in capsys.readouterr().out
+    assert sm.list_endpoints()["Endpoints"] == []
     assert deploy.main(["--model-package-arn", "nonsense"]) == 2
