@@ -94,11 +94,16 @@ def config_from_cli(args: argparse.Namespace, settings: Settings) -> PipelineCon
     """Named setup (from settings), then the PipelineConfig fields given as options; the AWS
     setup's image is what `lepton image build` recorded unless one is given."""
     cfg = config_from_namespace(PipelineConfig, args, base=SETUPS[args.setup](settings))
-    if args.setup == "aws" and not cfg.image_uri and not cfg.stock_images:
-        from pipelines.aws.image import resolve_image_uri
+    return with_recorded_image(cfg, settings) if args.setup == "aws" else cfg
 
-        cfg = replace(cfg, image_uri=resolve_image_uri(settings))
-    return cfg
+
+def with_recorded_image(cfg: PipelineConfig, settings: Settings) -> PipelineConfig:
+    """`cfg` with the image `lepton image build` recorded, unless it names one already."""
+    if cfg.image_uri or cfg.stock_images:
+        return cfg
+    from pipelines.aws.image import resolve_image_uri
+
+    return replace(cfg, image_uri=resolve_image_uri(settings))
 
 
 def _definition(args: argparse.Namespace) -> int:

@@ -3,7 +3,10 @@
 Graph (names fixed; the local runner executes this JSON):
 
     Prepare -> Train -> Evaluate -> QualityGate --true--> Register -> Deploy
+                                               |                  \\-> BatchRequested -> Batch
                                                \\-false-> GateFailed
+
+(Batch only when the BatchInputUri parameter is set: definition/batch.py.)
 
 `build_definition()` makes no AWS call: code that SageMaker would upload is staged in a
 `CodeBundle` (content-addressed `s3://<bucket>/<prefix>/code/<digest>` URIs) that
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.definition import names as n
+from pipelines.definition.batch import build_batch_condition, build_batch_step
 from pipelines.definition.bundle import CodeBundle, stage_source
 from pipelines.definition.common import BuildContext, Images
 from pipelines.definition.config import PipelineConfig
@@ -39,7 +43,7 @@ from pipelines.imports import SOURCE_ROOT, module_file
 # Used when the config has no role (local runs): the local runner ignores RoleArn, and
 # `pipelines.aws.pipeline.upsert` refuses a config without a real role.
 PLACEHOLDER_ROLE_ARN = "arn:aws:iam::000000000000:role/lepton-local-placeholder"
-ENTRY_MODULES = (n.PREPARE_MODULE, n.EVALUATE_MODULE, n.DEPLOY_MODULE)
+ENTRY_MODULES = (n.PREPARE_MODULE, n.EVALUATE_MODULE, n.DEPLOY_MODULE, n.BATCH_MODULE)
 
 
 class NoImageError(ValueError):
@@ -120,9 +124,10 @@ def get_pipeline(
     evaluate, report = build_evaluate_step(ctx, prepare, train)
     register = build_register_step(ctx, train, evaluate)
     deploy = build_deploy_step(ctx, register)
+    batch = build_batch_condition(ctx, build_batch_step(ctx, train, register))
     gate_failed = build_gate_failed_step(ctx, evaluate, report)
     gate = build_gate_step(
-        ctx, evaluate, report, if_steps=[register, deploy], else_steps=[gate_failed]
+        ctx, evaluate, report, if_steps=[register, deploy, batch], else_steps=[gate_failed]
     )
     return Pipeline(
         name=cfg.pipeline_name,

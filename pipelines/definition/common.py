@@ -125,8 +125,15 @@ def entrypoint(ctx: BuildContext, module: str) -> list[str]:
     return ["bash", "-c", script, module]
 
 
-def processor(ctx: BuildContext, module: str, instance_count: Any, base_job_name: str) -> Any:
-    """`python3 -m <module>` with the code bundle (the "code" input) on PYTHONPATH."""
+def processor(
+    ctx: BuildContext,
+    module: str,
+    instance_count: Any,
+    base_job_name: str,
+    instance_type: Any = None,
+) -> Any:
+    """`python3 -m <module>` with the code bundle (the "code" input) on PYTHONPATH, on
+    `instance_type` (default: the ProcessingInstanceType parameter)."""
     from sagemaker.core.processing import Processor
 
     env = {"PYTHONUNBUFFERED": "1", "PYTHONPATH": n.CODE_DIR}
@@ -136,7 +143,7 @@ def processor(ctx: BuildContext, module: str, instance_count: Any, base_job_name
         role=ctx.role,
         image_uri=ctx.images.processing,
         instance_count=instance_count,
-        instance_type=ctx.params["processing_instance_type"],
+        instance_type=instance_type or ctx.params["processing_instance_type"],
         entrypoint=entrypoint(ctx, module),
         volume_size_in_gb=ctx.cfg.volume_size_gb,
         base_job_name=base_job_name,

@@ -31,6 +31,7 @@ _ISO_DURATION = re.compile(r"^P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(
 LOCAL_IMAGE = "lepton:local"  # the image of a local definition (pipelines/runner/environment.py)
 # Steps that consume parameters (the definition's step names: pipelines.definition.names).
 PREPARE, TRAIN, GATE, REGISTER = "Prepare", "Train", "QualityGate", "Register"
+BATCH = "Batch"
 
 
 def parameter(
@@ -191,6 +192,22 @@ class PipelineConfig:
     endpoint_name: str = "lepton-classifier"
     endpoint_instance_type: str = "ml.m5.large"  # the package's inference instance type
 
+    # --- batch inference after Register: the Batch step runs only when BatchInputUri is set
+    batch_input_uri: str = parameter(
+        "BatchInputUri",
+        "",
+        "s3:// prefix of images the Batch step classifies with the registered model; "
+        "'' = no Batch step",
+        BATCH,
+    )
+    batch_output_uri: str = parameter(
+        "BatchOutputUri",
+        "",
+        "s3:// prefix of the Batch step's <key>.out results; '' = the execution's own prefix",
+        BATCH,
+    )
+    batch_instance_type: str = "ml.c5.2xlarge"  # compute-optimised: decode + CPU inference
+
     # --- orchestration
     retries: int = 2  # extra attempts of a processing/training step on transient failures
     cache_expire: str = "P30D"  # ISO 8601 duration a cached step result stays valid
@@ -236,6 +253,9 @@ class PipelineConfig:
             raise ValueError("give image_uri or stock_images, not both")
         if not self.input_data_uri.startswith("s3://"):
             raise ValueError(f"input_data_uri must be an s3:// URI, got {self.input_data_uri!r}")
+        for name in ("batch_input_uri", "batch_output_uri"):
+            if getattr(self, name) and not getattr(self, name).startswith("s3://"):
+                raise ValueError(f"{name} must be '' or an s3:// URI, got {getattr(self, name)!r}")
         self._check_hyperparameters_given_once()
 
     def _check_hyperparameters_given_once(self) -> None:

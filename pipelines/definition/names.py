@@ -4,12 +4,13 @@ from __future__ import annotations
 
 # ---- step names (what `Steps[].Name` holds); those that consume parameters are declared
 # beside the parameters in config.py
-from pipelines.definition.config import GATE, PREPARE, REGISTER, TRAIN
+from pipelines.definition.config import BATCH, GATE, PREPARE, REGISTER, TRAIN
 
-__all__ = ["GATE", "PREPARE", "REGISTER", "TRAIN"]
+__all__ = ["BATCH", "GATE", "PREPARE", "REGISTER", "TRAIN"]
 EVALUATE = "Evaluate"
 DEPLOY = "Deploy"
 GATE_FAILED = "GateFailed"
+BATCH_REQUESTED = "BatchRequested"  # Condition: BatchInputUri given -> Batch
 
 # ---- outputs, channels and property files
 DATASET_OUTPUT = "dataset"  # Prepare's ProcessingOutput, and Train's input channel
@@ -23,6 +24,7 @@ CODE_INPUT = "code"  # ProcessingInput holding the code bundle
 PREPARE_MODULE = "pipelines.prepare.step"
 EVALUATE_MODULE = "pipelines.evaluate.step"
 DEPLOY_MODULE = "pipelines.deploy.step"
+BATCH_MODULE = "pipelines.batch.step"
 
 IMAGE_REQUIREMENTS = "infra/image/requirements.txt"  # in the code bundle (definition/bundle.py)
 

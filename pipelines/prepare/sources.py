@@ -96,14 +96,17 @@ def _client_error_text(exc: Exception) -> str:
 # ---------------------------------------------------------------------------------------------
 # Listing
 # ---------------------------------------------------------------------------------------------
-def list_source(uri: str, settings: Settings | None, threads: int = 8) -> Listing:
-    """List an input: `*.jsonl` -> manifest; `s3://...` -> prefix; else a local folder."""
+def list_source(
+    uri: str, settings: Settings | None, threads: int = 8, hash_content: bool = True
+) -> Listing:
+    """List an input: `*.jsonl` -> manifest; `s3://...` -> prefix; else a local folder
+    (content-hashed unless `hash_content` is False: then its files carry no etag)."""
     if uri.rstrip("/").endswith(".jsonl"):
         return list_manifest(uri.rstrip("/"), settings, threads)
     if is_s3_uri(uri):
         return list_s3_prefix(uri, settings)
     # Local disks: one thread hashes small files fastest (threads only add GIL contention).
-    return list_local_folder(uri)
+    return list_local_folder(uri, hash_content=hash_content)
 
 
 def _bounded_map(
@@ -157,7 +160,7 @@ def _item_from_key(key: str, location: str, size: int, etag: str) -> RawItem:
     return RawItem(key, label, location, size, etag)
 
 
-def list_local_folder(root: str, threads: int = 1) -> Listing:
+def list_local_folder(root: str, threads: int = 1, hash_content: bool = True) -> Listing:
     """Every file under a local folder, content-hashed (so the fingerprint survives a copy, e.g.
     SageMaker downloading the input afresh). Symlinks leading outside are quarantined;
     symlinked folders are reported, not followed."""
@@ -189,7 +192,7 @@ def list_local_folder(root: str, threads: int = 1) -> Listing:
                     key, None, path, -1, "", ("unsafe_key", "symlink leads outside the input")
                 )
         try:
-            size, etag = _sha256_file(path)
+            size, etag = _sha256_file(path) if hash_content else (os.path.getsize(path), "")
         except OSError as exc:
             return RawItem(key, None, path, -1, "", ("unreadable", str(exc)))
         return _item_from_key(key, path, size, etag)

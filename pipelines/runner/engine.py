@@ -114,6 +114,25 @@ def parameter_values(definition: Mapping[str, Any], overrides: Mapping[str, Any]
     return values
 
 
+def job_environment(settings: Settings, execution_id: str) -> dict[str, str]:
+    """What a job's container gets from outside: locally the S3 endpoint and keys stand in
+    for the execution role; the state folder and ports are for the local Deploy step."""
+    env = settings.s3_env()
+    env.update(
+        {
+            "LEPTON_STATE_DIR": str(settings.state_dir),
+            "LEPTON_MODE": settings.mode,
+            "MLFLOW_TRACKING_URI": settings.tracking_uri,
+            "MLFLOW_EXPERIMENT_NAME": settings.experiment_name,
+            "LEPTON_PIPELINE_EXECUTION": execution_id,
+            "LEPTON_ENDPOINT_PORT": str(settings.endpoint_port),
+            "LEPTON_MLFLOW_PORT": str(settings.mlflow_port),
+            "LEPTON_S3_PORT": str(settings.s3_port),
+        }
+    )
+    return env
+
+
 class LocalRunner:
     def __init__(
         self,
@@ -158,21 +177,7 @@ class LocalRunner:
         )
 
     def job_env(self) -> jobs.JobEnv:
-        """What a job's container gets from outside: locally the S3 endpoint and keys stand in
-        for the execution role; the state folder and ports are for the local Deploy step."""
-        env = self.settings.s3_env()
-        env.update(
-            {
-                "LEPTON_STATE_DIR": str(self.settings.state_dir),
-                "LEPTON_MODE": self.settings.mode,
-                "MLFLOW_TRACKING_URI": self.settings.tracking_uri,
-                "MLFLOW_EXPERIMENT_NAME": self.settings.experiment_name,
-                "LEPTON_PIPELINE_EXECUTION": self.execution.id,
-                "LEPTON_ENDPOINT_PORT": str(self.settings.endpoint_port),
-                "LEPTON_MLFLOW_PORT": str(self.settings.mlflow_port),
-                "LEPTON_S3_PORT": str(self.settings.s3_port),
-            }
-        )
+        env = job_environment(self.settings, self.execution.id)
         return jobs.JobEnv(env=env, s3=self.s3, echo=self.echo, python=self.python)
 
     # -- the loop -----------------------------------------------------------------------------

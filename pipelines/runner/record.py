@@ -49,6 +49,8 @@ class RunRecord:
     # the data: its name, profile, and the settings chosen from it (and why)
     data: dict[str, Any] = field(default_factory=dict)
     sample_predictions: tuple[dict[str, Any], ...] = ()  # {"true": label, "predicted": label}
+    # the Batch step's report (pipelines/batch/core.py) and its "output" prefix, when it ran
+    batch: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
 
     # ---- files
@@ -96,6 +98,12 @@ class RunRecord:
             f"  endpoint:       {self.endpoint_url or '-'}",
             f"  MLflow:         {self.mlflow_url or '-'}",
         ]
+        if self.batch:
+            b = self.batch
+            lines.append(
+                f"  batch:          {b.get('predicted')} classified, {b.get('failed')} failed, "
+                f"{b.get('skipped')} done before -> {b.get('output')}"
+            )
         for name, step in self.steps.items():
             secs = f"{step.seconds:7.1f}s" if step.seconds is not None else "       -"
             lines.append(f"  {name:<22} {secs}  {step.status}")

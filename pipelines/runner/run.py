@@ -178,7 +178,21 @@ def summarize(settings: Settings, execution: Execution, total_s: float, out: Pri
         model_name=(register.properties or {}).get("ModelPackageGroupName") if register else None,
         data=_read_json(execution.folder / "data.json"),
         sample_predictions=tuple(samples),
+        batch=_batch_report(settings, steps.get(n.BATCH)),
     )
+
+
+def _batch_report(settings: Settings, batch: Any) -> dict[str, Any] | None:
+    """What the Batch step reported, with where its results are (None when it did not run)."""
+    if batch is None or batch.status != "Succeeded" or not batch.properties:
+        return None
+    from pipelines.batch.job import read_report, results_uri
+
+    output = results_uri(batch.properties["AppSpecification"]["ContainerArguments"])
+    try:
+        return {"output": output, **read_report(settings, output)}
+    except Exception as exc:  # noqa: BLE001 - the record says what it could not read
+        return {"output": output, "error": f"no report: {exc}"}
 
 
 def _read_json(path: Path) -> dict[str, Any]:

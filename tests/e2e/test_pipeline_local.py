@@ -120,6 +120,35 @@ def test_second_run_is_served_from_cache(first_run: RunRecord, stack_settings: S
     assert len(summary.sample_predictions) == 8
 
 
+def test_batch_step_classifies_a_prefix_after_register(
+    first_run: RunRecord, stack_settings: Settings
+) -> None:
+    # Off by default: the first run skipped it and reported nothing.
+    assert first_run.steps["Batch"].status == "Skipped" and first_run.batch is None
+    raw = first_run.parameters["InputDataUri"]
+    summary = run(stack_settings, _request(BatchInputUri=raw), out=lambda _m: None)
+    assert summary.status == "Succeeded", summary.failure
+    for step in ("Prepare", "Train", "Evaluate"):  # BatchInputUri is the Batch step's alone
+        assert summary.steps[step].status == "Cached", summary.steps
+    assert summary.steps["Batch"].status == "Succeeded", summary.steps
+    report = summary.batch
+    assert report is not None and report["failed"] == 0, report
+    assert report["predicted"] == report["total"] == IMPORT_LIMIT
+    assert report["output"].endswith(f"/executions/{summary.execution_id}/Batch/predictions")
+    # The raw data is an ImageFolder: each result's key names its true class.
+    bucket, prefix = split_s3_uri(report["output"] + "/")
+    s3 = s3_client(stack_settings)
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=200)["Contents"]
+    records = [
+        json.loads(s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read())
+        for o in listed
+        if o["Key"].endswith(".out")
+    ]
+    assert records and all(r["model"].endswith(f"/{summary.model_version}") for r in records)
+    right = sum(r["label"] == r["key"].split("/")[0] for r in records)
+    assert right / len(records) >= THRESHOLD - 0.05, (right, len(records))
+
+
 def test_gate_failure_stops_before_register(first_run: RunRecord, stack_settings: Settings) -> None:
     summary = run(stack_settings, _request(AccuracyThreshold=1.01), out=lambda _m: None)
     assert summary.status == "Failed"

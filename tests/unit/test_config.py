@@ -82,6 +82,8 @@ def test_parameter_defaults_round_trip() -> None:
         "minimum_champion_accuracy",
         "model_approval_status",
         "model_package_group",
+        "batch_input_uri",
+        "batch_output_uri",
     )
     assert set(BY_FIELD) == set(fields_of_parameters)
     assert with_parameters(PipelineConfig(), values) == replace(

@@ -85,12 +85,14 @@ def d(built: BuiltDefinition) -> dict[str, Any]:
 
 
 def all_steps(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every step by name, those in Condition branches (at any depth) included."""
     out = {}
-    for step in d["Steps"]:
+    pending = list(d["Steps"])
+    while pending:
+        step = pending.pop(0)
         out[step["Name"]] = step
         if step["Type"] == "Condition":
-            for sub in step["Arguments"]["IfSteps"] + step["Arguments"]["ElseSteps"]:
-                out[sub["Name"]] = sub
+            pending += step["Arguments"]["IfSteps"] + step["Arguments"]["ElseSteps"]
     return out
 
 
@@ -148,6 +150,7 @@ def test_steps_and_types(d: dict[str, Any]) -> None:
     assert [(s["Name"], s["Type"]) for s in gate["IfSteps"]] == [
         ("Register", "RegisterModel"),
         ("Deploy", "Processing"),
+        ("BatchRequested", "Condition"),
     ]
     assert [(s["Name"], s["Type"]) for s in gate["ElseSteps"]] == [("GateFailed", "Fail")]
 
@@ -162,6 +165,8 @@ def test_dependencies_are_property_references(d: dict[str, Any]) -> None:
         "QualityGate": {"Evaluate", "Train", "Register"},  # its Arguments hold the nested steps
         "Register": {"Train", "Evaluate"},
         "Deploy": {"Register"},
+        "BatchRequested": {"Train", "Register"},  # (its nested Batch step's references)
+        "Batch": {"Train", "Register"},
         "GateFailed": {"Evaluate"},
     }
     assert referenced_steps(steps["QualityGate"]["Arguments"]["Conditions"]) == {"Evaluate"}
@@ -555,3 +560,60 @@ def test_every_container_runs_the_project_image(d: dict[str, Any]) -> None:
             assert a["AlgorithmSpecification"]["TrainingImage"] == IMAGE
         elif step["Type"] == "RegisterModel":
             assert a["InferenceSpecification"]["Containers"][0]["Image"] == IMAGE
+
+
+def test_batch_is_an_optional_step_after_register(d: dict[str, Any]) -> None:
+    from pipelines.runner.engine import flatten_steps
+    from pipelines.runner.expressions import Context, evaluate_condition
+
+    specs = flatten_steps(d)
+    requested = specs[n.BATCH_REQUESTED]
+    assert requested.branch == (n.GATE, True)  # only after the gate passed
+    batch = specs[n.BATCH]
+    assert batch.branch == (n.BATCH_REQUESTED, False)
+    assert {n.REGISTER, n.TRAIN} <= batch.depends_on  # the registered version's artifact
+    (condition,) = requested.body["Arguments"]["Conditions"]
+
+    def outcome(value: str) -> bool:
+        return evaluate_condition(condition, Context({"BatchInputUri": value}, {}, {}))[0]
+
+    assert outcome("") is True and outcome("s3://in/") is False  # True -> no Batch step
+    args = batch.body["Arguments"]
+    assert args["AppSpecification"]["ContainerEntrypoint"] == ["python3", "-m", n.BATCH_MODULE]
+    assert args["ProcessingResources"]["ClusterConfig"]["InstanceType"] == "ml.c5.2xlarge"
+    assert [i["InputName"] for i in args["ProcessingInputs"]] == [n.CODE_INPUT, "model"]
+    assert "ProcessingOutputConfig" not in args  # it writes its results to S3 itself
+
+
+def test_batch_job_is_the_definitions_batch_step_with_its_values(d: dict[str, Any]) -> None:
+    from pipelines.batch.job import job_arguments, results_uri
+
+    args = job_arguments(
+        d,
+        input_uri="s3://in/images/",
+        output_uri="s3://out/results/",
+        model_data_url="s3://models/abc/model.tar.gz",
+        model_version="arn:aws:sagemaker:eu-west-1:123456789012:model-package/g/3",
+        job_id="lepton-batch-1",
+        options={"top_k": 5, "workers": None},
+    )
+    assert "Get" not in json.dumps(args) and "Std:" not in json.dumps(args)  # all resolved
+    argv = args["AppSpecification"]["ContainerArguments"]
+    assert "--input=s3://in/images/" in argv and "--output=s3://out/results/" in argv
+    assert argv[-1] == "--top_k=5" and not any("workers" in a for a in argv)
+    model = next(i for i in args["ProcessingInputs"] if i["InputName"] == "model")
+    assert model["S3Input"]["S3Uri"] == "s3://models/abc/model.tar.gz"
+    assert args["RoleArn"] == ROLE and args["AppSpecification"]["ImageUri"] == IMAGE
+    assert results_uri(argv) == "s3://out/results/"
+    # No output given: the execution's own prefix.
+    args = job_arguments(
+        d,
+        input_uri="s3://in/",
+        output_uri="",
+        model_data_url="s3://m/model.tar.gz",
+        model_version="v",
+        job_id="exec-7",
+    )
+    assert results_uri(args["AppSpecification"]["ContainerArguments"]) == (
+        "s3://lepton-test-bucket/pipeline/executions/exec-7/Batch/predictions"
+    )

@@ -32,6 +32,8 @@ EXPECTED_APIS = {
     "QualityGate": "condition rules",
     "Register": "CreateModelPackage",
     "Deploy": "CreateProcessingJob",
+    "BatchRequested": "condition rules",
+    "Batch": "CreateProcessingJob",
     "GateFailed": "error message",
 }
 
@@ -145,7 +147,7 @@ SEEDED: dict[str, tuple[Callable[[dict[str, Any], dict[str, Any]], None], list[s
         [
             "Train: InputDataConfig[0].DataSource.S3DataSource.S3Uri: "
             f"{DATASET_URI.replace('Prepare', 'Prep')}: no step named 'Prep' (steps: Prepare, "
-            "Train, Evaluate, QualityGate, Register, Deploy, GateFailed)"
+            "Train, Evaluate, QualityGate, Register, Deploy, BatchRequested, Batch, GateFailed)"
         ],
     ),
     "reference to a property the API does not have": (
@@ -233,7 +235,7 @@ SEEDED: dict[str, tuple[Callable[[dict[str, Any], dict[str, Any]], None], list[s
         lambda d, s: s["Deploy"]["Arguments"]["AppSpecification"]["ContainerArguments"].append(
             {"Get": "Parameters.Nope"}
         ),
-        ["Deploy: AppSpecification.ContainerArguments[10]: unknown parameter 'Nope'"],
+        ["Deploy: AppSpecification.ContainerArguments[4]: unknown parameter 'Nope'"],
     ),
     "unknown execution variable": (
         lambda d, s: s["Prepare"]["Arguments"]["Environment"].update(
@@ -320,7 +322,7 @@ def test_model_and_transform_steps_are_checked_against_their_apis(d: dict[str, A
         },
     }
     transform = {
-        "Name": "Batch",
+        "Name": "Transform",
         "Type": "Transform",
         "Arguments": {
             "ModelName": {"Get": "Steps.CreateModel.ModelName"},
@@ -334,13 +336,13 @@ def test_model_and_transform_steps_are_checked_against_their_apis(d: dict[str, A
     extended = copy.deepcopy(d)
     extended["Steps"] += [model, transform]
     report = check(extended)
-    assert {s.name: s.against for s in report.steps if s.name in ("CreateModel", "Batch")} == {
+    assert {s.name: s.against for s in report.steps if s.name in ("CreateModel", "Transform")} == {
         "CreateModel": STEP_APIS["Model"].create,
-        "Batch": STEP_APIS["Transform"].create,
+        "Transform": STEP_APIS["Transform"].create,
     }
     # the model's ARN is no S3 URI: caught against TransformOutput's own pattern
     assert [str(p) for p in report.problems] == [
-        "Batch: TransformOutput.S3OutputPath: 'arn:aws:sagemaker:eu-west-1:123456789012:model/"
+        "Transform: TransformOutput.S3OutputPath: 'arn:aws:sagemaker:eu-west-1:123456789012:model/"
         f"pipelines-preflight0000-CreateModel' {S3_PATTERN} (CreateTransformJob)"
     ]
 

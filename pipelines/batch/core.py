@@ -1,0 +1,281 @@
+"""Batch inference: every image under an input prefix (or folder) classified by one model.
+
+Output layout (SageMaker Batch Transform's): for each input object `<key>` one output object
+`<key>.out` under the output prefix, holding a JSON Lines record: `{"key", "label", "score",
+"top_k": [{"label", "score"}, ...], "model"}`, or for a file that is not a usable image
+`{"key", "error", "detail", "model"}` (reported per key; the job goes on). Per-object outputs
+rather than one file: a rerun sees at a glance what is done (keys with an `.out` are skipped),
+and a consumer reads the answer of one image without scanning the rest. `_batch_report.json`
+beside them counts what happened.
+
+Each worker process (one per core by default) takes a chunk of `batch_size` keys and does all
+of it: reads and decodes them exactly as the endpoint does (inference.preprocess), classifies
+them in one model call (ONNX Runtime, one thread per worker, so the workers fill the cores), and
+writes their results. The parent only lists, hands out chunks (a bounded window of them:
+memory stays flat however large the input) and reports progress.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inference.predictor import DEFAULT_MAX_PIXELS
+from pipelines.prepare.sources import (
+    RawItem,
+    has_image_extension,
+    list_source,
+    make_client,
+    read_item,
+)
+from pipelines.settings import Settings
+from pipelines.storage import is_s3_uri, split_s3_uri
+from training.serialize import option
+
+Log = Callable[[str], None]
+OUT_SUFFIX = ".out"
+REPORT = "_batch_report.json"
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    input: str  # folder or s3:// prefix of images (any layout)
+    output: str  # folder or s3:// prefix: <key>.out per input object ("" = default_output)
+    model: str  # model folder or model.tar.gz
+    default_output: str = ""  # where results go when output is "" (the pipeline's prefix)
+    model_version: str = ""  # what the results name as their model (a registry reference)
+    top_k: int = 3  # labels per answer
+    batch_size: int = option(64, help="images per model call")
+    workers: int = option(0, help="decode processes; 0 = every core")
+    max_pixels: int = DEFAULT_MAX_PIXELS  # width*height above this -> too_large
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1 or self.batch_size < 1 or self.workers < 0:
+            raise ValueError("top_k and batch_size must be >= 1, workers >= 0")
+
+
+@dataclass
+class BatchReport:
+    total: int = 0  # objects under the input
+    skipped: int = 0  # already had an .out (an earlier run)
+    predicted: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "skipped": self.skipped,
+            "predicted": self.predicted,
+            "failed": len(self.failed),
+            "failures": self.failed[:100],
+            "images_per_s": round(self.predicted / self.seconds, 1) if self.seconds else 0.0,
+        }
+
+
+# ---- the workers (module-level: they run in other processes) ---------------------------------
+_WORKER: dict[str, Any] = {}
+Failure = dict[str, str]
+
+
+def _init_worker(cfg: BatchConfig, model_dir: str, settings: Settings | None) -> None:
+    from inference.predictor import Predictor
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    predictor = Predictor.load(model_dir, threads=1, max_pixels=cfg.max_pixels, top_k=cfg.top_k)
+    _WORKER.update(
+        cfg=cfg,
+        client=make_client(settings),
+        predictor=predictor,
+        out=Output(cfg.output, settings, threads=8),
+        model=cfg.model_version or cfg.model,
+    )
+
+
+def _decode(item: RawItem) -> tuple[np.ndarray | None, str, str]:
+    """(pixels or None, error reason, detail) of one input object."""
+    from inference.preprocess import ImageRejected
+
+    # Any layout is fine here: a key outside a class folder is no error for batch inference.
+    if item.issue is not None and item.issue[0] != "unknown_label":
+        return None, item.issue[0], item.issue[1]
+    if not has_image_extension(item.key):
+        return None, "unknown_extension", "not .png/.jpg/.jpeg/.webp/.bmp"
+    try:
+        data = read_item(item, _WORKER["client"])
+        return _WORKER["predictor"].preprocess(data), "", ""
+    except ImageRejected as exc:
+        return None, exc.reason, exc.detail
+    except Exception as exc:  # noqa: BLE001 - one bad object never stops the job
+        return None, "unreadable", str(exc)[:200]
+
+
+def _run_chunk(items: list[RawItem]) -> tuple[int, list[Failure]]:
+    """Classify one chunk and write its results; returns (classified, failures)."""
+    cfg: BatchConfig = _WORKER["cfg"]
+    predictor, out, model = _WORKER["predictor"], _WORKER["out"], _WORKER["model"]
+    keys: list[str] = []
+    arrays: list[np.ndarray] = []
+    failures: list[Failure] = []
+    for item in items:
+        pixels, reason, detail = _decode(item)
+        if pixels is None:
+            failures.append({"key": item.key, "reason": reason, "detail": detail})
+            out.put(
+                item.key + OUT_SUFFIX,
+                _record(item.key, {"error": reason, "detail": detail, "model": model}),
+            )
+        else:
+            keys.append(item.key)
+            arrays.append(pixels)
+    if keys:
+        probs = predictor.predict_arrays(np.stack(arrays))
+        for key, top in zip(keys, predictor.top_k_labels(probs, cfg.top_k), strict=True):
+            answer = {
+                "label": top[0][0],
+                "score": top[0][1],
+                "top_k": [{"label": lab, "score": score} for lab, score in top],
+                "model": model,
+            }
+            out.put(key + OUT_SUFFIX, _record(key, answer))
+    out.flush()  # a chunk counts as done only once its results are written
+    return len(keys), failures
+
+
+# ---- output ------------------------------------------------------------------------------------
+class Output:
+    """Where `<key>.out` objects go: a folder or an s3:// prefix. Writes go to a thread pool
+    (PUT latency, and file creation, which costs ~1 ms on some file systems, overlap)."""
+
+    def __init__(self, uri: str, settings: Settings | None, threads: int = 16) -> None:
+        self.uri = uri.rstrip("/")
+        self.s3 = make_client(settings) if is_s3_uri(uri) else None
+        self.pool = ThreadPoolExecutor(threads)
+        self.pending: list[Future[None]] = []
+        self.folders: set[Path] = set()
+
+    def done_keys(self) -> set[str]:
+        if self.s3 is None:
+            root = Path(self.uri)
+            if not root.is_dir():
+                return set()
+            return {
+                p.relative_to(root).as_posix().removesuffix(OUT_SUFFIX)
+                for p in root.rglob(f"*{OUT_SUFFIX}")
+            }
+        bucket, prefix = split_s3_uri(self.uri + "/")
+        keys: set[str] = set()
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                if obj["Key"].endswith(OUT_SUFFIX):
+                    keys.add(obj["Key"][len(prefix) :].removesuffix(OUT_SUFFIX))
+        return keys
+
+    def put(self, rel: str, body: bytes) -> None:
+        if self.s3 is None:
+            folder = (Path(self.uri) / rel).parent
+            if folder not in self.folders:  # once per folder, not per file
+                folder.mkdir(parents=True, exist_ok=True)
+                self.folders.add(folder)
+        self.pending.append(self.pool.submit(self._write, rel, body))
+        if len(self.pending) > 512:
+            self.flush()
+
+    def _write(self, rel: str, body: bytes) -> None:
+        if self.s3 is None:
+            path = Path(self.uri) / rel
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_bytes(body)
+            tmp.replace(path)  # an .out is whole or absent: a rerun never trusts half a file
+            return
+        bucket, prefix = split_s3_uri(self.uri + "/")
+        self.s3.put_object(Bucket=bucket, Key=prefix + rel, Body=body)
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, []
+        for future in pending:
+            future.result()
+
+
+def _record(key: str, body: dict[str, Any]) -> bytes:
+    return (json.dumps({"key": key, **body}, ensure_ascii=False) + "\n").encode()
+
+
+def run_batch(cfg: BatchConfig, settings: Settings | None = None, log: Log = print) -> BatchReport:
+    """Classify what the output does not hold yet; returns the counts (also in the output)."""
+    from inference.predictor import Predictor
+
+    started = time.perf_counter()
+    # Loaded here once: a bad model fails before any worker starts, and a tarball is
+    # extracted once for all of them (the folder lives as long as this predictor).
+    predictor = Predictor.load(cfg.model, max_pixels=cfg.max_pixels, top_k=cfg.top_k)
+    out = Output(cfg.output, settings)
+    listing = list_source(cfg.input, settings, hash_content=False)
+    items = [it for it in listing.items if not it.key.endswith("/")]
+    done = out.done_keys()
+    todo = [it for it in items if it.key not in done]
+    report = BatchReport(total=len(items), skipped=len(items) - len(todo))
+    workers = max(1, min(cfg.workers or os.cpu_count() or 1, -(-len(todo) // cfg.batch_size)))
+    log(
+        f"batch: {len(items)} objects under {cfg.input}, {report.skipped} done before, "
+        f"{len(todo)} to classify with {cfg.model_version or cfg.model} ({workers} workers)"
+    )
+    last = time.perf_counter()
+    if todo:
+        with ProcessPoolExecutor(
+            workers,
+            mp_context=_context(),
+            initializer=_init_worker,
+            initargs=(cfg, str(predictor.model_dir), settings),
+        ) as pool:
+            for predicted, failures in _bounded(pool, todo, cfg.batch_size, 2 * workers):
+                report.predicted += predicted
+                report.failed.extend(failures)
+                if time.perf_counter() - last >= 2.0:
+                    last = time.perf_counter()
+                    finished = report.predicted + len(report.failed)
+                    rate = report.predicted / max(last - started, 1e-9)
+                    log(
+                        f"batch: {finished}/{len(todo)} ({100 * finished // len(todo)}%), "
+                        f"{rate:.0f} images/s, {len(report.failed)} failed"
+                    )
+    predictor.close()
+    report.seconds = time.perf_counter() - started
+    out.put(REPORT, json.dumps(report.as_dict(), indent=1).encode())
+    out.flush()
+    log(
+        f"batch: done, {report.predicted} classified, {len(report.failed)} failed, "
+        f"{report.skipped} skipped, {report.as_dict()['images_per_s']} images/s"
+    )
+    return report
+
+
+def _context() -> Any:
+    """Workers fork from a server process that imported this module once (fast starts, and no
+    fork of this process's live ONNX Runtime session and threads)."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx
+
+
+def _bounded(
+    pool: ProcessPoolExecutor, items: Sequence[RawItem], chunk: int, window: int
+) -> Iterator[tuple[int, list[Failure]]]:
+    """Results of `_run_chunk` over `items` in chunks, at most `window` chunks in flight."""
+    starts = iter(range(0, len(items), chunk))
+    flight: list[Future[tuple[int, list[Failure]]]] = []
+    for start in starts:
+        flight.append(pool.submit(_run_chunk, list(items[start : start + chunk])))
+        if len(flight) >= window:
+            yield flight.pop(0).result()
+    for future in flight:
+        yield future.result()
