@@ -46,6 +46,7 @@ class Settings:
     s3_port: int = 8333
     mlflow_port: int = 5001  # moto's server owns 5000
     endpoint_port: int = 8080  # SageMaker container contract
+    capture_percent: float = 0.0  # LEPTON_CAPTURE_PERCENT: requests the local endpoint captures
     s3_endpoint_url_override: str | None = None
     tracking_uri_override: str | None = None
     data_bucket: str = "lepton-data"
@@ -65,6 +66,11 @@ class Settings:
     env_root: Path = Path.home() / ".cache" / "lepton" / "envs"
     debug: bool = False  # LEPTON_DEBUG=1: full tracebacks from the CLI
     env_credentials: Credentials | None = field(default=None, repr=False)
+
+    @property
+    def capture_uri(self) -> str:
+        """Where endpoint data capture goes (the stack's DeployFunction uses the same prefix)."""
+        return f"s3://{self.artifact_bucket}/capture"
 
     @property
     def buckets(self) -> tuple[str, ...]:
@@ -155,6 +161,16 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer port, got {raw!r}") from exc
 
 
+def _percent(raw: str) -> float:
+    try:
+        value = float(raw) if raw.isascii() else float("nan")
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 100:
+        raise ValueError(f"LEPTON_CAPTURE_PERCENT must be a number in 0..100, got {raw!r}")
+    return value
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build settings from environment variables (all optional).
 
@@ -162,7 +178,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     LEPTON_MLFLOW_PORT, LEPTON_ENDPOINT_PORT, LEPTON_DATA_BUCKET, LEPTON_ARTIFACT_BUCKET,
     LEPTON_MLFLOW_BUCKET, LEPTON_EXPERIMENT (or MLFLOW_EXPERIMENT_NAME), LEPTON_MODEL_NAME, LEPTON_SAGEMAKER_ROLE_ARN,
     LEPTON_PIPELINE_NAME, LEPTON_ENDPOINT_NAME, LEPTON_RAW_DATA_URI, LEPTON_IMAGE_URI,
-    LEPTON_IMAGE_PARAMETER, LEPTON_ENV_DIR, AWS_REGION / AWS_DEFAULT_REGION,
+    LEPTON_IMAGE_PARAMETER, LEPTON_ENV_DIR, LEPTON_CAPTURE_PERCENT, AWS_REGION / AWS_DEFAULT_REGION,
     AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, MLFLOW_TRACKING_URI.
     """
     env = os.environ if env is None else env
@@ -180,6 +196,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         s3_port=_int(env, "LEPTON_S3_PORT", defaults.s3_port),
         mlflow_port=_int(env, "LEPTON_MLFLOW_PORT", defaults.mlflow_port),
         endpoint_port=_int(env, "LEPTON_ENDPOINT_PORT", defaults.endpoint_port),
+        capture_percent=_percent(env.get("LEPTON_CAPTURE_PERCENT", "0")),
         s3_endpoint_url_override=env.get("AWS_ENDPOINT_URL_S3")
         or env.get("AWS_ENDPOINT_URL")
         or None,

@@ -6,7 +6,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipelines.cli import batch, data, image, infra, model, pipeline, serve, services, train
+from pipelines.cli import (
+    batch,
+    data,
+    image,
+    infra,
+    model,
+    monitor,
+    pipeline,
+    serve,
+    services,
+    train,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (services, data, train, pipeline, model, serve, batch, infra, image):
+    for module in (services, data, train, pipeline, model, serve, batch, monitor, infra, image):
         module.register(sub)
     return parser
 

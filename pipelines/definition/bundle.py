@@ -15,11 +15,12 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.definition.names import IMAGE_REQUIREMENTS
+from pipelines.definition.names import CODE_INPUT, IMAGE_REQUIREMENTS
 from pipelines.imports import PROJECT_PACKAGES
 
 _SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
@@ -138,3 +139,17 @@ def stage_source(source_root: Path, staging_root: Path | None = None) -> Path:
 def _mkdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def code_bundle_uri(definition: Mapping[str, Any]) -> str:
+    """The s3:// URI of the code bundle the definition's processing steps mount."""
+    pending = list(definition["Steps"])
+    while pending:
+        step = pending.pop(0)
+        args = step.get("Arguments", {})
+        if step["Type"] == "Condition":
+            pending += args.get("IfSteps", []) + args.get("ElseSteps", [])
+        for item in args.get("ProcessingInputs", []):
+            if item.get("InputName") == CODE_INPUT:
+                return str(item["S3Input"]["S3Uri"])
+    raise ValueError("the definition has no code bundle input")

@@ -17,6 +17,7 @@ DATASET_OUTPUT = "dataset"  # Prepare's ProcessingOutput, and Train's input chan
 EVALUATION_OUTPUT = "evaluation"  # Evaluate's ProcessingOutput
 EVALUATION_REPORT = "EvaluationReport"  # PropertyFile on Evaluate
 EVALUATION_FILE = "evaluation.json"
+BASELINE_FILE = "baseline.json"  # beside it: the drift monitor's baseline (pipelines/monitor)
 ACCURACY_JSON_PATH = "multiclass_classification_metrics.accuracy.value"
 CODE_INPUT = "code"  # ProcessingInput holding the code bundle
 

@@ -14,11 +14,12 @@ def accuracy(evaluate: Any, report: Any) -> Any:
     return JsonGet(step_name=evaluate.name, property_file=report, json_path=n.ACCURACY_JSON_PATH)
 
 
-def evaluation_json_uri(evaluate: Any) -> Any:
+def evaluation_file_uri(evaluate: Any, name: str) -> Any:
+    """`<Evaluate's evaluation output>/<name>` (a property reference)."""
     from sagemaker.core.workflow.functions import Join
 
     out = evaluate.properties.ProcessingOutputConfig.Outputs[n.EVALUATION_OUTPUT].S3Output.S3Uri
-    return Join(on="/", values=[out, n.EVALUATION_FILE])
+    return Join(on="/", values=[out, name])
 
 
 def build_register_step(ctx: BuildContext, train: Any, evaluate: Any) -> Any:
@@ -48,8 +49,14 @@ def build_register_step(ctx: BuildContext, train: Any, evaluate: Any) -> Any:
         transform_instances=[cfg.endpoint_instance_type],
         model_metrics=ModelMetrics(
             model_statistics=MetricsSource(
-                content_type="application/json", s3_uri=evaluation_json_uri(evaluate)
-            )
+                content_type="application/json",
+                s3_uri=evaluation_file_uri(evaluate, n.EVALUATION_FILE),
+            ),
+            # the data-quality baseline the drift monitor reads (pipelines/monitor)
+            model_data_statistics=MetricsSource(
+                content_type="application/json",
+                s3_uri=evaluation_file_uri(evaluate, n.BASELINE_FILE),
+            ),
         ),
         domain="COMPUTER_VISION",
         task="IMAGE_CLASSIFICATION",

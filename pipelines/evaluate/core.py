@@ -8,6 +8,8 @@ evaluation sees exactly what the endpoint will serve. Files written into the out
     confusion_matrix.png     heat map
     misclassified.png        most confidently misclassified test images
     saliency_<class>.png     input-gradient saliency of one sample per class
+    baseline.json            the drift monitor's baseline: statistics of the split's images and
+                             of the model's answers (pipelines/monitor/statistics.py)
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.definition.names import BASELINE_FILE, EVALUATION_FILE
+
 Printer = Callable[[str], None]
 
-EVALUATION_FILE = "evaluation.json"
 CONFUSION_JSON = "confusion_matrix.json"
 CONFUSION_PNG = "confusion_matrix.png"
 MISCLASSIFIED_PNG = "misclassified.png"
@@ -208,6 +211,20 @@ def _figures(
     return files
 
 
+def _baseline(inputs: _Inputs, probs: np.ndarray, split: str) -> dict[str, Any]:
+    from pipelines.monitor.statistics import build_baseline
+
+    meta = inputs.predictor.metadata
+    source = {
+        "dataset": inputs.manifest.get("dataset"),
+        "split": split,
+        "manifest_sha256": inputs.data_sha,
+    }
+    return build_baseline(
+        inputs.images, probs, inputs.classes, meta["image_size"], int(meta["channels"]), source
+    )
+
+
 def evaluate(
     model: Path,
     dataset: str | Path,
@@ -229,6 +246,7 @@ def evaluate(
     m = compute_metrics(inputs.labels, probs, inputs.classes)
     document = _document(inputs, m, split, backend, out)
     files = _figures(inputs, probs, m, gallery_size, max_saliency_classes, out)
+    files[BASELINE_FILE] = json.dumps(_baseline(inputs, probs, split)) + "\n"
     files[EVALUATION_FILE] = json.dumps(document, indent=2) + "\n"  # last: marks completion
     output.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []

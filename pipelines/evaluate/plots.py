@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg", force=True)  # headless; safe to call repeatedly
@@ -22,8 +22,8 @@ def _pyplot() -> Any:
     return plt
 
 
-def _png(fig: Any) -> bytes:
-    plt = _pyplot()
+def to_png(fig: Any) -> bytes:
+    plt = pyplot()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
@@ -63,13 +63,13 @@ def misclassified_gallery_png(
     columns: int = 4,
 ) -> bytes:
     """A grid of images titled ``true -> predicted (confidence)``; a note when there are none."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(images)
     if n == 0:
         fig, ax = plt.subplots(figsize=(4, 1.5))
         ax.axis("off")
         ax.text(0.5, 0.5, "no misclassified images", ha="center", va="center")
-        return _png(fig)
+        return to_png(fig)
     cols = max(1, min(columns, n))
     rows = -(-n // cols)
     fig, axes = plt.subplots(
@@ -84,12 +84,12 @@ def misclassified_gallery_png(
         _show(ax, image)
         ax.set_title(f"{classes[int(t)]} -> {classes[int(p)]}\n({float(conf):.2f})", fontsize=9)
     fig.suptitle("most confidently misclassified (true -> predicted)")
-    return _png(fig)
+    return to_png(fig)
 
 
 def saliency_png(image: np.ndarray, heat: np.ndarray, title: str) -> bytes:
     """The input beside its saliency map and an overlay; ``heat`` is 2-D, any scale."""
-    plt = _pyplot()
+    plt = pyplot()
     heat = np.asarray(heat, dtype=np.float64)
     peak = heat.max() if heat.size else 0.0
     heat = heat / peak if peak > 0 else np.zeros_like(heat)
@@ -104,4 +104,4 @@ def saliency_png(image: np.ndarray, heat: np.ndarray, title: str) -> bytes:
     axes[2].imshow(heat, cmap="inferno", vmin=0, vmax=1, alpha=0.55, interpolation="nearest")
     axes[2].set_title("overlay", fontsize=9)
     fig.suptitle(title, fontsize=10)
-    return _png(fig)
+    return to_png(fig)

@@ -27,6 +27,12 @@ def _model_data_url(args: dict[str, Any]) -> str:
     raise ValueError("RegisterModel step has no ModelDataUrl in InferenceSpecification")
 
 
+def _baseline_uri(args: dict[str, Any]) -> str:
+    """The package's data-quality statistics (Evaluate's baseline.json), or ""."""
+    quality = args.get("ModelMetrics", {}).get("ModelDataQuality", {})
+    return str(quality.get("Statistics", {}).get("S3Uri", ""))
+
+
 def _training_summary(ctx: Context, model_url: str) -> dict[str, Any]:
     for props in ctx.step_properties.values():
         if props.get("ModelArtifacts", {}).get("S3ModelArtifacts") == model_url:
@@ -64,6 +70,7 @@ def register_step(
         "data_manifest_sha256": str(summary.get("data_manifest_sha256", "")),
         "code_version": str(summary.get("code_version", "")),
         "model_package_group": group,
+        "baseline_uri": _baseline_uri(args),  # what `lepton monitor run` compares traffic with
     }
     # Idempotent: a cached re-run hands the same model.tar.gz to Register again; it keeps its
     # version (and approval) instead of piling up copies.

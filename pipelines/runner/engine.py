@@ -128,6 +128,8 @@ def job_environment(settings: Settings, execution_id: str) -> dict[str, str]:
             "LEPTON_ENDPOINT_PORT": str(settings.endpoint_port),
             "LEPTON_MLFLOW_PORT": str(settings.mlflow_port),
             "LEPTON_S3_PORT": str(settings.s3_port),
+            "LEPTON_CAPTURE_PERCENT": str(settings.capture_percent),  # the local Deploy's
+            "LEPTON_ARTIFACT_BUCKET": settings.artifact_bucket,
         }
     )
     return env

@@ -72,7 +72,7 @@ def build_definition(settings: Settings, cfg: PipelineConfig) -> dict[str, Any]:
 
 def step_python(settings: Settings, definition: dict[str, Any], out: Printer) -> Path:
     """The step environment of the definition's code bundle (its image requirements.txt)."""
-    from pipelines.definition.bundle import IMAGE_REQUIREMENTS
+    from pipelines.definition.bundle import IMAGE_REQUIREMENTS, code_bundle_uri
     from pipelines.runner.environment import ensure_environment
 
     uri = code_bundle_uri(definition)
@@ -83,17 +83,6 @@ def step_python(settings: Settings, definition: dict[str, Any], out: Printer) ->
     path = folder / f"{hashlib.sha256(body).hexdigest()[:16]}.txt"
     path.write_bytes(body)
     return ensure_environment(path, settings.env_root, out)
-
-
-def code_bundle_uri(definition: dict[str, Any]) -> str:
-    """The s3:// URI of the code bundle the definition's processing steps mount."""
-    from pipelines.runner.engine import flatten_steps
-
-    for spec in flatten_steps(definition).values():
-        for item in spec.body.get("Arguments", {}).get("ProcessingInputs", []):
-            if item.get("InputName") == n.CODE_INPUT:
-                return str(item["S3Input"]["S3Uri"])
-    raise ValueError("the definition has no code bundle input")
 
 
 def run(settings: Settings, request: RunRequest, out: Printer = print) -> RunRecord:

@@ -23,6 +23,8 @@ ENV = {
     "INSTANCE_TYPE": "ml.m5.large",
     "INSTANCE_COUNT": "1",
     "KMS_KEY_ARN": "arn:aws:kms:us-east-1:123456789012:key/abc",
+    "CAPTURE_PERCENT": "0",
+    "CAPTURE_URI": "s3://artifacts/capture",
 }
 
 
@@ -115,6 +117,27 @@ def test_first_approval_creates_the_endpoint(sm: _SageMaker) -> None:
         sm.describe_endpoint(EndpointName="lepton-classifier")["EndpointConfigName"]
         == "lepton-classifier-v1"
     )
+
+
+def test_the_tests_set_every_variable_the_template_gives_the_function() -> None:
+    props = load_template(TEMPLATE_PATH)["Resources"]["DeployFunction"]["Properties"]
+    assert set(props["Environment"]["Variables"]) == set(ENV)
+
+
+def test_capture_percent_turns_on_data_capture(
+    sm: _SageMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = sm.describe_endpoint_config
+    handler = _handler_module().handler
+    handler(_event(1), None, sm)
+    assert not config(EndpointConfigName="lepton-classifier-v1").get("DataCaptureConfig")
+    monkeypatch.setenv("CAPTURE_PERCENT", "20")
+    handler(_event(2), None, sm)
+    capture = config(EndpointConfigName="lepton-classifier-v2")["DataCaptureConfig"]
+    assert capture["EnableCapture"] is True and capture["InitialSamplingPercentage"] == 20
+    assert capture["DestinationS3Uri"] == "s3://artifacts/capture"
+    assert [o["CaptureMode"] for o in capture["CaptureOptions"]] == ["Input", "Output"]
+    assert capture["KmsKeyId"] == ENV["KMS_KEY_ARN"]
 
 
 def test_repeated_event_changes_nothing_and_new_version_updates(sm: _SageMaker) -> None:
