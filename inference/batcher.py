@@ -2,6 +2,8 @@
 
 Requests queue their ``[n, H, W, C]`` pixels; a dispatcher takes a free worker, then gathers
 queued requests (whole requests only, at most ``max_batch`` images) and runs one model call.
+Work that cannot be batched (saliency maps) queues in the same line with :meth:`call`: it
+counts against the same queue limit, waits its turn and takes a worker like a batch does.
 It waits up to ``max_wait_s`` for more images only while other requests are known to be on
 their way (announced but not yet queued), so a lone client pays no batching delay while a
 busy server fills its batches. ONNX Runtime releases the GIL, so workers overlap with the
@@ -15,6 +17,7 @@ import collections
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -27,8 +30,10 @@ class Overloaded(RuntimeError):
 
 @dataclass
 class _Item:
-    pixels: np.ndarray
-    future: asyncio.Future[np.ndarray]
+    pixels: np.ndarray | None  # None: an unbatchable call
+    future: asyncio.Future[Any]
+    weight: int  # images it stands for in the queue limit
+    call: Callable[[], Any] | None = None
 
 
 class MicroBatcher:
@@ -74,13 +79,23 @@ class MicroBatcher:
         """Queue ``[n, H, W, C]`` pixels; returns their ``[n, K]`` probabilities."""
         if announced:
             self.withdraw()
-        if self.queued_images + len(pixels) > self._max_queued:
+        result: np.ndarray = await self._enqueue(pixels, None, len(pixels))
+        return result
+
+    async def call(self, fn: Callable[[], Any], weight: int) -> Any:
+        """Run ``fn()`` on a worker in queue order, alone; ``weight`` images of queue limit."""
+        return await self._enqueue(None, fn, weight)
+
+    async def _enqueue(
+        self, pixels: np.ndarray | None, call: Callable[[], Any] | None, weight: int
+    ) -> Any:
+        if self.queued_images + weight > self._max_queued:
             raise Overloaded(f"{self.queued_images} images already queued")
-        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Item(pixels, future))
-        self.queued_images += len(pixels)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Item(pixels, future, weight, call))
+        self.queued_images += weight
         self._arrived.set()
-        return await future
+        return await future  # cancelled (timeout, client gone): the dispatcher skips it
 
     async def _wait_for_items(self) -> None:
         while not self._queue:
@@ -105,16 +120,18 @@ class MicroBatcher:
         rows = 0
         while self._queue:
             item = self._queue[0]
-            if item.future.done():  # cancelled by a request timeout: skip it
+            if item.future.done():  # cancelled by a request timeout or a client gone: skip it
                 self._queue.popleft()
-                self.queued_images -= len(item.pixels)
+                self.queued_images -= item.weight
                 continue
-            if items and rows + len(item.pixels) > self._max_batch:
+            if items and (item.call is not None or rows + item.weight > self._max_batch):
                 break
             self._queue.popleft()
-            self.queued_images -= len(item.pixels)
+            self.queued_images -= item.weight
             items.append(item)
-            rows += len(item.pixels)
+            rows += item.weight
+            if item.call is not None:  # runs alone
+                break
         return items
 
     async def _dispatch_forever(self) -> None:
@@ -134,13 +151,23 @@ class MicroBatcher:
             task.add_done_callback(self._running.discard)
 
     async def _run(self, items: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            batch = (
-                items[0].pixels if len(items) == 1 else np.concatenate([i.pixels for i in items])
-            )
+            first = items[0]
+            if first.call is not None:
+                try:
+                    result = await loop.run_in_executor(self._executor, first.call)
+                except Exception as exc:
+                    if not first.future.done():
+                        first.future.set_exception(exc)
+                    return
+                if not first.future.done():
+                    first.future.set_result(result)
+                return
+            pixels = [i.pixels for i in items if i.pixels is not None]
+            batch = pixels[0] if len(pixels) == 1 else np.concatenate(pixels)
             if self._on_batch is not None:
                 self._on_batch(len(batch))
-            loop = asyncio.get_running_loop()
             try:
                 probs = await loop.run_in_executor(self._executor, self._predict, batch)
             except Exception as exc:  # surfaced to every request of the batch
@@ -150,10 +177,9 @@ class MicroBatcher:
                 return
             start = 0
             for item in items:
-                n = len(item.pixels)
                 if not item.future.done():
-                    item.future.set_result(probs[start : start + n])
-                start += n
+                    item.future.set_result(probs[start : start + item.weight])
+                start += item.weight
         finally:
             self._workers.release()
 

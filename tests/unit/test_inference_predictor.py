@@ -202,7 +202,8 @@ def test_npy_declared_shape_must_match_bytes(predictor: Predictor) -> None:
     with pytest.raises(RequestError, match="declares"):
         decode_body(predictor, lying, "application/x-npy")
     with pytest.raises(RequestError, match="exceeds"):
-        decode_body(predictor, npy(pixels(5)), "application/x-npy", max_instances=4)
+        limits = codec.DecodeLimits(max_instances=4)
+        decode_body(predictor, npy(pixels(5)), "application/x-npy", limits)
 
 
 def test_accept_and_attributes() -> None:
