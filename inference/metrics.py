@@ -8,11 +8,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 __all__ = ["CONTENT_TYPE", "ServerMetrics"]
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+# What prometheus-client's own handlers answer by default: the text is the 0.0.4 format.
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 # Seconds; from a cache-hot tiny model (~0.3 ms) to a saturated queue (SageMaker times out at 60 s).
 LATENCY_BUCKETS_S = (

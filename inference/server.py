@@ -179,7 +179,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, ServerConfig
     args = p.parse_args(argv)
     names = {f.name for f in fields(ServerConfig)} - {"auth_token"}
     values = {k: v for k, v in vars(args).items() if k in names}
-    config = replace(defaults, **values, access_log=not args.no_access_log)
+    try:
+        config = replace(defaults, **values, access_log=not args.no_access_log)
+    except ValueError as exc:  # e.g. --workers 0
+        p.error(str(exc))
     return args, config
 
 
