@@ -66,6 +66,7 @@ class ServerMetrics:
                 ("lepton_queued_images", "Images (and explanations) waiting for a model call."),
                 ("lepton_decode_jobs", "Request bodies being decoded or waiting for a decoder."),
                 ("lepton_open_connections", "Open HTTP connections."),
+                ("lepton_request_body_bytes", "Bytes of request bodies held (received so far)."),
             )
         }
         self._by_status: dict[tuple[str, int], tuple[Counter, Counter | None]] = {}

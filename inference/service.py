@@ -151,6 +151,8 @@ class InferenceServer:
         self.metrics.watch("lepton_queued_images", lambda: batcher.queued_images)
         self.metrics.watch("lepton_decode_jobs", lambda: pool.jobs)
         self.metrics.watch("lepton_open_connections", lambda: len(server.server_state.connections))
+        budget = self.app.budget
+        self.metrics.watch("lepton_request_body_bytes", lambda: budget.in_use)
         log.info(
             "listening on http://%s:%d (max %d connections)",
             cfg.host,
