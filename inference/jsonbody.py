@@ -169,11 +169,10 @@ def _skeleton(shape: tuple[int, ...]) -> bytes:
 
 
 def _digits_only(compact: bytes, count: int) -> np.ndarray | None:
-    """Non-negative JSON integers (the usual pixels) read by numpy's C parser, ~4x faster than
-    ``json.loads`` + ``np.asarray``; None for anything else (signs, fractions, exponents,
-    missing numbers, and JSON's forbidden leading zeros: then the digits do not add up)."""
-    if compact.translate(None, b"0123456789,[]"):
-        return None
+    """``compact`` (only digits, commas and brackets) as ``count`` non-negative JSON integers,
+    the usual pixels, read by numpy's C parser: ~4x faster than ``json.loads`` +
+    ``np.asarray``. None if a number is missing or has JSON's forbidden leading zeros (then the
+    digits do not add up)."""
     numbers = compact.translate(None, b"[]")
     try:  # text mode (sep=","); an empty number fails, too long a one saturates
         pixels = np.fromstring(numbers, dtype=np.int64, sep=",")
@@ -190,10 +189,11 @@ def _digits_only(compact: bytes, count: int) -> np.ndarray | None:
 
 def fast_pixels(body: bytes, shape: Shape, max_instances: int) -> tuple[np.ndarray, bool] | None:
     """A body that is a rectangular array of numbers of the model's shape (bare, or as
-    ``{"instances": ...}``) -> (``[N, H, W, C]`` array, single), about twice as fast as the
-    general path: the bracket structure is compared with the shape's before ``json.loads``
-    reads the numbers as one flat list (so number syntax stays exactly JSON's). Anything else,
-    strings and escapes included, gives None: take :func:`parse_json`, which words the error."""
+    ``{"instances": ...}``) -> (``[N, H, W, C]`` array, single), several times faster than the
+    general path: the bracket structure is compared with the shape's, then the numbers are read
+    as one flat list, by numpy for plain integers, else by ``json.loads`` (number syntax stays
+    exactly JSON's). Anything else, strings and escapes included, gives None: take
+    :func:`parse_json`, which words the error."""
     text = body.strip()
     single_allowed = True
     match = _INSTANCES_PREFIX.match(text)
@@ -205,7 +205,8 @@ def fast_pixels(body: bytes, shape: Shape, max_instances: int) -> tuple[np.ndarr
     if not text.startswith(b"["):
         return None
     compact = text.translate(None, b" \t\r\n")
-    if compact.translate(None, b"0123456789,[]") and compact.translate(None, b"0123456789.eE+-,[]"):
+    integers = not compact.translate(None, b"0123456789,[]")
+    if not integers and compact.translate(None, b"0123456789.eE+-,[]"):
         return None  # strings, objects, literals: the general path
     skeleton = compact.translate(None, b"0123456789.eE+-")
     depth = len(skeleton) - len(skeleton.lstrip(b"["))
@@ -219,7 +220,7 @@ def fast_pixels(body: bytes, shape: Shape, max_instances: int) -> tuple[np.ndarr
         return None
     if skeleton != _skeleton(full):
         return None
-    pixels = _digits_only(compact, count)
+    pixels = _digits_only(compact, count) if integers else None
     if pixels is None:
         try:
             pixels = np.asarray(json.loads(b"[" + compact.translate(None, b"[]") + b"]"))
