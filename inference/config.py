@@ -29,7 +29,7 @@ class ServerConfig:
     request_timeout_s: float = (
         60.0  # decode + queue + model (+ explain); SageMaker gives up at 60 s
     )
-    grace_s: float = 30.0  # SIGTERM: time allowed for requests in flight
+    grace_s: float = 25.0  # SIGTERM: time for requests in flight (SageMaker SIGKILLs at 30 s)
     max_connections: int = 1024  # beyond: the oldest connection without a request is closed
     max_header_bytes: int = 16_384  # request line + all headers
     max_headers: int = 100
