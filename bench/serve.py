@@ -34,6 +34,7 @@ import io
 import json
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
@@ -89,14 +90,29 @@ def process(
             raise
         yield
     finally:
-        proc.terminate()  # SIGTERM to our child only
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_group(proc)
         if log:
             out.close()  # type: ignore[union-attr]
+
+
+def stop_group(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    """SIGTERM the child's own process group (it was started in a new session), so that the
+    worker processes a server spawned (LitServe, mlflow's uvicorn) stop with it; SIGKILL what
+    is left after ``timeout_s``."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout_s)
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)  # members of the group still alive?
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def http_request(port: int, path: str, body: bytes, content_type: str) -> bytes:
