@@ -20,7 +20,8 @@ Beside lepton at each concurrency it measures, in the same run, the limit of thi
 same model.onnx called directly by ONNX Runtime on batches of 32 (same session options and
 threads as the server), before and after each lepton point (each point is compared with the
 mean of its two neighbours), giving images/s and the latency of one full batch; ``--reps N``
-repeats the rounds and reports the median ratios.
+repeats the rounds and reports the median ratios. Also images per CPU-second, the server
+process against raw ONNX Runtime: a ratio that other load on the machine barely moves.
 
     .venv/bin/python bench/serve.py [--model DIR | --arch resnet18] [--duration 5]
                                     [--concurrency 1,8,32] [--skip-mlflow] [--skip-litserve]
@@ -78,7 +79,7 @@ def wait_ready(url: str, timeout_s: float, proc: subprocess.Popen[bytes]) -> Non
 @contextlib.contextmanager
 def process(
     cmd: list[str], ping: str, env: dict[str, str] | None = None, log: Path | None = None
-) -> Iterator[None]:
+) -> Iterator[subprocess.Popen[bytes]]:
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True
@@ -91,7 +92,7 @@ def process(
                 out.flush()  # type: ignore[union-attr]
                 sys.stderr.write(log.read_text(errors="replace")[-4000:])
             raise
-        yield
+        yield proc
     finally:
         stop_group(proc)
         if log:
@@ -169,12 +170,25 @@ async def _client(
 
 
 def load(
-    port: int, request: bytes, concurrency: int, duration_s: float, warmup_s: float
+    port: int,
+    request: bytes,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    cpu_pid: int | None = None,
 ) -> dict[str, float]:
+    """Closed loop at ``concurrency``; with ``cpu_pid``, also that process's CPU seconds over
+    the measured window."""
+    cpu: list[float] = []
+
     async def run() -> tuple[list[float], list[int]]:
         lat: list[float] = []
         errors: list[int] = []
         start = time.perf_counter()
+        if cpu_pid is not None:
+            loop = asyncio.get_running_loop()
+            loop.call_later(warmup_s, lambda: cpu.append(cpu_seconds(cpu_pid)))
+            loop.call_later(warmup_s + duration_s, lambda: cpu.append(cpu_seconds(cpu_pid)))
         await asyncio.gather(
             *(
                 _client(port, request, start + warmup_s + duration_s, start + warmup_s, lat, errors)
@@ -185,7 +199,7 @@ def load(
 
     lat, errors = asyncio.run(run())
     ms = np.asarray(lat) * 1000
-    return {
+    out = {
         "concurrency": concurrency,
         "requests": len(lat),
         "errors": len(errors),
@@ -193,6 +207,9 @@ def load(
         "p50_ms": round(float(np.percentile(ms, 50)), 2) if len(ms) else float("nan"),
         "p99_ms": round(float(np.percentile(ms, 99)), 2) if len(ms) else float("nan"),
     }
+    if len(cpu) == 2:
+        out["server_cpu_s"] = round(cpu[1] - cpu[0], 2)
+    return out
 
 
 def payloads(
@@ -349,6 +366,7 @@ def raw_onnx(model_dir: Path, batch: int, duration_s: float) -> dict[str, float]
     pixels = (rng.random((batch, meta["channels"], height, width)) * 255).astype(np.float32)
     session.run(None, {"pixels": pixels})  # warm-up
     times: list[float] = []
+    cpu = time.process_time()  # this process's CPU time, ONNX Runtime's threads included
     start = time.perf_counter()
     while time.perf_counter() - start < duration_s or len(times) < 3:
         t0 = time.perf_counter()
@@ -359,7 +377,16 @@ def raw_onnx(model_dir: Path, batch: int, duration_s: float) -> dict[str, float]
         "calls": len(times),
         "images_per_s": round(batch * len(times) / sum(times), 1),
         "batch_latency_ms": round(float(np.median(times)) * 1000, 1),
+        "images_per_cpu_s": round(batch * len(times) / (time.process_time() - cpu), 2),
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads."""
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
 
 def _ratios(rows: list[dict[str, Any]], other: str, levels: list[int]) -> dict[str, Any]:
@@ -423,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
                 python, "-m", "inference.server", "--model", str(model_dir), "--port", str(port),
                 *args.lepton_args.split(),
             ]  # fmt: skip
-            stack.enter_context(
+            lepton = stack.enter_context(
                 process(cmd, f"http://127.0.0.1:{port}/ping", log=work / "lepton.log")
             )
             for name in args.lepton_payloads.split(","):
@@ -466,10 +493,14 @@ def main(argv: list[str] | None = None) -> int:
                     for server, name, port, request in targets:
                         if measure_raw and server == "lepton":
                             measure_limit()
-                        r = load(port, request, c, args.duration, args.warmup)
+                        pid = lepton.pid if measure_raw and server == "lepton" else None
+                        r = load(port, request, c, args.duration, args.warmup, cpu_pid=pid)
                         rows.append({"server": server, "payload": name, **r})
-                        if measure_raw:
-                            rows[-1].update(raw_index=len(raws), rep=rep)
+                        if pid is not None:
+                            per_cpu = r["requests"] / max(r["server_cpu_s"], 1e-9)
+                            rows[-1].update(
+                                raw_index=len(raws), rep=rep, images_per_cpu_s=round(per_cpu, 2)
+                            )
                         print(json.dumps(rows[-1]), flush=True)
                     load_avg[f"after_c{c}" + (f"_rep{rep}" if rep else "")] = os.getloadavg()
             if measure_raw:
@@ -511,6 +542,13 @@ def main(argv: list[str] | None = None) -> int:
                         "raw_batch_latency_ms": round(batch_ms, 1),
                         "throughput_fraction": round(float(r["throughput_rps"]) / rate, 3),
                         "p99_over_batch_latency": round(float(r["p99_ms"]) / batch_ms, 2),
+                        # Robust to other load on the machine: images per CPU-second, server
+                        # process vs raw ONNX Runtime (the load generator's CPU not counted).
+                        "cpu_efficiency_fraction": round(
+                            r["images_per_cpu_s"]
+                            / float(np.mean([x["images_per_cpu_s"] for x in near])),
+                            3,
+                        ),
                     }
                 )
         summary["vs_raw_onnx"] = {
@@ -520,6 +558,9 @@ def main(argv: list[str] | None = None) -> int:
                 ),
                 "median_p99_over_batch_latency": float(
                     np.median([x["p99_over_batch_latency"] for x in points])
+                ),
+                "median_cpu_efficiency_fraction": float(
+                    np.median([x["cpu_efficiency_fraction"] for x in points])
                 ),
                 "rounds": points,
             }
