@@ -381,6 +381,20 @@ def raw_onnx(model_dir: Path, batch: int, duration_s: float) -> dict[str, float]
     }
 
 
+def lepton_batches(port: int) -> dict[str, float]:
+    """Model calls and mean images per call over the whole run, from lepton's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    values = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith(("lepton_batch_size_count ", "lepton_batch_size_sum "))
+    }
+    calls = values.get("lepton_batch_size_count", 0.0)
+    images = values.get("lepton_batch_size_sum", 0.0)
+    return {"calls": calls, "mean_images_per_call": round(images / max(calls, 1.0), 2)}
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process, all its threads."""
     import psutil
@@ -505,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
                     load_avg[f"after_c{c}" + (f"_rep{rep}" if rep else "")] = os.getloadavg()
             if measure_raw:
                 measure_limit()
+            batches = lepton_batches(targets[0][2])
 
     print()
     print(
@@ -521,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_avg_1_5_15min": {k: [round(x, 2) for x in v] for k, v in load_avg.items()},
         "duration_s": args.duration,
         "results": rows,
+        "lepton_model_calls": batches,
     }
     for other in ("litserve", "mlflow"):
         ratios = _ratios(rows, other, levels)

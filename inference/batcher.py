@@ -4,7 +4,7 @@ Requests queue their ``[n, H, W, C]`` pixels; a dispatcher takes a free worker, 
 queued requests (whole requests only, at most ``max_batch`` images) and runs one model call.
 It waits up to ``max_wait_s`` for more images only while other requests are known to be on
 their way (announced but not yet queued), and, while fewer images are queued than the last
-batch had, up to 5% of that batch's model time (<= 50 ms): under steady load they are about
+batch had, up to 10% of that batch's model time (<= 100 ms): under steady load they are about
 to come back. So a lone client pays no batching delay while a busy server fills its batches.
 ONNX Runtime releases the GIL, so workers overlap with the event loop's parsing.
 
@@ -28,9 +28,11 @@ __all__ = ["MicroBatcher", "Overloaded"]
 
 # Waiting for the rest of the last batch's images: at most this share of its model time, and
 # at most this long. resnet18 at 224 px, 32 clients (bench/serve.py --arch resnet18): batches of
-# 1 and 31 alternated without it, full batches of 32 with it; a 1 ms model waits <= 50 us.
-EXPECT_SHARE = 0.05
-EXPECT_MAX_S = 0.05
+# 1 and 31 alternated without it; with 5% / 50 ms a straggler still missed its batch now and
+# then (p99 ~2.2 full batches); with 10% / 100 ms p99 was 1.4-1.7 batches. A 1 ms model waits
+# <= 100 us, a lone client never (it never has fewer images queued than its last batch).
+EXPECT_SHARE = 0.1
+EXPECT_MAX_S = 0.1
 
 
 class Overloaded(RuntimeError):
