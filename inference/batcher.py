@@ -30,7 +30,7 @@ __all__ = ["MicroBatcher", "Overloaded"]
 # at most this long. resnet18 at 224 px, 32 clients (bench/serve.py --arch resnet18): batches of
 # 1 and 31 alternated without it; with 5% / 50 ms a straggler still missed its batch now and
 # then (p99 ~2.2 full batches); with 10% / 100 ms p99 was 1.4-1.7 batches. A 1 ms model waits
-# <= 100 us, a lone client never (it never has fewer images queued than its last batch).
+# <= 100 us; a lone client sending same-size requests never waits (none fewer than last).
 EXPECT_SHARE = 0.1
 EXPECT_MAX_S = 0.1
 
