@@ -204,8 +204,10 @@ def _check_pixels(predictor: Predictor, arr: np.ndarray, max_instances: int) -> 
 
 
 def _load_npy(body: bytes) -> np.ndarray:
-    """``np.load(allow_pickle=False)`` after checking the header, so no object array is ever
-    unpickled and no absurd declared shape is ever allocated."""
+    """A ``.npy`` body as an array, read like ``np.load(allow_pickle=False)`` but with its
+    header checked first (numeric dtype, declared size equal to the bytes sent), so no object
+    array is ever unpickled and no absurd declared shape is ever allocated; the data is then
+    viewed in place rather than parsed a second time (the header parse is most of the cost)."""
     stream = io.BytesIO(body)
     try:
         version = np.lib.format.read_magic(stream)
@@ -222,18 +224,14 @@ def _load_npy(body: bytes) -> np.ndarray:
             400, f".npy dtype {dtype} refused: only integer or float pixels (never pickled objects)"
         )
     count = math.prod(shape)
-    if count * dtype.itemsize != len(body) - stream.tell():
+    offset = stream.tell()
+    if count * dtype.itemsize != len(body) - offset:
         raise RequestError(
             400,
-            f".npy header declares shape {list(shape)} of {dtype} but the body holds {len(body) - stream.tell()} data bytes",
+            f".npy header declares shape {list(shape)} of {dtype} but the body holds {len(body) - offset} data bytes",
         )
-    try:
-        arr = np.load(io.BytesIO(body), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise RequestError(400, f"body is not a valid .npy file ({exc})") from None
-    if not isinstance(arr, np.ndarray):
-        raise RequestError(400, "send one .npy array, not an .npz archive")
-    return arr
+    flat = np.frombuffer(body, dtype=dtype, count=count, offset=offset)  # read-only view
+    return flat.reshape(shape, order="F" if fortran else "C")
 
 
 def _decode_json(
