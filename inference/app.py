@@ -1,87 +1,70 @@
-"""The HTTP application behind :mod:`inference.server`: connections, routing, invocations.
+"""The ASGI application behind :mod:`inference.server`: routing, auth, invocations.
 
-One asyncio event loop parses HTTP (:mod:`inference.protocol`) and micro-batches requests
-(:mod:`inference.batcher`); model calls run on ``workers`` threads, large bodies are decoded on a
-small thread pool, so a slow decode never stalls the loop.
+uvicorn (httptools) runs the connections (:mod:`inference.connections`); this app reads bodies
+under their limits (:mod:`inference.body`), decodes them off the event loop on a bounded pool
+(:mod:`inference.decodepool`) and micro-batches the pixels (:mod:`inference.batcher`) onto the
+model thread(s). Decode, queue, model and explanation all run inside the request timeout, and
+all of it is cancelled when the client goes away.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from inference.batcher import MicroBatcher, Overloaded
+from inference.body import BodyBudget, BodyRefused, ClientGone, content_length, discard, read_body
 from inference.codec import (
+    DecodeLimits,
     RequestError,
     accepts_json,
-    cheap_to_decode,
     decode_body,
+    decode_inline,
     encode_predictions,
     error_body,
     parse_attributes,
 )
+from inference.config import ServerConfig
+from inference.decodepool import DecodePool
+from inference.metrics import CONTENT_TYPE as METRICS_TYPE
 from inference.metrics import ServerMetrics
-from inference.predictor import DEFAULT_MAX_PIXELS, Predictor
-from inference.protocol import (
-    BodyBudget,
-    HttpError,
-    Limits,
-    Request,
-    read_request,
-    render_response,
-)
+from inference.predictor import Predictor
+from inference.security import token_matches
 
-__all__ = ["InferenceServer", "ServerConfig"]
+__all__ = ["InferenceApp"]
 
 log = logging.getLogger("inference.server")
 access_log = logging.getLogger("inference.access")
 
-
-@dataclass(frozen=True)
-class ServerConfig:
-    host: str = "127.0.0.1"  # never 0.0.0.0 by default: the local endpoint is for this machine
-    port: int = 8080  # SageMaker container contract; 0 picks a free port
-    workers: int = 1  # concurrent model calls; 1 loop + 1 model thread fill a 2-core box
-    max_batch: int = 32  # images per model call; also the most instances one request may carry
-    max_wait_ms: float = 2.0  # longest a batch waits for more images (only when more are coming)
-    max_queued_images: int = 1024  # beyond this, 503 + Retry-After instead of unbounded latency
-    max_body_bytes: int = 6_291_456  # 6 MiB, SageMaker's real-time payload limit
-    max_pixels: int = DEFAULT_MAX_PIXELS  # declared width x height, checked before decoding
-    header_timeout_s: float = 10.0
-    body_timeout_s: float = 30.0  # whole body, and also the time allowed to send the answer
-    keepalive_timeout_s: float = 75.0
-    request_timeout_s: float = 60.0  # queue + model time; SageMaker gives up at 60 s
-    grace_s: float = 30.0  # SIGTERM: time allowed for requests in flight
-    max_connections: int = 1024
-    max_inflight_body_bytes: int = 256 * 2**20  # all bodies held at once (~40 maximum-size ones)
-    top_k: int = 5
-    explain_max_instances: int = 8  # saliency costs a backward pass per image
-    inline_decode_bytes: int = (
-        65_536  # smaller, cheap bodies are parsed on the loop (no thread hop)
-    )
-    access_log: bool = True
-
-    def limits(self) -> Limits:
-        return Limits(
-            max_body_bytes=self.max_body_bytes,
-            header_timeout_s=self.header_timeout_s,
-            body_timeout_s=self.body_timeout_s,
-            keepalive_timeout_s=self.keepalive_timeout_s,
-        )
+ROUTES = {"/ping": "GET", "/invocations": "POST", "/metrics": "GET", "/execution-parameters": "GET"}
+OPEN_PATHS = frozenset({"/ping"})  # SageMaker's health check carries no credentials
+JSON = "application/json"
 
 
-@dataclass(eq=False)  # hashed by identity: kept in a set
-class _Conn:
-    task: asyncio.Task[Any] | None
-    busy: bool = False
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    content_type: str = JSON
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def _error(
+    status: int,
+    message: str,
+    reason: str | None = None,
+    retry: bool = False,
+    headers: tuple[tuple[str, str], ...] = (),
+) -> Response:
+    extra = headers + ((("Retry-After", "1"),) if retry else ())
+    return Response(status, error_body(message, reason), JSON, extra)
 
 
 def _flag(value: str | None) -> bool:
@@ -92,343 +75,258 @@ def _flag(value: str | None) -> bool:
     raise RequestError(400, f"explain must be true or false, got {value[:40]!r}")
 
 
-class InferenceServer:
-    def __init__(
-        self,
-        config: ServerConfig,
-        predictor: Predictor | None = None,
-        load: Callable[[], Predictor] | None = None,
-    ) -> None:
-        if predictor is None and load is None:
-            raise ValueError("give a predictor or a load function")
+def _top_k(value: str, classes: int) -> int:
+    if not (value.isascii() and value.isdigit() and len(value) <= 6) or not (
+        1 <= int(value) <= classes
+    ):
+        raise RequestError(400, f"top_k must be an integer in 1..{classes}, got {value[:40]!r}")
+    return int(value)
+
+
+def _headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Lower-case names (uvicorn's), repeated headers joined with ", "."""
+    out: dict[str, str] = {}
+    for name, value in raw:
+        key, text = name.decode("latin-1"), value.decode("latin-1")
+        out[key] = f"{out[key]}, {text}" if key in out else text
+    return out
+
+
+class InferenceApp:
+    """ASGI 3 callable. The server sets ``predictor`` (once loaded), ``batcher`` and
+    ``decode_pool`` before traffic, and ``draining`` on SIGTERM."""
+
+    def __init__(self, config: ServerConfig, metrics: ServerMetrics) -> None:
         self.config = config
-        self.predictor = predictor
-        self._load = load
-        self.metrics = ServerMetrics()
-        self.port: int | None = None
-        self._limits = config.limits()
-        self._budget = BodyBudget(config.max_inflight_body_bytes)
-        self._conns: set[_Conn] = set()
-        self._draining = False
-        self._server: asyncio.AbstractServer | None = None
-        self._infer_pool = ThreadPoolExecutor(config.workers, thread_name_prefix="lepton-infer")
-        self._decode_pool = ThreadPoolExecutor(
-            max(2, config.workers), thread_name_prefix="lepton-decode"
-        )
-        self._batcher: MicroBatcher | None = None
-
-    # ------------------------------------------------------------------------ lifecycle
-    async def start(self) -> None:
-        """Bind and start accepting (``/ping`` answers 503 until a model is loaded)."""
-        self._batcher = MicroBatcher(
-            self._predict,
-            self._infer_pool,
-            workers=self.config.workers,
-            max_batch=self.config.max_batch,
-            max_wait_s=self.config.max_wait_ms / 1000,
-            max_queued_images=self.config.max_queued_images,
-            on_batch=self.metrics.batch_size.observe,
-        )
-        self._batcher.start()
-        self._server = await asyncio.start_server(
-            self._connection,
-            self.config.host,
-            self.config.port,
-            limit=self._limits.max_header_bytes,
-            backlog=1024,
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-        log.info("listening on http://%s:%d", self.config.host, self.port)
-
-    async def load_model(self) -> None:
-        """Run the load function (off the loop) if no predictor was given; then serve."""
-        if self.predictor is None and self._load is not None:
-            self.predictor = await asyncio.get_running_loop().run_in_executor(None, self._load)
-        assert self.predictor is not None
-        self.metrics.model_loaded = 1
-        log.info(
-            "model loaded: %d classes, input %s, backend %s",
-            len(self.predictor.classes),
-            self.predictor.input_shape,
-            self.predictor.backend,
+        self.metrics = metrics
+        self.predictor: Predictor | None = None
+        self.batcher: MicroBatcher | None = None
+        self.decode_pool: DecodePool | None = None
+        self.draining = False
+        self.budget = BodyBudget(config.max_inflight_body_bytes)
+        self.limits = DecodeLimits(
+            max_instances=config.max_batch,
+            max_request_pixels=config.max_request_pixels,
+            max_parse_bytes=config.max_parse_bytes,
         )
 
-    async def run(self, stop: asyncio.Event, ready: Callable[[], None] | None = None) -> None:
-        """Serve until ``stop`` is set, then shut down gracefully. ``ready`` is called once
-        the port is bound (before the model is loaded, if a load function was given)."""
-        await self.start()
-        if ready is not None:
-            ready()
+    @property
+    def serving(self) -> bool:
+        return self.predictor is not None and not self.draining
+
+    # --------------------------------------------------------------------------- ASGI
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        started = time.perf_counter()
+        method, path = scope["method"], scope["path"]
+        headers = _headers(scope["headers"])
+        has_body = "transfer-encoding" in headers or headers.get("content-length", "0") != "0"
+        unread = has_body  # body bytes the client may still send (refused before reading)
         try:
-            await self.load_model()
-        except BaseException:
-            await self.shutdown()
-            raise
-        await stop.wait()
-        await self.shutdown()
-
-    async def shutdown(self) -> None:
-        """Stop accepting, finish requests in flight (up to ``grace_s``), close everything."""
-        self._draining = True
-        self.metrics.model_loaded = 0
-        if self._server is not None:
-            self._server.close()
-        for conn in list(self._conns):  # idle keep-alive connections: nothing to finish
-            if not conn.busy and conn.task is not None:
-                conn.task.cancel()
-        deadline = time.monotonic() + self.config.grace_s
-        while any(c.busy for c in self._conns) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        tasks = [c.task for c in self._conns if c.task is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self._batcher is not None:
-            await self._batcher.close()
-        self._infer_pool.shutdown(wait=True, cancel_futures=True)
-        self._decode_pool.shutdown(wait=True, cancel_futures=True)
-        log.info("stopped")
-
-    # ------------------------------------------------------------------------ connections
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = _Conn(asyncio.current_task())
-        self._conns.add(conn)
-        peer = writer.get_extra_info("peername")
-        client = peer[0] if isinstance(peer, tuple) else "-"
-        try:
-            if len(self._conns) > self.config.max_connections:
-                await self._send(writer, 503, error_body("too many connections"), keep_alive=False)
-                return
-            started = time.perf_counter()
-
-            def on_start() -> None:  # first byte of a request: in flight from here
-                nonlocal started
-                started = time.perf_counter()
-                conn.busy = True
-
-            while not self._draining:
-                try:
-                    request = await read_request(
-                        reader, writer, self._limits, on_start=on_start, budget=self._budget
-                    )
-                except HttpError as exc:
-                    await self._send(writer, exc.status, error_body(exc.message), keep_alive=False)
-                    self.metrics.record_response(exc.path, exc.status)
-                    self._log(client, exc.method, exc.path, exc.status, started)
-                    if exc.drain:
-                        await self._discard(reader, min(exc.drain, 2 * self.config.max_body_bytes))
-                    return
-                if request is None:
-                    return
-                conn.busy = True
-                try:
-                    status, body, ctype, extra = await self._route(request)
-                finally:
-                    self._budget.release(request.reserved)
-                keep_alive = request.keep_alive and not self._draining
-                await self._send(
-                    writer,
-                    status,
-                    body,
-                    ctype,
-                    keep_alive,
-                    extra,
-                    head_only=request.method == "HEAD",
-                )
-                if request.path == "/invocations":
-                    self.metrics.latency.observe(time.perf_counter() - started)
-                self.metrics.record_response(request.path, status)
-                self._log(client, request.method, request.path, status, started, len(body))
-                conn.busy = False
-                if not keep_alive:
-                    return
-        except (asyncio.CancelledError, ConnectionError, TimeoutError, asyncio.IncompleteReadError):
-            pass
-        except Exception:  # a bug must cost one connection, never the server
-            log.exception("connection handler failed")
-        finally:
-            self._conns.discard(conn)
-            writer.close()
+            if scope["http_version"] not in ("1.0", "1.1"):
+                raise BodyRefused(505, "unsupported HTTP version; use HTTP/1.1", unread=True)
+            query = scope["query_string"].decode("latin-1")
+            response, body_read = await self._route(method, path, query, headers, receive)
+            unread = has_body and not body_read
+            close = unread
+        except BodyRefused as exc:
+            response = _error(exc.status, exc.message, retry=exc.status == 503)
+            unread, close = has_body and exc.unread, True
+        except ClientGone:
+            self.metrics.disconnects.inc()
+            self._log(scope, 499, started)  # nginx's code for "client closed the request"
+            return
+        except Exception:  # a bug: one JSON 500, never a dead server
+            log.exception("request failed")
+            response, close = _error(500, "internal error"), True
+        close = close or self.draining
+        if unread and "100-continue" not in headers.get("expect", "").lower():
+            # Read and drop the rest for a moment, so a client that sends the whole body before
+            # reading (http.client does) sees this answer rather than a connection reset.
+            await self._send(send, response, close, scope, headers, start_only=True)
+            await discard(receive, 2 * self.config.max_body_bytes)
+            await send({"type": "http.response.body", "body": response.body})
+        else:
+            await self._send(send, response, close, scope, headers)
+        if path == "/invocations":
+            self.metrics.latency.observe(time.perf_counter() - started)
+        self.metrics.record_response(path, response.status)
+        self._log(scope, response.status, started, len(response.body))
 
     async def _send(
         self,
-        writer: asyncio.StreamWriter,
-        status: int,
-        body: bytes,
-        content_type: str = "application/json",
-        keep_alive: bool = True,
-        extra: dict[str, str] | None = None,
-        head_only: bool = False,
+        send: Any,
+        response: Response,
+        close: bool,
+        scope: dict[str, Any],
+        headers: dict[str, str],
+        start_only: bool = False,
     ) -> None:
-        writer.write(render_response(status, body, content_type, keep_alive, extra, head_only))
-        if writer.transport.get_write_buffer_size():  # the socket took it all: nothing to wait for
-            async with asyncio.timeout(self.config.body_timeout_s):
-                await writer.drain()
+        out = [
+            (b"content-type", response.content_type.encode()),
+            (b"content-length", str(len(response.body)).encode()),
+        ]
+        out += [(k.lower().encode(), v.encode("latin-1")) for k, v in response.headers]
+        if close:
+            out.append((b"connection", b"close"))
+        elif (
+            scope["http_version"] == "1.1" and "close" not in headers.get("connection", "").lower()
+        ):
+            out.append((b"connection", b"keep-alive"))
+        await send({"type": "http.response.start", "status": response.status, "headers": out})
+        if not start_only:
+            await send({"type": "http.response.body", "body": response.body})
 
-    async def _discard(self, reader: asyncio.StreamReader, limit: int) -> None:
-        """Read and drop a refused body for up to a second, so the client sees our 413."""
-        try:
-            async with asyncio.timeout(1.0):
-                while limit > 0 and (chunk := await reader.read(min(limit, 65_536))):
-                    limit -= len(chunk)
-        except (TimeoutError, ConnectionError):
-            pass
-
-    def _log(
-        self, client: str, method: str, path: str, status: int, started: float, size: int = 0
-    ) -> None:
+    def _log(self, scope: dict[str, Any], status: int, started: float, size: int = 0) -> None:
         if self.config.access_log:
+            client = scope.get("client")
             access_log.info(
                 '%s "%s %s" %d %dB %.2fms',
-                client,
-                method,
-                "".join(c if c.isprintable() and c != '"' else "?" for c in path[:200]),
+                client[0] if client else "-",
+                scope["method"],
+                "".join(c if c.isprintable() and c != '"' else "?" for c in scope["path"][:200]),
                 status,
                 size,
                 (time.perf_counter() - started) * 1000,
             )
 
-    # ---------------------------------------------------------------------------- routing
-    async def _route(self, request: Request) -> tuple[int, bytes, str, dict[str, str] | None]:
-        path, method = request.path, request.method
-        routes = {
-            "/ping": "GET",
-            "/invocations": "POST",
-            "/metrics": "GET",
-            "/execution-parameters": "GET",
-        }
-        if path not in routes:
-            return (
-                404,
-                error_body(f"no such path {path[:100]!r}; use POST /invocations"),
-                "application/json",
-                None,
-            )
-        allowed = routes[path]
+    # ------------------------------------------------------------------------ routing
+    async def _route(
+        self, method: str, path: str, query: str, headers: dict[str, str], receive: Any
+    ) -> tuple[Response, bool]:
+        """The response, and whether the request body was read."""
+        allowed = ROUTES.get(path)
+        if allowed is None:
+            return _error(404, f"no such path {path[:100]!r}; use POST /invocations"), False
         if method != allowed and not (allowed == "GET" and method == "HEAD"):
-            return (
-                405,
-                error_body(f"{method} not allowed on {path}"),
-                "application/json",
-                {"Allow": allowed},
-            )
-        loaded = self.predictor is not None and self.metrics.model_loaded and not self._draining
+            return _error(
+                405, f"{method} not allowed on {path}", headers=(("Allow", allowed),)
+            ), False
         if path == "/ping":
-            if loaded:
-                return 200, b'{"status":"healthy"}', "application/json", None
-            return (
-                503,
-                error_body("model not loaded" if not self._draining else "shutting down"),
-                "application/json",
-                None,
-            )
+            if self.serving:
+                return Response(200, b'{"status":"healthy"}'), False
+            why = "shutting down" if self.draining else "model not loaded"
+            return _error(503, why), False
+        token = self.config.auth_token
+        if token is not None and not token_matches(headers.get("authorization"), token):
+            return _error(
+                401, "missing or wrong bearer token", headers=(("WWW-Authenticate", "Bearer"),)
+            ), False
         if path == "/metrics":
-            self.metrics.queued_images = self._batcher.queued_images if self._batcher else 0
-            return (
-                200,
-                self.metrics.render().encode(),
-                "text/plain; version=0.0.4; charset=utf-8",
-                None,
-            )
+            return Response(200, self.metrics.render(), METRICS_TYPE), False
         if path == "/execution-parameters":
             doc = {
                 "MaxConcurrentTransforms": self.config.workers,
                 "BatchStrategy": "MULTI_RECORD",
                 "MaxPayloadInMB": self.config.max_body_bytes // 2**20,
             }
-            return 200, json.dumps(doc).encode(), "application/json", None
-        if not loaded:
-            return 503, error_body("model not loaded"), "application/json", {"Retry-After": "1"}
-        self.metrics.in_flight += 1
+            return Response(200, json.dumps(doc).encode()), False
+        if not self.serving:
+            why = "shutting down" if self.draining else "model not loaded"
+            return _error(503, why, retry=True), False
         try:
-            return await self._invoke(request)
+            return await self._invocation(query, headers, receive), True
+        except BodyRefused:
+            raise
+        except RequestError as exc:  # refused before the body was read
+            return _error(exc.status, exc.message, exc.reason), False
+
+    # -------------------------------------------------------------------- invocations
+    async def _invocation(self, query: str, headers: dict[str, str], receive: Any) -> Response:
+        predictor = self.predictor
+        assert predictor is not None
+        if not accepts_json(headers.get("accept")):
+            raise RequestError(
+                406, f"cannot answer Accept {headers['accept'][:100]!r}; only application/json"
+            )
+        attrs = parse_attributes(query, headers.get("x-amzn-sagemaker-custom-attributes"))
+        explain = _flag(attrs.get("explain"))
+        top_k = predictor.top_k
+        if attrs.get("top_k") is not None:
+            top_k = _top_k(attrs["top_k"], len(predictor.classes))
+        length = (
+            None
+            if "transfer-encoding" in headers
+            else content_length(headers.get("content-length"))
+        )
+        body, reserved = await read_body(
+            receive,
+            length,
+            max_bytes=self.config.max_body_bytes,
+            timeout_s=self.config.body_timeout_s,
+            budget=self.budget,
+        )
+        self.metrics.in_flight.inc()
+        task = asyncio.current_task()
+        assert task is not None
+        watch = asyncio.ensure_future(receive())  # returns once the client has gone
+        answered = False
+
+        def client_gone(_: object) -> None:  # cancels decode, queue wait, model wait
+            if not answered:  # callbacks run between task steps: no race with the flag
+                task.cancel()
+
+        watch.add_done_callback(client_gone)
+        try:
+            return await self._answer(predictor, body, headers.get("content-type"), explain, top_k)
+        except asyncio.CancelledError:
+            if watch.done() and not watch.cancelled() and task.uncancel() == 0:
+                raise ClientGone from None
+            raise
+        finally:
+            answered = True
+            watch.cancel()
+            self.budget.release(reserved)
+            self.metrics.in_flight.dec()
+
+    async def _answer(
+        self, predictor: Predictor, body: bytes, content_type: str | None, explain: bool, top_k: int
+    ) -> Response:
+        batcher, pool = self.batcher, self.decode_pool
+        assert batcher is not None and pool is not None
+        timeout = self.config.request_timeout_s
+        batcher.announce()
+        queued = False
+        try:
+            async with asyncio.timeout(timeout):
+                decoded = decode_inline(
+                    predictor, body, content_type, self.limits, self.config.inline_decode_bytes
+                )
+                if decoded is None:
+                    decoded = await pool.run(
+                        functools.partial(decode_body, predictor, body, content_type, self.limits)
+                    )
+                pixels = decoded.pixels
+                if explain and len(pixels) > self.config.explain_max_instances:
+                    raise RequestError(
+                        400,
+                        f"explain=true is limited to {self.config.explain_max_instances} "
+                        "instances per request",
+                    )
+                queued = True
+                probs = await batcher.submit(pixels)
+                saliency = None
+                if explain:
+                    saliency = await batcher.call(
+                        functools.partial(_saliencies, predictor, pixels, probs), len(pixels)
+                    )
         except RequestError as exc:
-            return exc.status, error_body(exc.message, exc.reason), "application/json", None
+            return _error(exc.status, exc.message, exc.reason, retry=exc.status == 503)
         except Overloaded as exc:
-            return (
-                503,
-                error_body(f"overloaded, retry later ({exc})"),
-                "application/json",
-                {"Retry-After": "1"},
-            )
+            return _error(503, f"overloaded, retry later ({exc})", retry=True)
         except TimeoutError:
-            return (
-                503,
-                error_body(f"not answered within {self.config.request_timeout_s:g} s"),
-                "application/json",
-                {"Retry-After": "1"},
-            )
+            return _error(503, f"not answered within {timeout:g} s", retry=True)
+        except asyncio.CancelledError:
+            raise
         except Exception:
             log.exception("invocation failed")
-            return 500, error_body("internal error while predicting"), "application/json", None
+            return _error(500, "internal error while predicting")
         finally:
-            self.metrics.in_flight -= 1
-
-    async def _invoke(self, request: Request) -> tuple[int, bytes, str, dict[str, str] | None]:
-        predictor, batcher = self.predictor, self._batcher
-        assert predictor is not None and batcher is not None
-        if not accepts_json(request.headers.get("accept")):
-            raise RequestError(
-                406,
-                f"cannot answer Accept {request.headers['accept'][:100]!r}; only application/json",
-            )
-        attrs = parse_attributes(
-            request.query, request.headers.get("x-amzn-sagemaker-custom-attributes")
-        )
-        explain = _flag(attrs.get("explain"))
-        top_k = (
-            predictor.top_k
-            if attrs.get("top_k") is None
-            else _top_k(attrs["top_k"], len(predictor.classes))
-        )
-        content_type = request.headers.get("content-type")
-        batcher.announce()
-        try:
-            if cheap_to_decode(request.body, content_type, self.config.inline_decode_bytes):
-                decoded = decode_body(predictor, request.body, content_type, self.config.max_batch)
-            else:
-                decoded = await asyncio.get_running_loop().run_in_executor(
-                    self._decode_pool,
-                    decode_body,
-                    predictor,
-                    request.body,
-                    content_type,
-                    self.config.max_batch,
-                )
-        except BaseException:
-            batcher.withdraw()
-            raise
-        pixels = decoded.pixels
-        if explain and len(pixels) > self.config.explain_max_instances:
-            batcher.withdraw()
-            raise RequestError(
-                400,
-                f"explain=true is limited to {self.config.explain_max_instances} instances per request",
-            )
-        async with asyncio.timeout(self.config.request_timeout_s):
-            probs = await batcher.submit(pixels)
-        self.metrics.images += len(pixels)
-        saliency = None
-        if explain:
-            saliency = await asyncio.get_running_loop().run_in_executor(
-                self._infer_pool, _saliencies, predictor, pixels, probs
-            )
-        return (
-            200,
-            encode_predictions(predictor.top_k_labels(probs, top_k), saliency),
-            "application/json",
-            None,
-        )
-
-    def _predict(self, batch: np.ndarray) -> np.ndarray:
-        assert self.predictor is not None
-        return self.predictor.predict_arrays(batch)
-
-
-def _top_k(value: str, classes: int) -> int:
-    if not value.isdigit() or not 1 <= int(value) <= classes:
-        raise RequestError(400, f"top_k must be an integer in 1..{classes}, got {value[:40]!r}")
-    return int(value)
+            if not queued:
+                batcher.withdraw()
+        self.metrics.images.inc(len(pixels))
+        return Response(200, encode_predictions(predictor.top_k_labels(probs, top_k), saliency))
 
 
 def _saliencies(predictor: Predictor, pixels: np.ndarray, probs: np.ndarray) -> list[bytes]:

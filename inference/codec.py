@@ -13,6 +13,13 @@ Accepted ``Content-Type`` (parameters such as ``; charset=`` are ignored):
   bare nested array ``[H, W, C]`` / ``[N, H, W, C]``; an ``INSTANCE`` is ``{"b64": "..."}`` or a
   nested ``[H, W, C]`` array of numbers in 0..255.
 
+Every body is bounded before the work it causes (:class:`DecodeLimits`): at most
+``max_instances`` instances; the images of one request may declare at most
+``max_request_pixels`` pixels in all (read from their headers, 413 before any is decoded); a JSON
+body whose parse would need more than ``max_parse_bytes`` is refused unparsed (413), and its
+arrays' shapes and element types are checked before a numeric array is made
+(:mod:`inference.jsonbody`).
+
 The answer (``application/json``) has one entry per instance, in request order::
 
     {"predictions": [{"label": "cat", "score": 0.91,
@@ -23,27 +30,30 @@ The answer (``application/json``) has one entry per instance, in request order::
 from __future__ import annotations
 
 import base64
-import binascii
 import io
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from inference.predictor import Prediction, Predictor
+from inference.jsonbody import JsonError, fast_pixels, parse_json
+from inference.predictor import DEFAULT_MAX_PIXELS, Prediction, Predictor
 from inference.preprocess import ACCEPTED_FORMATS, ImageRejected
 
 __all__ = [
     "IMAGE_TYPES",
     "JSON_TYPE",
     "NPY_TYPE",
+    "DecodeLimits",
     "RequestError",
     "accepts_json",
     "decode_body",
+    "decode_inline",
     "encode_predictions",
     "parse_attributes",
 ]
@@ -120,17 +130,62 @@ class Decoded:
     single: bool  # the request was one instance rather than a list
 
 
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What one request body may cost to decode; each is checked before the work it bounds."""
+
+    max_instances: int = 32  # images per request (the server's max_batch)
+    max_request_pixels: int = DEFAULT_MAX_PIXELS  # declared pixels of all its images, together
+    max_parse_bytes: int = 256 * 2**20  # estimated memory to parse a JSON body
+
+
+def _never() -> bool:
+    return False
+
+
 def _reject(exc: ImageRejected, where: str = "") -> RequestError:
     status = _REJECTION_STATUS.get(exc.reason, 400)
     prefix = f"{where}: " if where else ""
     return RequestError(status, f"{prefix}image rejected ({exc})", reason=exc.reason)
 
 
-def _image(predictor: Predictor, data: bytes, where: str = "") -> np.ndarray:
+def declared_pixels(data: bytes) -> int:
+    """Width x height from an image's header, without decoding it (0 if unreadable: decoding
+    then refuses it with the precise reason)."""
     try:
-        return predictor.preprocess(data)
-    except ImageRejected as exc:
-        raise _reject(exc, where) from None
+        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as img:
+            return int(img.width) * int(img.height)
+    except Exception:
+        return 0
+
+
+def _images(
+    predictor: Predictor,
+    blobs: list[tuple[str, bytes]],
+    limits: DecodeLimits,
+    cancelled: Callable[[], bool],
+) -> dict[str, np.ndarray]:
+    """Decode encoded images after checking their declared pixels against the request budget;
+    stops between images once ``cancelled()``."""
+    # One image within the per-image limit is within the budget: no second header read.
+    one_fits = len(blobs) == 1 and predictor.max_pixels <= limits.max_request_pixels
+    total = 0 if one_fits else sum(declared_pixels(data) for _, data in blobs)
+    if total > limits.max_request_pixels:
+        raise RequestError(
+            413,
+            f"the images of this request declare {total} pixels, over the per-request budget "
+            f"of {limits.max_request_pixels}",
+            reason="too_large",
+        )
+    out: dict[str, np.ndarray] = {}
+    for where, data in blobs:
+        if cancelled():
+            raise RequestError(503, "request abandoned")  # nobody is waiting for this answer
+        try:
+            out[where] = predictor.preprocess(data)
+        except ImageRejected as exc:
+            raise _reject(exc, where) from None
+    return out
 
 
 def _check_pixels(predictor: Predictor, arr: np.ndarray, max_instances: int) -> Decoded:
@@ -149,9 +204,21 @@ def _check_pixels(predictor: Predictor, arr: np.ndarray, max_instances: int) -> 
     return Decoded(batch, single)
 
 
-def _load_npy(body: bytes) -> np.ndarray:
-    """``np.load(allow_pickle=False)`` after checking the header, so no object array is ever
-    unpickled and no absurd declared shape is ever allocated."""
+# The header np.save writes (format 1.0), numeric dtypes only: read without ast.literal_eval,
+# which costs ~100 us a request. Anything else takes numpy's own (safe) header reader.
+_NPY_HEADER = re.compile(
+    rb"\x93NUMPY\x01\x00(..)\{'descr': '([<>|=]?[iuf][1248])', 'fortran_order': (True|False), "
+    rb"'shape': \(((?:[0-9]{1,10}, )*(?:[0-9]{1,10},?)?)\), \} *\n",
+    re.DOTALL,
+)
+
+
+def _npy_header(body: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]:
+    """(shape, fortran order, dtype, data offset) of a ``.npy`` body; raises RequestError."""
+    match = _NPY_HEADER.match(body)
+    if match is not None and match.end() == 10 + int.from_bytes(match.group(1), "little"):
+        shape = tuple(int(n) for n in match.group(4).split(b",") if n.strip())
+        return shape, match.group(3) == b"True", np.dtype(match.group(2).decode()), match.end()
     stream = io.BytesIO(body)
     try:
         version = np.lib.format.read_magic(stream)
@@ -163,191 +230,59 @@ def _load_npy(body: bytes) -> np.ndarray:
             raise ValueError(f"unsupported .npy version {version}")
     except (ValueError, OSError, SyntaxError, TypeError) as exc:
         raise RequestError(400, f"body is not a valid .npy file ({exc})") from None
+    return tuple(shape), bool(fortran), dtype, stream.tell()
+
+
+def _load_npy(body: bytes) -> np.ndarray:
+    """A ``.npy`` body as an array, read like ``np.load(allow_pickle=False)`` but with its
+    header checked first (numeric dtype, declared size equal to the bytes sent), so no object
+    array is ever unpickled and no absurd declared shape is ever allocated; the data is then
+    viewed in place rather than parsed a second time."""
+    shape, fortran, dtype, offset = _npy_header(body)
     if dtype.hasobject or dtype.kind not in "iuf" or dtype.fields is not None:
         raise RequestError(
             400, f".npy dtype {dtype} refused: only integer or float pixels (never pickled objects)"
         )
     count = math.prod(shape)
-    if count * dtype.itemsize != len(body) - stream.tell():
+    if count * dtype.itemsize != len(body) - offset:
         raise RequestError(
             400,
-            f".npy header declares shape {list(shape)} of {dtype} but the body holds {len(body) - stream.tell()} data bytes",
+            f".npy header declares shape {list(shape)} of {dtype} but the body holds {len(body) - offset} data bytes",
         )
-    try:
-        arr = np.load(io.BytesIO(body), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise RequestError(400, f"body is not a valid .npy file ({exc})") from None
-    if not isinstance(arr, np.ndarray):
-        raise RequestError(400, "send one .npy array, not an .npz archive")
-    return arr
+    flat = np.frombuffer(body, dtype=dtype, count=count, offset=offset)  # read-only view
+    return flat.reshape(shape, order="F" if fortran else "C")
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a valid pixel value")
-
-
-def _json_array(value: Any, where: str) -> np.ndarray:
-    try:
-        arr = np.asarray(value)
-    except (ValueError, TypeError) as exc:
-        raise RequestError(400, f"{where}: not a rectangular numeric array ({exc})") from None
-    if arr.dtype.kind not in "iuf":
-        raise RequestError(
-            400,
-            f"{where}: array must hold only numbers (got {arr.dtype.kind!r} data: ragged, strings, booleans or nulls)",
-        )
-    return arr
-
-
-def _decode_instance(predictor: Predictor, item: Any, where: str) -> np.ndarray:
-    if isinstance(item, dict):
-        if set(item) != {"b64"} or not isinstance(item["b64"], str):
-            raise RequestError(
-                400, f'{where}: an instance object must be {{"b64": "<base64 image>"}}'
-            )
-        try:
-            data = base64.b64decode(item["b64"], validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise RequestError(400, f"{where}: invalid base64 ({exc})") from None
-        return _image(predictor, data, where)
-    if isinstance(item, list):
-        arr = _json_array(item, where)
-        if arr.ndim != 3:
-            raise RequestError(
-                400,
-                f"{where}: an array instance must be [height, width, channels], got {arr.ndim} dimensions",
-            )
-        return arr
-    raise RequestError(
-        400, f'{where}: expected {{"b64": ...}} or a nested array, got {type(item).__name__}'
-    )
-
-
-_SKELETON_CACHE: dict[tuple[int, ...], bytes] = {}
-_INSTANCES_PREFIX = re.compile(rb'\A\s*\{\s*"instances"\s*:\s*')
-
-
-def _skeleton(shape: tuple[int, ...]) -> bytes:
-    """The brackets and commas of a JSON array of ``shape`` with the numbers removed."""
-    cached = _SKELETON_CACHE.get(shape)
-    if cached is None:
-        cached = b"," * (shape[-1] - 1)
-        for size in reversed(shape[:-1]):
-            cached = b",".join([b"[" + cached + b"]"] * size)
-        cached = b"[" + cached + b"]"
-        if len(_SKELETON_CACHE) < 256:
-            _SKELETON_CACHE[shape] = cached
-    return cached
-
-
-def _fast_json_pixels(predictor: Predictor, body: bytes, max_instances: int) -> Decoded | None:
-    """A JSON body that is a rectangular array of numbers (bare, or as ``{"instances": ...}``)
-    parsed about twice as fast as ``json.loads`` + ``np.asarray`` on nested lists: check the
-    bracket structure against the model's shape, then let ``json.loads`` read the numbers as one
-    flat list (so number syntax stays exactly JSON's). None means "take the general path",
-    which also writes the precise error message."""
-    text = body.strip()
-    single_allowed = True
-    match = _INSTANCES_PREFIX.match(text)
-    if match is not None:
-        if not text.endswith(b"}"):
-            return None
-        text = text[match.end() : -1].strip()
-        single_allowed = False
-    if not text.startswith(b"["):
-        return None
-    compact = text.translate(None, b" \t\r\n")
-    if compact.translate(None, b"0123456789.eE+-,[]"):
-        return None  # strings, objects, literals: the general path
-    skeleton = compact.translate(None, b"0123456789.eE+-")
-    depth = len(skeleton) - len(skeleton.lstrip(b"["))
-    h, w, c = predictor.input_shape
-    count = skeleton.count(b",") + 1
-    if depth == 3 and single_allowed and count == h * w * c:
-        shape: tuple[int, ...] = (h, w, c)
-    elif depth == 4 and count % (h * w * c) == 0 and 0 < count // (h * w * c) <= max_instances:
-        shape = (count // (h * w * c), h, w, c)
-    else:
-        return None
-    if skeleton != _skeleton(shape):
-        return None
-    try:
-        flat = json.loads(b"[" + compact.translate(None, b"[]") + b"]")
-        pixels = np.asarray(flat).reshape(shape)
-    except (ValueError, TypeError):
-        return None
-    if pixels.dtype.kind not in "iuf":
-        return None
-    batch = pixels if len(shape) == 4 else pixels[None]
-    try:
-        predictor.check_batch(batch)
-    except ValueError:
-        return None
-    return Decoded(batch, single=len(shape) == 3)
-
-
-def _decode_json(predictor: Predictor, body: bytes, max_instances: int) -> Decoded:
-    fast = _fast_json_pixels(predictor, body, max_instances)
+def _decode_json(
+    predictor: Predictor, body: bytes, limits: DecodeLimits, cancelled: Callable[[], bool]
+) -> Decoded:
+    fast = fast_pixels(body, predictor.input_shape, limits.max_instances)
     if fast is not None:
-        return fast
+        decoded = _check_pixels(predictor, fast[0], limits.max_instances)
+        return Decoded(decoded.pixels, single=fast[1])
     try:
-        doc = json.loads(body, parse_constant=_reject_constant)
-    except RecursionError:
-        raise RequestError(400, "JSON nested too deeply") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError(400, f"body is not valid JSON ({exc})") from None
-    if isinstance(doc, list):
-        return _check_pixels(predictor, _json_array(doc, "body"), max_instances)
-    if not isinstance(doc, dict):
-        raise RequestError(
-            400, 'JSON body must be {"instances": [...]}, {"b64": "..."} or an array'
-        )
-    if "b64" in doc and "instances" not in doc:
-        return _check_pixels(predictor, _decode_instance(predictor, doc, "body"), max_instances)
-    instances = doc.get("instances")
-    if set(doc) != {"instances"} or not isinstance(instances, list):
-        raise RequestError(
-            400, 'JSON body must be {"instances": [...]} with a list, {"b64": "..."} or an array'
-        )
-    if not instances:
-        raise RequestError(400, "instances is empty: send at least one")
-    if len(instances) > max_instances:
-        raise RequestError(
-            413, f"batch of {len(instances)} instances exceeds the maximum of {max_instances}"
-        )
+        doc = parse_json(body, predictor.input_shape, limits.max_instances, limits.max_parse_bytes)
+    except JsonError as exc:
+        raise RequestError(exc.status, exc.message) from None
+    if doc.batch is not None:
+        return Decoded(_check_pixels(predictor, doc.batch, limits.max_instances).pixels, doc.single)
+    wheres = ["body"] if doc.single else [f"instances[{i}]" for i in range(len(doc.instances))]
+    blobs = [
+        (w, item) for w, item in zip(wheres, doc.instances, strict=True) if isinstance(item, bytes)
+    ]
+    images = _images(predictor, blobs, limits, cancelled)
     arrays = [
-        _decode_instance(predictor, item, f"instances[{i}]") for i, item in enumerate(instances)
+        images[w] if isinstance(item, bytes) else item
+        for w, item in zip(wheres, doc.instances, strict=True)
     ]
     if any(a.shape != arrays[0].shape for a in arrays):
         raise RequestError(400, "instances have different shapes")
     dtype = np.result_type(*arrays)
-    decoded = _check_pixels(predictor, np.stack(arrays).astype(dtype, copy=False), max_instances)
-    return Decoded(decoded.pixels, single=False)
+    stacked = np.stack(arrays).astype(dtype, copy=False)
+    return Decoded(_check_pixels(predictor, stacked, limits.max_instances).pixels, doc.single)
 
 
-# Images up to this many declared pixels decode in well under a millisecond.
-_CHEAP_PIXELS = 256 * 256
-
-
-def cheap_to_decode(body: bytes, content_type: str | None, max_bytes: int) -> bool:
-    """Whether parsing ``body`` is cheap enough to do on the event loop. A small body is not
-    enough: a 30 KB PNG can declare 25 megapixels, and a JSON body can hold base64 images."""
-    if len(body) > max_bytes:
-        return False
-    kind = media_type(content_type)
-    if kind in IMAGE_TYPES:
-        try:
-            with Image.open(io.BytesIO(body), formats=ACCEPTED_FORMATS) as img:  # header only
-                return img.width * img.height <= _CHEAP_PIXELS
-        except Exception:  # undecodable: decode_body refuses it quickly
-            return True
-    return not (kind == JSON_TYPE and b'"b64"' in body)
-
-
-def decode_body(
-    predictor: Predictor, body: bytes, content_type: str | None, max_instances: int = 32
-) -> Decoded:
-    """Parse a request body into validated ``[N, H, W, C]`` pixels; raises RequestError."""
+def _check_type(content_type: str | None, body: bytes) -> str:
     kind = media_type(content_type)
     if not kind:
         raise RequestError(415, f"missing Content-Type; supported: {SUPPORTED_TYPES}")
@@ -355,11 +290,52 @@ def decode_body(
         raise RequestError(415, f"unsupported Content-Type {kind!r}; supported: {SUPPORTED_TYPES}")
     if not body:
         raise RequestError(400, "empty body")
+    return kind
+
+
+def decode_body(
+    predictor: Predictor,
+    body: bytes,
+    content_type: str | None,
+    limits: DecodeLimits = DecodeLimits(),  # noqa: B008 - frozen, shared on purpose
+    cancelled: Callable[[], bool] = _never,
+) -> Decoded:
+    """Parse a request body into validated ``[N, H, W, C]`` pixels; raises RequestError.
+
+    Image decoding and large-body parsing are slow: call this off the event loop (the server
+    runs it on :class:`inference.decodepool.DecodePool`); ``cancelled`` is checked between
+    images.
+    """
+    kind = _check_type(content_type, body)
     if kind in IMAGE_TYPES:
-        return Decoded(_image(predictor, body)[None], single=True)
+        return Decoded(_images(predictor, [("", body)], limits, cancelled)[""][None], single=True)
     if kind == NPY_TYPE:
-        return _check_pixels(predictor, _load_npy(body), max_instances)
-    return _decode_json(predictor, body, max_instances)
+        return _check_pixels(predictor, _load_npy(body), limits.max_instances)
+    return _decode_json(predictor, body, limits, cancelled)
+
+
+def decode_inline(
+    predictor: Predictor,
+    body: bytes,
+    content_type: str | None,
+    limits: DecodeLimits,
+    max_bytes: int,
+) -> Decoded | None:
+    """The decoded body if that is cheap enough for the event loop, else None (use
+    :func:`decode_body` on a decode thread). Cheap: a refused content type or an empty body,
+    and ``.npy`` or numeric JSON of the model's shape up to ``max_bytes``. Never an image, and
+    never a general JSON body: a 30 KB PNG can declare 25 megapixels, and JSON can carry base64
+    images under keys spelt with escapes."""
+    kind = _check_type(content_type, body)
+    if len(body) > max_bytes or kind in IMAGE_TYPES:
+        return None
+    if kind == NPY_TYPE:
+        return _check_pixels(predictor, _load_npy(body), limits.max_instances)
+    fast = fast_pixels(body, predictor.input_shape, limits.max_instances)
+    if fast is None:
+        return None
+    decoded = _check_pixels(predictor, fast[0], limits.max_instances)
+    return Decoded(decoded.pixels, single=fast[1])
 
 
 def encode_predictions(

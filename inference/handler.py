@@ -6,7 +6,7 @@ with the ``inference`` package in ``source_dir``): it calls ``model_fn`` once, t
 server's (:mod:`inference.codec`), so both give identical JSON for identical requests.
 Client errors raise :class:`inference.codec.RequestError` (``.status`` is the HTTP code).
 ``.npy`` bodies are read with ``allow_pickle=False``: the toolkit's default decoder, which
-unpickles, is never used.
+unpickles, is never used. The same decode budgets apply (:class:`inference.codec.DecodeLimits`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from inference.codec import (
     JSON_TYPE,
     NPY_TYPE,
     SUPPORTED_TYPES,
+    DecodeLimits,
     RequestError,
     accepts_json,
     decode_body,
@@ -64,7 +65,8 @@ def input_fn(request_body: bytes | bytearray | str, request_content_type: str) -
 
 def predict_fn(input_data: Request, model: Predictor) -> Prediction:
     """Decode and validate against the model's input, then classify (top-k)."""
-    decoded = decode_body(model, input_data.body, input_data.content_type, MAX_INSTANCES)
+    limits = DecodeLimits(max_instances=MAX_INSTANCES)
+    decoded = decode_body(model, input_data.body, input_data.content_type, limits)
     return Prediction(model.top_k_labels(model.predict_arrays(decoded.pixels)))
 
 

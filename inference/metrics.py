@@ -1,122 +1,90 @@
-"""Prometheus text-format metrics (exposition format 0.0.4), without a client library.
+"""The endpoint's Prometheus metrics (``GET /metrics``), kept by ``prometheus-client``.
 
-All updates happen on the server's event-loop thread, so no locking is needed.
+Each server owns its registry, so several servers in one process (tests) never share counts.
 """
 
 from __future__ import annotations
 
-import bisect
-import math
-from collections import Counter
+from collections.abc import Callable
 
-__all__ = ["Histogram", "ServerMetrics"]
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+
+__all__ = ["CONTENT_TYPE", "ServerMetrics"]
+
+# What prometheus-client's own handlers answer by default: the text is the 0.0.4 format.
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 # Seconds; from a cache-hot tiny model (~0.3 ms) to a saturated queue (SageMaker times out at 60 s).
 LATENCY_BUCKETS_S = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-)
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-
-
-class Histogram:
-    def __init__(self, buckets: tuple[float, ...]) -> None:
-        self.buckets = tuple(sorted(buckets))
-        self.counts = [0] * (len(self.buckets) + 1)  # last: +Inf
-        self.total = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.total += value
-        self.count += 1
-
-    def render(self, name: str, help_text: str) -> list[str]:
-        lines = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
-        cumulative = 0
-        for bound, n in zip(self.buckets, self.counts, strict=False):
-            cumulative += n
-            lines.append(f'{name}_bucket{{le="{_num(bound)}"}} {cumulative}')
-        lines.append(f'{name}_bucket{{le="+Inf"}} {self.count}')
-        lines.append(f"{name}_sum {_num(self.total)}")
-        lines.append(f"{name}_count {self.count}")
-        return lines
-
-
-def _num(value: float) -> str:
-    return "+Inf" if math.isinf(value) else repr(float(value))
+KNOWN_PATHS = frozenset({"/ping", "/invocations", "/metrics", "/execution-parameters"})
 
 
 class ServerMetrics:
     def __init__(self) -> None:
-        self.latency = Histogram(LATENCY_BUCKETS_S)  # POST /invocations, read-to-written
-        self.batch_size = Histogram(BATCH_BUCKETS)  # images per model call
-        self.responses: Counter[tuple[str, int]] = Counter()  # (path, status)
-        self.errors: Counter[int] = Counter()  # status >= 400, any path
-        self.images = 0
-        self.in_flight = 0
-        self.queued_images = 0
-        self.model_loaded = 0
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        self.latency = Histogram(
+            "lepton_invocation_latency_seconds",
+            "POST /invocations latency from request head read to response written.",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "lepton_batch_size",
+            "Images per model call after micro-batching.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self._responses = Counter(
+            "lepton_responses", "HTTP responses by path and status.", ["path", "status"], registry=r
+        )
+        self._errors = Counter(
+            "lepton_errors", "Error responses (status >= 400) by status.", ["status"], registry=r
+        )
+        self.images = Counter("lepton_images", "Images classified.", registry=r)
+        self.in_flight = Gauge("lepton_in_flight_requests", "Requests being processed.", registry=r)
+        self.model_loaded = Gauge(
+            "lepton_model_loaded", "1 when a model is loaded and serving.", registry=r
+        )
+        self.disconnects = Counter(
+            "lepton_client_disconnects",
+            "Requests abandoned by their client before the answer; their work was cancelled.",
+            registry=r,
+        )
+        self.evicted_connections = Counter(
+            "lepton_evicted_connections",
+            "Connections without a request closed to make room for a new connection.",
+            registry=r,
+        )
+        self._gauges: dict[str, Gauge] = {
+            name: Gauge(name, help_text, registry=r)
+            for name, help_text in (
+                ("lepton_queued_images", "Images (and explanations) waiting for a model call."),
+                ("lepton_decode_jobs", "Request bodies being decoded or waiting for a decoder."),
+                ("lepton_open_connections", "Open HTTP connections."),
+                ("lepton_request_body_bytes", "Bytes of request bodies held (received so far)."),
+            )
+        }
+        self._by_status: dict[tuple[str, int], tuple[Counter, Counter | None]] = {}
+
+    def watch(self, name: str, read: Callable[[], float]) -> None:
+        """Report ``read()`` as the gauge ``name`` at every scrape."""
+        self._gauges[name].set_function(read)
 
     def record_response(self, path: str, status: int) -> None:
-        known = (
-            path
-            if path in ("/ping", "/invocations", "/metrics", "/execution-parameters")
-            else "other"
-        )
-        self.responses[(known, status)] += 1
-        if status >= 400:
-            self.errors[status] += 1
+        key = (path if path in KNOWN_PATHS else "other", status)
+        children = self._by_status.get(key)
+        if children is None:  # label lookup once per (path, status), not per request
+            error = self._errors.labels(str(status)) if status >= 400 else None
+            children = (self._responses.labels(key[0], str(status)), error)
+            self._by_status[key] = children
+        children[0].inc()
+        if children[1] is not None:
+            children[1].inc()
 
-    def render(self) -> str:
-        lines = self.latency.render(
-            "lepton_invocation_latency_seconds",
-            "POST /invocations latency from request read to response written.",
-        )
-        lines += self.batch_size.render(
-            "lepton_batch_size", "Images per model call after micro-batching."
-        )
-        lines += [
-            "# HELP lepton_responses_total HTTP responses by path and status.",
-            "# TYPE lepton_responses_total counter",
-        ]
-        for (path, status), n in sorted(self.responses.items()):
-            lines.append(f'lepton_responses_total{{path="{path}",status="{status}"}} {n}')
-        lines += [
-            "# HELP lepton_errors_total Error responses (status >= 400) by status.",
-            "# TYPE lepton_errors_total counter",
-        ]
-        for status, n in sorted(self.errors.items()):
-            lines.append(f'lepton_errors_total{{status="{status}"}} {n}')
-        for name, kind, value, help_text in (
-            ("lepton_images_total", "counter", self.images, "Images classified."),
-            ("lepton_in_flight_requests", "gauge", self.in_flight, "Requests being processed."),
-            (
-                "lepton_queued_images",
-                "gauge",
-                self.queued_images,
-                "Images waiting for a model call.",
-            ),
-            (
-                "lepton_model_loaded",
-                "gauge",
-                self.model_loaded,
-                "1 when a model is loaded and serving.",
-            ),
-        ):
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
-        return "\n".join(lines) + "\n"
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

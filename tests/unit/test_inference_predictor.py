@@ -202,7 +202,8 @@ def test_npy_declared_shape_must_match_bytes(predictor: Predictor) -> None:
     with pytest.raises(RequestError, match="declares"):
         decode_body(predictor, lying, "application/x-npy")
     with pytest.raises(RequestError, match="exceeds"):
-        decode_body(predictor, npy(pixels(5)), "application/x-npy", max_instances=4)
+        limits = codec.DecodeLimits(max_instances=4)
+        decode_body(predictor, npy(pixels(5)), "application/x-npy", limits)
 
 
 def test_accept_and_attributes() -> None:
@@ -233,3 +234,25 @@ def test_handler_shims(tiny_dir: Path, predictor: Predictor) -> None:
             handler.predict_fn(handler.input_fn(body, "image/png"), model), "text/csv"
         )
     assert info.value.status == 406
+
+
+@pytest.mark.parametrize(
+    "arr",
+    [
+        np.arange(24, dtype=np.uint8).reshape(1, 2, 4, 3),
+        np.asfortranarray(np.arange(24, dtype=np.float32).reshape(2, 3, 4)),
+        np.arange(6, dtype=">i4").reshape(2, 3),
+        np.zeros((0, 8, 8, 1), np.uint8),
+        np.float64(3.0).reshape(()),
+    ],
+)
+def test_npy_bodies_read_like_np_load(arr: np.ndarray) -> None:
+    body = npy(arr)
+    got = codec._load_npy(body)
+    want = np.load(io.BytesIO(body), allow_pickle=False)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+    # the same header through numpy's own reader (version 2.0 of the format): same answer
+    v2 = io.BytesIO()
+    np.lib.format.write_array(v2, arr, version=(2, 0))
+    np.testing.assert_array_equal(codec._load_npy(v2.getvalue()), want)

@@ -1,0 +1,104 @@
+"""inference/jsonbody.py: JSON bodies bounded and type-checked before anything large exists."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from inference.jsonbody import JsonError, fast_pixels, parse_cost_bytes, parse_json
+
+SHAPE = (4, 5, 3)
+
+
+def _pixels(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, *SHAPE))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" + b"{}," * 50_000 + b"{}]",
+        b"[" + b"[]," * 50_000 + b"[]]",
+        b"[" + b'"",' * 50_000 + b'""]',
+        b"[" + b'"\\ud83d\\ude00",' * 20_000 + b'"x"]',
+        b"[" + b"0.5," * 50_000 + b"1]",
+        b"[" + b"123456," * 50_000 + b"1]",
+        b"[" + b'{"a": [1, 2, {"b": "cc"}]},' * 10_000 + b"1]",
+        json.dumps({"instances": _pixels(8).tolist()}).encode(),
+    ],
+)
+def test_parse_cost_bounds_what_json_loads_allocates(body: bytes) -> None:
+    tracemalloc.start()
+    try:
+        doc = json.loads(body)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert doc is not None
+    assert peak <= parse_cost_bytes(body), (peak, parse_cost_bytes(body))
+
+
+def test_over_budget_is_413_before_parsing() -> None:
+    body = b"[" + b"{}," * 100_000 + b"{}]"
+    with pytest.raises(JsonError) as info:
+        parse_json(body, SHAPE, 32, max_parse_bytes=1_000_000)
+    assert info.value.status == 413 and "MiB" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("doc", "status"),
+    [
+        ([[["x" * 1000, "y", "z"]] * 5] * 4, 400),  # strings: refused, no string array made
+        ([[[1, 2, 3]] * 5] * 3 + [[[1, 2]] * 5], 400),  # ragged
+        ([[[True, 1, 2]] * 5] * 4, 400),  # booleans are not pixels
+        ([[[None, 1, 2]] * 5] * 4, 400),
+        ([[[10**30, 1, 2]] * 5] * 4, 400),  # beyond int64
+        ({"instances": [[[[1, 2, 3]] * 5] * 4] * 33}, 413),
+        ([[[[1, 2, 3]] * 5] * 4] * 33, 413),
+        ({"instances": [[[[[1, 2, 3]] * 5] * 4]]}, 400),  # an instance must be 3-D
+        ({"instances": [{"b64": "abc", "x": 1}]}, 400),
+        ({"instances": []}, 400),
+        ({"b64": "!!"}, 400),
+        ("x", 400),
+    ],
+)
+def test_refused_bodies(doc: object, status: int) -> None:
+    with pytest.raises(JsonError) as info:
+        parse_json(json.dumps(doc).encode(), SHAPE, 32, 2**28)
+    assert info.value.status == status
+
+
+def test_fast_path_equals_general_path() -> None:
+    for batch in (_pixels(3), _pixels(2) / 2, -_pixels(1) / 255):
+        for doc in ({"instances": batch.tolist()}, batch.tolist(), batch[0].tolist()):
+            body = json.dumps(doc).encode()
+            fast = fast_pixels(body, SHAPE, 32)
+            general = parse_json(body, SHAPE, 32, 2**28)
+            assert fast is not None
+            want = general.batch if general.batch is not None else np.stack(general.instances)
+            np.testing.assert_array_equal(fast[0], want)
+            assert fast[0].dtype == want.dtype
+            assert fast[1] == general.single
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[[[007, 1, 2]"
+        + b", [1, 2, 3]" * 4
+        + b"]"
+        + b", [[1, 2, 3]"
+        + b", [1, 2, 3]" * 4
+        + b"]" * 3
+        + b"]",
+        b'{"instances": [[["1", 2, 3]]]}',
+        b'{"\\u0069nstances": []}',
+    ],
+)
+def test_fast_path_leaves_anything_unusual_to_the_general_path(body: bytes) -> None:
+    assert fast_pixels(body, SHAPE, 32) is None
+    with pytest.raises(JsonError):
+        parse_json(body, SHAPE, 32, 2**28)
