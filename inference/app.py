@@ -21,6 +21,7 @@ import numpy as np
 
 from inference.batcher import MicroBatcher, Overloaded
 from inference.body import BodyBudget, BodyRefused, ClientGone, content_length, discard, read_body
+from inference.capture import DataCapture
 from inference.codec import (
     DecodeLimits,
     RequestError,
@@ -102,6 +103,7 @@ class InferenceApp:
         self.predictor: Predictor | None = None
         self.batcher: MicroBatcher | None = None
         self.decode_pool: DecodePool | None = None
+        self.capture: DataCapture | None = None  # set by the server when capture is on
         self.draining = False
         self.budget = BodyBudget(config.max_inflight_body_bytes)
         self.limits = DecodeLimits(
@@ -222,9 +224,10 @@ class InferenceApp:
                 "MaxPayloadInMB": self.config.max_body_bytes // 2**20,
             }
             return Response(200, json.dumps(doc).encode()), False
-        if not self.serving:
-            why = "shutting down" if self.draining else "model not loaded"
-            return _error(503, why, retry=True), False
+        # While draining (SIGTERM) requests that reached this server are still answered, with
+        # Connection: close; only /ping says it is going (a blue/green switch loses nothing).
+        if self.predictor is None:
+            return _error(503, "model not loaded", retry=True), False
         try:
             return await self._invocation(query, headers, receive), True
         except BodyRefused:
@@ -326,7 +329,10 @@ class InferenceApp:
             if not queued:
                 batcher.withdraw()
         self.metrics.images.inc(len(pixels))
-        return Response(200, encode_predictions(predictor.top_k_labels(probs, top_k), saliency))
+        answer = encode_predictions(predictor.top_k_labels(probs, top_k), saliency)
+        if self.capture is not None:  # sampled, queued or dropped: never waits
+            self.capture.offer(body, content_type or "", answer, JSON)
+        return Response(200, answer)
 
 
 def _saliencies(predictor: Predictor, pixels: np.ndarray, probs: np.ndarray) -> list[bytes]:

@@ -40,6 +40,13 @@ class ServerConfig:
     explain_max_instances: int = 8  # saliency costs a backward pass per image
     inline_decode_bytes: int = 65_536  # smaller .npy / numeric JSON bodies are parsed on the loop
     access_log: bool = True
+    # Data capture (inference/capture.py): percent of answered requests written to capture_uri
+    capture_uri: str | None = None  # s3://bucket/prefix; None: no capture
+    capture_percent: float = 0.0
+    endpoint_name: str = "lepton-classifier"  # the capture layout's <endpoint> folder
+    # Another server may listen on the same port (SO_REUSEPORT): the local blue/green deploy
+    # starts the new model beside the old one, then stops the old.
+    reuse_port: bool = False
     allow_remote: bool = False  # binding a non-loopback address must be asked for explicitly
     # Bearer token for /invocations, /metrics and /execution-parameters (never /ping); required
     # when allow_remote. Kept out of repr so that it never reaches a log line.
@@ -60,6 +67,8 @@ class ServerConfig:
         bad = [name for name, value in positive.items() if value < 1]
         if bad:
             raise ValueError(f"must be >= 1: {', '.join(bad)}")
+        if not 0 <= self.capture_percent <= 100:
+            raise ValueError(f"capture_percent must be in 0..100, got {self.capture_percent}")
         if self.auth_token is not None and not self.auth_token:
             raise ValueError("auth_token must not be empty (use None for no token)")
 

@@ -67,6 +67,12 @@ class ServerMetrics:
                 ("lepton_decode_jobs", "Request bodies being decoded or waiting for a decoder."),
                 ("lepton_open_connections", "Open HTTP connections."),
                 ("lepton_request_body_bytes", "Bytes of request bodies held (received so far)."),
+                ("lepton_captured_requests", "Requests queued for data capture (since start)."),
+                (
+                    "lepton_capture_dropped",
+                    "Sampled requests not captured: queue full (since start).",
+                ),
+                ("lepton_capture_failed", "Captured requests whose upload failed (since start)."),
             )
         }
         self._by_status: dict[tuple[str, int], tuple[Counter, Counter | None]] = {}

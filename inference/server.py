@@ -33,6 +33,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
+from inference.capture import DataCapture, s3_put
 from inference.config import ServerConfig
 from inference.predictor import Backend, Predictor
 from inference.security import (
@@ -173,6 +174,25 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, ServerConfig
     p.add_argument("--decode-threads", type=int, default=defaults.decode_threads)
     p.add_argument("--decode-queue", type=int, default=defaults.decode_queue)
     p.add_argument("--no-access-log", action="store_true")
+    p.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="let another server listen on the same port (a blue/green switch)",
+    )
+    p.add_argument(
+        "--ready-file",
+        type=Path,
+        help="write this file (holding the pid) once the model is loaded and served",
+    )
+    p.add_argument("--capture-uri", help="s3:// prefix for data capture (SageMaker's layout)")
+    p.add_argument("--capture-percent", type=float, default=defaults.capture_percent)
+    p.add_argument("--endpoint-name", default=defaults.endpoint_name)
+    p.add_argument(
+        "--capture-credentials",
+        type=Path,
+        help="JSON file with the capture's S3 endpoint_url, aws_access_key_id, "
+        "aws_secret_access_key and region (the environment holds no AWS keys)",
+    )
     p.add_argument("--log-file", type=Path, help="write logs here, rotated (default: stderr)")
     p.add_argument("--log-max-bytes", type=int, default=20 * 2**20, help="rotate beyond this size")
     p.add_argument("--log-backups", type=int, default=5, help="rotated files kept")
@@ -237,12 +257,16 @@ def main(argv: list[str] | None = None) -> int:
             top_k=config.top_k,
         )
 
+    capture = make_capture(config, args.capture_credentials)
+
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await InferenceServer(config, load=load).run(stop)
+        await InferenceServer(config, load=load, capture=capture).run(
+            stop, serving=lambda: _write_ready(args.ready_file)
+        )
 
     try:
         asyncio.run(run())
@@ -250,6 +274,38 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot serve %s: %s: %s", args.model, type(exc).__name__, exc)
         return 1
     return 0
+
+
+def _write_ready(path: Path | None) -> None:
+    if path is not None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(f"{os.getpid()}\n")
+        tmp.replace(path)
+
+
+def make_capture(config: ServerConfig, credentials: Path | None) -> DataCapture | None:
+    """The data capture the settings ask for (None when off)."""
+    if not config.capture_uri or config.capture_percent <= 0:
+        return None
+    import boto3
+
+    keys = json.loads(credentials.read_text()) if credentials else {}
+    client = boto3.session.Session().client(
+        "s3",
+        region_name=keys.get("region") or "us-east-1",
+        endpoint_url=keys.get("endpoint_url") or None,
+        aws_access_key_id=keys.get("aws_access_key_id") or None,
+        aws_secret_access_key=keys.get("aws_secret_access_key") or None,
+    )
+    log.info(
+        "capturing %g%% of requests to %s/%s/",
+        config.capture_percent,
+        config.capture_uri,
+        config.endpoint_name,
+    )
+    return DataCapture(
+        config.capture_uri, config.endpoint_name, config.capture_percent, s3_put(client)
+    )
 
 
 def _exec_without_secrets() -> None:

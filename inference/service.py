@@ -23,6 +23,7 @@ import uvicorn
 
 from inference.app import InferenceApp
 from inference.batcher import MicroBatcher
+from inference.capture import DataCapture
 from inference.config import ServerConfig
 from inference.connections import ConnectionPolicy, protocol_class
 from inference.decodepool import DecodePool
@@ -38,6 +39,10 @@ access_log = logging.getLogger("inference.access")
 FD_RESERVE = 64  # file descriptors kept for the model, logs and the listening socket
 
 
+BACKLOG = 2048
+SO_ATTACH_REUSEPORT_CBPF = 51  # Linux <asm-generic/socket.h>; Python's socket module lacks it
+
+
 class _Uvicorn(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -46,18 +51,48 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     """One listening socket on ``host`` (its IPv4 address first, if it has both)."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, kind, proto, _, address = min(infos, key=lambda info: info[0] != socket.AF_INET)
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind(address)
     except OSError:
         sock.close()
         raise
     return sock
+
+
+def steer_new_connections_here(sock: socket.socket, backlog: int) -> None:
+    """Of the sockets sharing this port, send every new connection to the newest (index 1 of
+    two: this one when it joins beside the running server; alone, the kernel's own choice).
+
+    Without it the kernel hashes new connections over both servers, and those still queued on
+    the old one when it closes are reset. With it the old one's queue empties while it keeps
+    accepting, and the old server stops without a lost connection. A classic BPF program
+    (`ret #1`, SO_ATTACH_REUSEPORT_CBPF) attached to the group; needs no privilege.
+    """
+    import ctypes
+
+    class Instruction(ctypes.Structure):
+        _fields_ = [
+            ("code", ctypes.c_ushort),
+            ("jt", ctypes.c_ubyte),
+            ("jf", ctypes.c_ubyte),
+            ("k", ctypes.c_uint32),
+        ]
+
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Instruction))]
+
+    sock.listen(backlog)  # the group forms at listen(); asyncio's listen() later is a no-op
+    code = (Instruction * 1)(Instruction(0x06, 0, 0, 1))  # BPF_RET | BPF_K, k = 1
+    program = Program(1, ctypes.cast(code, ctypes.POINTER(Instruction)))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, bytes(memoryview(program)))
 
 
 def connection_cap(wanted: int) -> int:
@@ -74,12 +109,18 @@ class InferenceServer:
         config: ServerConfig,
         predictor: Predictor | None = None,
         load: Callable[[], Predictor] | None = None,
+        capture: DataCapture | None = None,
     ) -> None:
         if predictor is None and load is None:
             raise ValueError("give a predictor or a load function")
         self.config = config
         self.metrics = ServerMetrics()
         self.app = InferenceApp(config, self.metrics)
+        self.app.capture = capture
+        if capture is not None:
+            self.metrics.watch("lepton_captured_requests", lambda: capture.captured)
+            self.metrics.watch("lepton_capture_dropped", lambda: capture.dropped)
+            self.metrics.watch("lepton_capture_failed", lambda: capture.failed)
         self.port: int | None = None
         self._predictor = predictor
         self._load = load
@@ -133,12 +174,14 @@ class InferenceServer:
                 access_log=False,  # the app writes its own, with latency and size
                 proxy_headers=False,  # nobody's X-Forwarded-For is trusted
                 server_header=False,
-                backlog=2048,
+                backlog=BACKLOG,
                 timeout_keep_alive=math.ceil(cfg.keepalive_timeout_s),
                 timeout_graceful_shutdown=math.ceil(cfg.grace_s),
             )
         )
-        sock = _bind(cfg.host, cfg.port)
+        sock = _bind(cfg.host, cfg.port, cfg.reuse_port)
+        if cfg.reuse_port:
+            steer_new_connections_here(sock, BACKLOG)
         self.port = int(sock.getsockname()[1])
         self._uvicorn = server
         self._serving = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
@@ -175,17 +218,33 @@ class InferenceServer:
             predictor.backend,
         )
 
-    async def run(self, stop: asyncio.Event, ready: Callable[[], None] | None = None) -> None:
+    async def run(
+        self,
+        stop: asyncio.Event,
+        ready: Callable[[], None] | None = None,
+        serving: Callable[[], None] | None = None,
+    ) -> None:
         """Serve until ``stop`` is set, then shut down gracefully. ``ready`` is called once
-        the port is bound (before the model is loaded, if a load function was given)."""
-        await self.start()
-        if ready is not None:
-            ready()
-        try:
+        the port is bound (before the model is loaded, if a load function was given),
+        ``serving`` once the model is loaded and requests are answered."""
+        if self.config.reuse_port:
+            # Sharing the port: a listening socket takes connections at once, so it opens only
+            # once the model is loaded (the other server answers until then).
             await self.load_model()
-        except BaseException:
-            await self.shutdown()
-            raise
+            await self.start()
+            if ready is not None:
+                ready()
+        else:
+            await self.start()
+            if ready is not None:
+                ready()
+            try:
+                await self.load_model()
+            except BaseException:
+                await self.shutdown()
+                raise
+        if serving is not None:
+            serving()
         assert self._serving is not None
         stopping = asyncio.ensure_future(stop.wait())
         await asyncio.wait({stopping, self._serving}, return_when=asyncio.FIRST_COMPLETED)
@@ -206,6 +265,8 @@ class InferenceServer:
             await self._batcher.close()
         self._infer_pool.shutdown(wait=True, cancel_futures=True)
         self._decode_pool.shutdown()
+        if self.app.capture is not None:  # what was captured is written before exit
+            await asyncio.get_running_loop().run_in_executor(None, self.app.capture.close)
         log.info("stopped")
 
     # ------------------------------------------------------------------------ internals

@@ -5,7 +5,10 @@ being served is taken down. The endpoint is stopped in teardown."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import shutil
+import threading
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -71,10 +74,33 @@ def _lepton(*argv: str) -> int:
     return args.func(args)
 
 
+@contextlib.contextmanager
+def _calling(settings: Settings, images: np.ndarray) -> Iterator[list[str]]:
+    """Classify in a loop on a thread while the block runs; yields the failures seen."""
+    failures: list[str] = []
+    done = threading.Event()
+
+    def loop() -> None:
+        while not done.is_set():
+            try:
+                _classify(settings, images)
+            except Exception as exc:  # noqa: BLE001 - every failure is what the test counts
+                failures.append(repr(exc) + (exc.read().decode() if hasattr(exc, "read") else ""))
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield failures
+    finally:
+        done.set()
+        thread.join(30)
+
+
 def test_deploy_rules_and_endpoint_lifecycle(
     settings: Settings,
     trained_model_dir: Path,
     tiny_dataset_dir: Path,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -102,7 +128,7 @@ def test_deploy_rules_and_endpoint_lifecycle(
     first_pid = services.running_pid(settings, "endpoint", "inference")
     assert first_pid is not None
     assert deploy_local.deployed_info(settings)["version"] == pending.version
-    model_dir = settings.state_dir / "endpoint" / "model"
+    model_dir = Path(deploy_local.deployed_info(settings)["model_dir"])
     assert (model_dir / "model.onnx").read_bytes() == (
         trained_model_dir / "model.onnx"
     ).read_bytes()
@@ -111,13 +137,33 @@ def test_deploy_rules_and_endpoint_lifecycle(
     served = [p["label"] for p in answer["predictions"]]
     assert sum(label == str(y) for label, y in zip(served, labels[:8], strict=True)) >= 5
 
-    # Approving a new version through the CLI moves the champion and redeploys.
+    # Approving a new version through the CLI moves the champion and redeploys, blue/green:
+    # a client calling all along never sees a failed request.
     newer = registry.register_model(settings, trained_model_dir, None, TAGS, 0.92)
-    assert _lepton("model", "approve", newer.version) == 0
+    with _calling(settings, images[:2]) as failures:
+        assert _lepton("model", "approve", newer.version) == 0
+    assert failures == [], failures[:3]
     assert registry.champion(settings).version == newer.version
     assert deploy_local.deployed_info(settings)["version"] == newer.version
-    assert services.running_pid(settings, "endpoint", "inference") not in (None, first_pid)
+    second_pid = services.running_pid(settings, "endpoint", "inference")
+    assert second_pid not in (None, first_pid) and not services.alive(first_pid)
     assert _get(settings.endpoint_url + "/ping") == 200
+    assert not model_dir.exists()  # the old model's files went with the old server
+
+    # A new model that cannot be served: the step fails with the reason, the old one serves on.
+    broken_dir = tmp_path / "broken"
+    shutil.copytree(trained_model_dir, broken_dir)
+    (broken_dir / "model.onnx").write_bytes(b"not an onnx model")
+    broken = registry.register_model(settings, broken_dir, None, TAGS, 0.95)
+    registry.approve(settings, broken.version)
+    assert deploy.main(["--model-package-arn", broken.uri]) == 1
+    out = capsys.readouterr()
+    assert "exited before serving" in out.out + out.err and "keeps serving" in out.out
+    assert services.running_pid(settings, "endpoint", "inference") == second_pid
+    assert _classify(settings, images[:2])["predictions"]
+    assert deploy_local.deployed_info(settings)["version"] == newer.version
+    registry.reject(settings, broken.version)
+    registry.approve(settings, newer.version)  # champion again (rejecting moved the alias)
 
     # Rejecting the served champion removes the alias; with no champion left (the older
     # approved version does not become champion again by itself) the endpoint stops.
