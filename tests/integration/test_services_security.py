@@ -139,7 +139,7 @@ def test_filer_http_refuses_reads_and_writes(stack_settings: Settings, stored_ob
     assert not any(o["Key"] == "filer-write.txt" for o in listed["Contents"])
 
 
-def test_master_http_hands_out_nothing(stack_settings: Settings) -> None:
+def test_master_http_hands_out_nothing(stack_settings: Settings, stored_object: str) -> None:
     master = f"http://{stack_settings.host}:{stack_settings.s3_port + 1}"
     for method, path in [
         ("GET", "/dir/assign"),
@@ -156,12 +156,15 @@ def test_master_http_hands_out_nothing(stack_settings: Settings) -> None:
         status, reply = _http(master + path, method, b"" if method == "POST" else None)
         assert status >= 400, (method, path, status, reply[:200])
         assert b'"fid"' not in reply and b"auth" not in reply.lower()
+    # what stays open (README "Local services"): the status page, topology without contents
+    status, page = _http(master + "/")
+    assert status == 200 and stored_object.encode() not in page and b"secret" not in page
 
 
 def test_volume_server_needs_a_jwt_per_file(stack_settings: Settings, stored_object: str) -> None:
     volume = f"http://{stack_settings.host}:{stack_settings.s3_port + 2}"
     status, body = _http(f"{volume}/status")  # open: disk and volume counts, no data
-    assert status == 200
+    assert status == 200 and stored_object.encode() not in body and b"secret" not in body
     volume_id = json.loads(body)["Volumes"][0]["Id"]
     fid = f"{volume_id},{secrets.token_hex(6)}{secrets.token_hex(4)}"
     url = f"{volume}/{fid}"
