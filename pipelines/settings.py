@@ -148,9 +148,14 @@ def restrict_tree(path: Path) -> None:
             entry.chmod(mode & 0o700)
 
 
+def _temporary_beside(path: Path) -> Path:
+    """A name next to ``path`` that no other process or thread is using."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
 def write_private(path: Path, data: bytes) -> None:
     """Replace ``path`` atomically by ``data`` in a file that is 0600 from its creation."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = _temporary_beside(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
@@ -162,7 +167,7 @@ def create_private_once(path: Path, data: bytes) -> bool:
 
     Of two processes creating it at once, one wins and the other reads the winner's file.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    tmp = _temporary_beside(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)

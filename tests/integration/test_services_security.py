@@ -18,18 +18,11 @@ import time
 import tomllib
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pipelines.services.seaweedfs_security import (
-    CA_FILE,
-    CERT_FILE,
-    KEY_FILE,
-    SECURITY_FILE,
-    security_dir,
-)
+from pipelines.services.seaweedfs_security import SECURITY_FILE, grpc_files, security_dir
 from pipelines.settings import Settings
 from pipelines.storage import s3_client
 
@@ -81,12 +74,13 @@ def _grpc_plaintext(port: int) -> bytes:
         return _h2_answer(sock)
 
 
-def _grpc_tls(port: int, folder: Path, with_client_cert: bool) -> bytes:
-    ctx = ssl.create_default_context(cafile=str(folder / CA_FILE))
+def _grpc_tls(port: int, settings: Settings, with_client_cert: bool) -> bytes:
+    ca, cert, key = grpc_files(settings)
+    ctx = ssl.create_default_context(cafile=str(ca))
     ctx.check_hostname = False  # SeaweedFS does not check host names; the CA is what counts
     ctx.set_alpn_protocols(["h2"])
     if with_client_cert:
-        ctx.load_cert_chain(str(folder / CERT_FILE), str(folder / KEY_FILE))
+        ctx.load_cert_chain(str(cert), str(key))
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         try:
             sock = ctx.wrap_socket(raw)
@@ -196,12 +190,11 @@ def test_grpc_requires_the_client_certificate(
     stack_settings: Settings, component: str, http_offset: int
 ) -> None:
     port = stack_settings.s3_port + http_offset + GRPC_OFFSET
-    folder = security_dir(stack_settings)
     # plain gRPC, then TLS without a client certificate: the server never speaks HTTP/2
     assert not _is_h2_settings(_grpc_plaintext(port)), component
-    assert not _is_h2_settings(_grpc_tls(port, folder, with_client_cert=False)), component
+    assert not _is_h2_settings(_grpc_tls(port, stack_settings, with_client_cert=False)), component
     # positive control: with the generated certificate it does
-    assert _is_h2_settings(_grpc_tls(port, folder, with_client_cert=True)), component
+    assert _is_h2_settings(_grpc_tls(port, stack_settings, with_client_cert=True)), component
 
 
 def test_unused_catalog_ports_do_not_listen(stack_settings: Settings) -> None:
@@ -214,8 +207,7 @@ def test_keys_are_private(stack_settings: Settings) -> None:
     folder = security_dir(stack_settings)
     assert folder.stat().st_mode & 0o777 == 0o700
     # the four files weed reads, each 0600; the CA's private key is not among them
-    assert sorted(p.name for p in folder.iterdir()) == sorted(
-        [SECURITY_FILE, CA_FILE, CERT_FILE, KEY_FILE]
-    )
+    files = {folder / SECURITY_FILE, *grpc_files(stack_settings)}
+    assert set(folder.iterdir()) == files
     for path in folder.iterdir():
         assert path.stat().st_mode & 0o777 == 0o600, path.name
