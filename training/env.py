@@ -17,10 +17,12 @@ N = TypeVar("N", int, float)
 
 DEFAULT_CHECKPOINT_DIR = "/opt/ml/checkpoints"  # SageMaker syncs this folder to S3
 # MLflow's own defaults (7 retries, backoff factor 2, 120 s timeout) let one request to a
-# server that went away block for ~4 min, and the job's closing calls queued several: a
-# 12-epoch run whose server was killed at epoch 3 hung > 300 s after its last epoch (issue 13).
-# With these, a refused request fails after ~4 s and a silent server after 3 x 20 s + 4 s;
-# the tracker retries on top of that within its own window (tracking_retry_window_s).
+# server that went away block ~2 min when refused (back-off 0+2+4+...+64 s) and up to
+# 8 x 120 s when it accepts but does not answer; the job's closing calls waited for every
+# queued metrics batch in turn: a 12-epoch run whose server was killed at epoch 3 hung > 300 s
+# after its last epoch (issue 13). With these, a refused request fails within ~4 s and a
+# silent server within 3 x 20 s + 4 s; the tracker retries on top of that, within its own
+# window (tracking_retry_window_s).
 MLFLOW_HTTP_MAX_RETRIES = 2
 MLFLOW_HTTP_TIMEOUT_S = 20
 TRACKING_RETRY_WINDOW_S = 120.0

@@ -30,12 +30,12 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from training.env import TRACKING_RETRY_WINDOW_S
 from training.tracking_outbox import MetricOutbox, RetryWindow
 
 log = logging.getLogger(__name__)
 
 RUN_ID_FILE = "mlflow_run_id"
-DEFAULT_RETRY_WINDOW_S = 120.0  # how long the end of a job waits for an unreachable server
 ABORT_RETRY_WINDOW_S = 10.0  # the same for a failed or killed job (SIGTERM's grace is short)
 
 
@@ -140,7 +140,7 @@ class MlflowTracker(NullTracker):
     """
 
     def __init__(
-        self, uri: str, run_id: str, retry_window_s: float = DEFAULT_RETRY_WINDOW_S
+        self, uri: str, run_id: str, retry_window_s: float = TRACKING_RETRY_WINDOW_S
     ) -> None:
         quiet_sagemaker_header_plugin()
         self.uri = uri
@@ -277,7 +277,7 @@ def start_tracking(
     checkpoint_dir: str | os.PathLike[str],
     resume: bool,
     tags: Mapping[str, str] | None = None,
-    retry_window_s: float = DEFAULT_RETRY_WINDOW_S,
+    retry_window_s: float = TRACKING_RETRY_WINDOW_S,
 ) -> NullTracker:
     """A tracker for this job (global rank 0 only); NullTracker when ``uri`` is None.
 

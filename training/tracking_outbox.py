@@ -64,7 +64,7 @@ class MetricOutbox:
         self._retry_every_s = retry_every_s
         self._queue: deque[Sequence[Any]] = deque()
         self._cond = threading.Condition()
-        self._closed = False
+        self.closed = False  # no more sending: what is queued stays there
         self.offline = False  # the last send failed and nothing was delivered since
         self.dropped = 0  # batches the server refused
         self._thread = threading.Thread(target=self._run, name="mlflow-metrics", daemon=True)
@@ -91,16 +91,16 @@ class MetricOutbox:
     def close(self) -> int:
         """Stop the thread (an in-flight send is abandoned); return the batches not sent."""
         with self._cond:
-            self._closed = True
+            self.closed = True
             self._cond.notify_all()
             return len(self._queue)
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._closed:
+                while not self._queue and not self.closed:
                     self._cond.wait()
-                if self._closed:
+                if self.closed:
                     return
                 batch = self._queue[0]
             try:
@@ -122,7 +122,7 @@ class MetricOutbox:
                         flush=True,
                     )
                 with self._cond:
-                    if not self._closed:
+                    if not self.closed:
                         self._cond.wait(self._retry_every_s)
                 continue
             self._delivered(dropped=False)
@@ -195,7 +195,7 @@ class RetryWindow:
     def drain(self, outbox: MetricOutbox) -> int:
         """Wait for ``outbox`` to deliver everything: as long as sending takes while the server
         answers, until the window closes while it is away. Returns the batches left."""
-        while outbox.pending and self.left_s() > 0:
+        while outbox.pending and not outbox.closed and self.left_s() > 0:
             if outbox.offline:
                 self._open()
             outbox.wait(min(1.0, max(self.left_s(), 0.0)))
