@@ -3,8 +3,8 @@
 Everything else takes a `Settings` object. Two modes:
 
 - ``local`` (default): S3 is the SeaweedFS server this project starts on 127.0.0.1, with
-  credentials generated on first start and kept in the state folder (mode 0600); tracking is the
-  local MLflow server.
+  credentials generated on first start and kept in the state folder (folder 0700, file 0600);
+  tracking is the local MLflow server.
 - ``aws``: the default boto3 credential chain and region; ``AWS_ENDPOINT_URL`` /
   ``AWS_ENDPOINT_URL_S3`` are honoured (moto, LocalStack, a VPC endpoint).
 """
@@ -133,22 +133,72 @@ class Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and its parents) if needed and make it 0700: only its owner can list
+    or enter it, whatever the modes of the files inside."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+    return path
+
+
+def restrict_tree(path: Path) -> None:
+    """Take group and other permissions off ``path`` and everything under it (folders 0700,
+    files 0600 or 0700 if executable); a missing path is left alone."""
+    if not path.exists() or path.is_symlink():
+        return
+    entries = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for entry in entries:
+        if entry.is_symlink():
+            continue
+        mode = entry.stat().st_mode & 0o777
+        if mode & 0o077:
+            entry.chmod(mode & 0o700)
+
+
+def _temporary_beside(path: Path) -> Path:
+    """A name next to ``path`` that no other process or thread is using."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Replace ``path`` atomically by ``data`` in a file that is 0600 from its creation."""
+    tmp = _temporary_beside(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def create_private_once(path: Path, data: bytes) -> bool:
+    """Create ``path`` (0600, complete or not at all) unless it exists; True if this call did.
+
+    Of two processes creating it at once, one wins and the other reads the winner's file.
+    """
+    tmp = _temporary_beside(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    try:
+        os.link(tmp, path)  # fails if path exists: never replaces a file another process made
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
+
+
 def load_or_create_local_credentials(path: Path, create: bool = False) -> Credentials | None:
-    if path.exists():
-        data = json.loads(path.read_text())
-        return Credentials(data["access_key_id"], data["secret_access_key"])
-    if not create:
-        return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    creds = Credentials("LEP" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30))
-    # Create with 0600 from the start: no window in which the file is world-readable.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(
-            {"access_key_id": creds.access_key_id, "secret_access_key": creds.secret_access_key},
-            fh,
-        )
-    return creds
+    if not path.exists():
+        if not create:
+            return None
+        private_dir(path.parent)
+        new = {
+            "access_key_id": "LEP" + secrets.token_hex(8).upper(),
+            "secret_access_key": secrets.token_urlsafe(30),
+        }
+        create_private_once(path, json.dumps(new).encode())
+    data = json.loads(path.read_text())
+    return Credentials(data["access_key_id"], data["secret_access_key"])
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:

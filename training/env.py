@@ -9,10 +9,23 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+N = TypeVar("N", int, float)
 
 DEFAULT_CHECKPOINT_DIR = "/opt/ml/checkpoints"  # SageMaker syncs this folder to S3
+# MLflow's own defaults (7 retries, backoff factor 2, 120 s timeout) let one request to a
+# server that went away block ~2 min when refused (back-off 0+2+4+...+64 s) and up to
+# 8 x 120 s when it accepts but does not answer; the job's closing calls waited for every
+# queued metrics batch in turn: a 12-epoch run whose server was killed at epoch 3 hung > 300 s
+# after its last epoch (issue 13). With these, a refused request fails within ~4 s and a
+# silent server within 3 x 20 s + 4 s; the tracker retries on top of that, within its own
+# window (tracking_retry_window_s).
+MLFLOW_HTTP_MAX_RETRIES = 2
+MLFLOW_HTTP_TIMEOUT_S = 20
+TRACKING_RETRY_WINDOW_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,11 @@ class TrainEnv:
     mlflow_experiment_name: str | None = None  # MLFLOW_EXPERIMENT_NAME
     mlflow_run_name: str | None = None  # LEPTON_MLFLOW_RUN_NAME
     code_version: str = "unknown"  # LEPTON_CODE_VERSION (git sha or release)
+    # LEPTON_TRACKING_RETRY_S: seconds the end of a job waits for a tracking server that went
+    # away, then it finishes without it (training.json's "tracking" says what was not logged)
+    tracking_retry_window_s: float = TRACKING_RETRY_WINDOW_S
+    mlflow_http_max_retries: int = MLFLOW_HTTP_MAX_RETRIES  # MLFLOW_HTTP_REQUEST_MAX_RETRIES
+    mlflow_http_timeout_s: int = MLFLOW_HTTP_TIMEOUT_S  # MLFLOW_HTTP_REQUEST_TIMEOUT, seconds
 
     @property
     def is_global_zero(self) -> bool:
@@ -60,14 +78,19 @@ class TrainEnv:
         return max(nodes, 1)
 
 
-def _int(environ: Mapping[str, str], name: str, default: int) -> int:
+def _number(environ: Mapping[str, str], name: str, default: N, kind: Callable[[str], N]) -> N:
     raw = environ.get(name, "")
     if raw.strip() == "":
         return default
     try:
-        return int(raw)
+        return kind(raw)
     except ValueError as exc:
-        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from exc
+        what = "an integer" if kind is int else "a number"
+        raise ValueError(f"environment variable {name}={raw!r} is not {what}") from exc
+
+
+def _int(environ: Mapping[str, str], name: str, default: int) -> int:
+    return _number(environ, name, default, int)
 
 
 def _opt(environ: Mapping[str, str], name: str) -> str | None:
@@ -132,7 +155,21 @@ def read_env(environ: Mapping[str, str] | None = None) -> TrainEnv:
         mlflow_experiment_name=_opt(env, "MLFLOW_EXPERIMENT_NAME"),
         mlflow_run_name=_opt(env, "LEPTON_MLFLOW_RUN_NAME"),
         code_version=_opt(env, "LEPTON_CODE_VERSION") or "unknown",
+        tracking_retry_window_s=_number(
+            env, "LEPTON_TRACKING_RETRY_S", TRACKING_RETRY_WINDOW_S, float
+        ),
+        mlflow_http_max_retries=_int(
+            env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES", MLFLOW_HTTP_MAX_RETRIES
+        ),
+        mlflow_http_timeout_s=_int(env, "MLFLOW_HTTP_REQUEST_TIMEOUT", MLFLOW_HTTP_TIMEOUT_S),
     )
+
+
+def bound_mlflow_requests(env: TrainEnv) -> None:
+    """Make MLflow's client use this job's HTTP bounds (it reads them from the environment
+    at every request), so no tracking call can block for minutes."""
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(env.mlflow_http_max_retries)
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(env.mlflow_http_timeout_s)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,8 @@
-"""Rank 0 after fit: final evaluation in fp32, export, training.json, the MLflow run's end."""
+"""Rank 0 after fit: final evaluation in fp32, export, the MLflow run's end, training.json.
+
+The model is exported before anything is sent to MLflow, and the tracking calls are bounded
+(training.tracking), so a tracking server that went away never costs the model; training.json
+is written last so its ``tracking`` entry says whether everything reached the server."""
 
 from __future__ import annotations
 
@@ -71,11 +75,15 @@ def _report(
         "config": as_dict(job.cfg),
         "data_manifest_sha256": job.manifest_sha,
         "code_version": job.env.code_version,
+        # {"enabled", "complete", "pending_batches", "missing", ...}: complete is false when
+        # the tracking server was away at the end and something was not logged
+        "tracking": job.tracker.report(),
     }
 
 
 def finish(job: Job, fitted: Fitted) -> int:
-    """Evaluate, export (checked against the trained model), write training.json, log, end."""
+    """Evaluate, export (checked against the trained model), log and end the run, then write
+    training.json."""
     metrics, matrix, final_split = final_metrics(job, fitted)
     model_cpu = fitted.module.model.float().eval().cpu().to(memory_format=torch.contiguous_format)
     example = _example_batch(fitted)
@@ -89,12 +97,6 @@ def finish(job: Job, fitted: Fitted) -> int:
     )
     exported = export_model(model_cpu, job.paths.model_dir, example=example, metadata=metadata)
     write_serving_code(job.paths.model_dir)
-    if job.paths.output_data_dir is not None:
-        report = _report(job, fitted, metrics, final_split, exported)
-        atomic_write_bytes(
-            job.paths.output_data_dir / "training.json",
-            (json.dumps(report, indent=2, sort_keys=True) + "\n").encode(),
-        )
     tracker = job.tracker
     tracker.log_metrics({f"final_{k}": v for k, v in metrics.items()}, step=job.cfg.epochs)
     if matrix is not None:
@@ -106,6 +108,12 @@ def finish(job: Job, fitted: Fitted) -> int:
     onnx_path = job.paths.model_dir / "model.onnx"
     tracker.log_onnx_model(onnx_path, example.numpy(), logits, step=job.cfg.epochs)
     tracker.end("FINISHED")
+    if job.paths.output_data_dir is not None:
+        report = _report(job, fitted, metrics, final_split, exported)
+        atomic_write_bytes(
+            job.paths.output_data_dir / "training.json",
+            (json.dumps(report, indent=2, sort_keys=True) + "\n").encode(),
+        )
     print(
         "training: done | "
         + " | ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))

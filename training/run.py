@@ -22,7 +22,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from training.checkpoints import GracefulStop, PeriodicCheckpoint, find_resume_checkpoint
 from training.config import SETUPS, TrainConfig, as_dict, from_hyperparameters, named_setup
-from training.env import TrainEnv, read_env
+from training.env import TrainEnv, bound_mlflow_requests, read_env
 from training.job import Fitted, Job, JobPaths
 from training.model import build_model
 from training.module import ClassifierModule
@@ -129,6 +129,7 @@ def _start_tracking(
     """Rank 0's tracker; an unusable tracking server fails the job at start, in one line."""
     if not env.is_global_zero or ns.no_tracking:
         return NullTracker()
+    bound_mlflow_requests(env)
     try:
         return start_tracking(
             env.mlflow_tracking_uri,
@@ -142,6 +143,7 @@ def _start_tracking(
                 "dataset": str(manifest.get("dataset", "")),
                 "lepton.step": "train",
             },
+            retry_window_s=env.tracking_retry_window_s,
         )
     except TrackingUnavailable as exc:
         print(f"training: {exc}", file=sys.stderr, flush=True)

@@ -4,8 +4,15 @@
   unreachable server fails the job at once, not after hours), then creates the run or, when
   the job resumes, reopens the run whose id is stored in the checkpoint folder.
 - Params are the full config; per-epoch metrics go in one ``log_batch`` per epoch, sent
-  asynchronously so logging never waits on the network inside the training loop.
-- The run always ends in a terminal state: FINISHED, FAILED (exception) or KILLED (signal).
+  asynchronously so logging never waits on the network inside the training loop, and buffered
+  while the server is away (:mod:`training.tracking_outbox`).
+- A server that goes away *during* the job never hangs it: every MLflow request is bounded
+  (retries and timeout: ``TrainEnv.mlflow_http_*``) and the job's closing calls share one
+  retry window (``TrainEnv.tracking_retry_window_s``). If the server is still away then, the
+  job finishes without it, says so, and :meth:`MlflowTracker.report` records what was not
+  logged (training.json's ``tracking``).
+- The run ends in a terminal state when the server can be reached: FINISHED, FAILED
+  (exception) or KILLED (signal).
 - Without a tracking URI a :class:`NullTracker` does nothing (one notice is printed).
 """
 
@@ -16,17 +23,20 @@ import os
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
 
+from training.env import TRACKING_RETRY_WINDOW_S
+from training.tracking_outbox import MetricOutbox, RetryWindow
+
 log = logging.getLogger(__name__)
 
 RUN_ID_FILE = "mlflow_run_id"
+ABORT_RETRY_WINDOW_S = 10.0  # the same for a failed or killed job (SIGTERM's grace is short)
 
 
 def quiet_sagemaker_header_plugin() -> None:
@@ -74,23 +84,39 @@ class NullTracker:
         step: int = 0,
     ) -> None: ...
     def end(self, status: str = "FINISHED") -> None: ...
+    def report(self) -> dict[str, Any]:
+        """What reached the tracking server (training.json's ``tracking``)."""
+        return {"enabled": False, "complete": True, "pending_batches": 0, "missing": []}
+
+
+def _http_failure(uri: str, timeout_s: float) -> str | None:
+    """Why ``uri``'s /health does not answer, or None when it answers (any HTTP status)."""
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+            return None
+    except urllib.error.HTTPError:
+        return None  # the server answered (auth proxies may refuse /health): reachable
+    except (urllib.error.URLError, OSError) as exc:
+        return str(getattr(exc, "reason", exc))
+
+
+def answers(uri: str, timeout_s: float = 2.0) -> bool:
+    """A cheap probe: an HTTP server answers /health; other stores are assumed to answer."""
+    if uri.startswith(("http://", "https://")):
+        return _http_failure(uri, timeout_s) is None
+    return True
 
 
 def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
     """Raise TrackingUnavailable unless ``uri`` answers (HTTP) or is usable (file store)."""
     if uri.startswith(("http://", "https://")):
-        url = uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout_s):
-                return
-        except urllib.error.HTTPError:
-            return  # the server answered (auth proxies may refuse /health): reachable
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise TrackingUnavailable(
-                f"MLflow tracking server {uri} is unreachable ({reason}). Start it, fix "
-                "MLFLOW_TRACKING_URI, or unset it to train without tracking."
-            ) from exc
+        reason = _http_failure(uri, timeout_s)
+        if reason is None:
+            return
+        raise TrackingUnavailable(
+            f"MLflow tracking server {uri} is unreachable ({reason}). Start it, fix "
+            "MLFLOW_TRACKING_URI, or unset it to train without tracking."
+        )
     if uri.startswith("file:") or uri.startswith(("/", ".")):
         path = Path(urlparse(uri).path if uri.startswith("file:") else uri)
         try:
@@ -107,18 +133,23 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
 
 
 class MlflowTracker(NullTracker):
-    """One MLflow run, written through MlflowClient (no process-global active run)."""
+    """One MLflow run, written through MlflowClient (no process-global active run).
 
-    def __init__(self, uri: str, run_id: str) -> None:
+    Metrics go through a :class:`MetricOutbox`; the closing calls (figures, dicts, the model,
+    the run status) go through a :class:`RetryWindow` of ``retry_window_s`` seconds.
+    """
+
+    def __init__(
+        self, uri: str, run_id: str, retry_window_s: float = TRACKING_RETRY_WINDOW_S
+    ) -> None:
         quiet_sagemaker_header_plugin()
         self.uri = uri
         self.run_id: str = run_id
         self.client = mlflow_client(uri)
         self._ended = False
-        # one background thread sends metric batches in order, so the training loop never
-        # waits on the tracking server (MLflow's own async queue duplicated entries in tests)
-        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-metrics")
-        self._pending: list[Future[None]] = []
+        self._pending_at_end = 0  # metric batches still buffered when the run ended
+        self._outbox = MetricOutbox(self._send_metrics, lambda: answers(uri), f"MLflow at {uri}")
+        self._window = RetryWindow(retry_window_s, lambda: answers(uri), f"MLflow at {uri}")
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -134,10 +165,10 @@ class MlflowTracker(NullTracker):
         now_ms = int(time.time() * 1000)
         batch = [Metric(k, float(v), now_ms, step) for k, v in sorted(metrics.items())]
         if batch:
-            self._pending.append(self._sender.submit(self._send_metrics, batch))
+            self._outbox.put(batch)
 
-    def _send_metrics(self, batch: list[Any]) -> None:
-        self.client.log_batch(self.run_id, metrics=batch)
+    def _send_metrics(self, batch: Sequence[Any]) -> None:
+        self.client.log_batch(self.run_id, metrics=list(batch))
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -145,10 +176,14 @@ class MlflowTracker(NullTracker):
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
-        self.client.log_figure(self.run_id, figure, artifact_file)
+        self._window.call(
+            artifact_file, lambda: self.client.log_figure(self.run_id, figure, artifact_file)
+        )
 
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
-        self.client.log_dict(self.run_id, dict(data), artifact_file)
+        self._window.call(
+            artifact_file, lambda: self.client.log_dict(self.run_id, dict(data), artifact_file)
+        )
 
     def log_onnx_model(
         self,
@@ -160,46 +195,63 @@ class MlflowTracker(NullTracker):
         """Log the exported ONNX model (flavour ``onnx``) with signature and input example.
 
         MLflow 3 links the run's metrics at ``step`` to the logged model (copying them into the
-        history), so pass the step of the final metrics.
+        history), so pass the step of the final metrics; the buffered metrics are sent first.
         """
         import mlflow
         import mlflow.onnx
         import onnx
         from mlflow.models import infer_signature
 
-        self._flush()
-        mlflow.set_tracking_uri(self.uri)
-        # The fluent API refuses a run outside the process's active experiment (an embedding
-        # program may have set another one), so make the run's own experiment active.
-        mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)
-        signature = infer_signature(input_example, output_example)
-        # the fluent API needs an active run; leaving the block ends the run (FINISHED, or
-        # FAILED if logging raises), so this is the last thing a successful job does
-        with mlflow.start_run(run_id=self.run_id):
+        def log_model() -> None:
+            mlflow.set_tracking_uri(self.uri)
+            # The fluent API refuses a run outside the process's active experiment (an
+            # embedding program may have set another one): make the run's experiment active.
+            run = self.client.get_run(self.run_id)
+            mlflow.set_experiment(experiment_id=run.info.experiment_id)
             mlflow.onnx.log_model(
                 onnx.load(os.fspath(onnx_path)),
                 name="model",
-                signature=signature,
+                signature=infer_signature(input_example, output_example),
                 input_example=input_example,
                 step=step,
+                run_id=self.run_id,  # no active run: setting the run's status is end()'s job
             )
-        self._ended = True
 
-    def _flush(self) -> None:
-        pending, self._pending = self._pending, []
-        for future in pending:
-            try:
-                future.result()
-            except Exception as exc:  # never lose the run's status over one metrics batch
-                log.warning("MLflow metrics batch failed: %s", exc)
+        self._window.drain(self._outbox)
+        self._window.call("model", log_model)
 
     def end(self, status: str = "FINISHED") -> None:
-        self._flush()
-        self._sender.shutdown(wait=True)
         if self._ended and status == "FINISHED":
             return
-        self.client.set_terminated(self.run_id, status=status)
+        if status != "FINISHED":
+            self._window.shorten(ABORT_RETRY_WINDOW_S)
+        self._window.drain(self._outbox)
+        self._pending_at_end = self._outbox.close()
+        self._window.call(
+            f"run status {status}", lambda: self.client.set_terminated(self.run_id, status=status)
+        )
         self._ended = True
+        missing = self._window.missing
+        if self._pending_at_end or missing:
+            lost = [f"{self._pending_at_end} metric batch(es)"] if self._pending_at_end else []
+            print(
+                f"tracking: WARNING tracking incomplete: MLflow at {self.uri} was unreachable; "
+                f"not logged: {', '.join(lost + missing)}. The model is exported and saved "
+                f"regardless; MLflow run {self.run_id} is incomplete.",
+                flush=True,
+            )
+
+    def report(self) -> dict[str, Any]:
+        pending = self._pending_at_end if self._ended else self._outbox.pending
+        missing = self._window.missing
+        return {
+            "enabled": True,
+            "complete": not (pending or missing or self._outbox.dropped),
+            "pending_batches": pending,
+            "dropped_batches": self._outbox.dropped,
+            "missing": list(missing),
+            "retry_window_s": self._window.window_s,
+        }
 
 
 def _experiment_id(client: Any, name: str) -> str:
@@ -225,10 +277,13 @@ def start_tracking(
     checkpoint_dir: str | os.PathLike[str],
     resume: bool,
     tags: Mapping[str, str] | None = None,
+    retry_window_s: float = TRACKING_RETRY_WINDOW_S,
 ) -> NullTracker:
     """A tracker for this job (global rank 0 only); NullTracker when ``uri`` is None.
 
-    With ``resume`` and a run id stored in ``checkpoint_dir``, that run is reopened.
+    With ``resume`` and a run id stored in ``checkpoint_dir``, that run is reopened. An
+    unusable server fails here (TrackingUnavailable); one that goes away later does not fail
+    the job (``retry_window_s``: see MlflowTracker).
     """
     if not uri:
         print("tracking: MLFLOW_TRACKING_URI not set, MLflow tracking disabled", flush=True)
@@ -255,7 +310,7 @@ def start_tracking(
         tmp.write_text(run_id + "\n")
         os.replace(tmp, id_file)
         print(f"tracking: MLflow run {run_id} at {uri}", flush=True)
-    tracker = MlflowTracker(uri, run_id)
+    tracker = MlflowTracker(uri, run_id, retry_window_s)
     if tags:
         tracker.set_tags(tags)
     return tracker

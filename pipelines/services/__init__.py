@@ -1,2 +1,3 @@
-"""Local services: `definitions` (SeaweedFS, MLflow), `process` (pid files, logs, health, stop)
-and `control` (`up`, `down`, `status`)."""
+"""Local services: `definitions` (SeaweedFS, MLflow), `seaweedfs_security` (SeaweedFS's
+internal JWT keys and gRPC certificates), `process` (pid files, logs, health, stop, the
+services lock) and `control` (`up`, `down`, `status`)."""

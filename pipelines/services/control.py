@@ -1,7 +1,9 @@
 """`lepton services up|down|status`: start, stop and inspect the local services.
 
 `up` is idempotent, `down` stops only the processes recorded in pid files (and checks the pid
-still belongs to that service), and data stays in the state folder across restarts.
+still belongs to that service), and data stays in the state folder across restarts. Both hold
+the state folder's services lock, so concurrent calls never start a service twice. `up` keeps
+the state folder private: 0700, the services' files 0600.
 """
 
 from __future__ import annotations
@@ -15,15 +17,18 @@ from pipelines.services.process import (
     ServiceError,
     alive,
     http_ok,
+    log_dir,
     log_path,
     pid_path,
     port_free,
+    run_dir,
     running_pid,
+    services_lock,
     start_process,
     stop,
     terminate,
 )
-from pipelines.settings import Settings
+from pipelines.settings import Settings, private_dir, restrict_tree
 
 ENDPOINT_SERVICE = "endpoint"  # pid/log name of the local endpoint (pipelines.deploy.local)
 ENDPOINT_MARKER = "inference"  # must appear in the endpoint's command line (pid reuse guard)
@@ -49,30 +54,45 @@ def up(settings: Settings, timeout_s: float = 90.0, out: Printer = print) -> Non
     """Start every managed service that is not running; wait for health; create buckets."""
     if settings.mode != "local":
         raise ServiceError("services run only in local mode (LEPTON_MODE=local)")
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    for service in managed_services(settings):
-        pid = running_pid(settings, service.name, service.marker)
-        if pid is not None:
-            out(f"{service.name}: already running (pid {pid}) on {service.url}")
-        else:
-            if not port_free(settings.host, service.port):
-                raise ServiceError(
-                    f"{service.name}: port {service.port} on {settings.host} is taken by another "
-                    f"process; stop it or choose another port ({service.port_variable})"
-                )
-            pid = start_process(settings, service.name, service.command, service.env)
-            out(f"{service.name}: starting (pid {pid}), log {log_path(settings, service.name)}")
-        try:
-            _wait_healthy(service, settings, pid, timeout_s)
-        except ServiceError:
-            terminate(pid)
-            pid_path(settings, service.name).unlink(missing_ok=True)
-            raise
-        if service.name == "s3":
-            from pipelines.storage import ensure_buckets
+    private_dir(settings.state_dir)
+    with services_lock(settings):
+        services = managed_services(settings)  # creates credentials and keys on first use
+        _make_private(settings, services)
+        for service in services:
+            _up_one(settings, service, timeout_s, out)
 
-            ensure_buckets(settings)
-        out(f"{service.name}: healthy at {service.url}")
+
+def _make_private(settings: Settings, services: list[Service]) -> None:
+    """Folders 0700 and files 0600 for what the services keep (earlier versions left them
+    0755/0644; SeaweedFS itself makes its .vif files 0644, the 0700 folders keep them private)."""
+    for folder in (run_dir(settings), log_dir(settings), *(p for s in services for p in s.data)):
+        restrict_tree(private_dir(folder))
+    restrict_tree(settings.credentials_path)
+
+
+def _up_one(settings: Settings, service: Service, timeout_s: float, out: Printer) -> None:
+    pid = running_pid(settings, service.name, service.marker)
+    if pid is not None:
+        out(f"{service.name}: already running (pid {pid}) on {service.url}")
+    else:
+        if not port_free(settings.host, service.port):
+            raise ServiceError(
+                f"{service.name}: port {service.port} on {settings.host} is taken by another "
+                f"process; stop it or choose another port ({service.port_variable})"
+            )
+        pid = start_process(settings, service.name, service.command, service.env, service.cwd)
+        out(f"{service.name}: starting (pid {pid}), log {log_path(settings, service.name)}")
+    try:
+        _wait_healthy(service, settings, pid, timeout_s)
+    except ServiceError:
+        terminate(pid)
+        pid_path(settings, service.name).unlink(missing_ok=True)
+        raise
+    if service.name == "s3":
+        from pipelines.storage import ensure_buckets
+
+        ensure_buckets(settings)
+    out(f"{service.name}: healthy at {service.url}")
 
 
 def down(settings: Settings, out: Printer = print) -> None:
@@ -80,7 +100,8 @@ def down(settings: Settings, out: Printer = print) -> None:
     names = [(ENDPOINT_SERVICE, ENDPOINT_MARKER)] + [
         (s.name, s.marker) for s in reversed(managed_services(settings))
     ]
-    stopped = [stop(settings, name, marker, out) for name, marker in names]
+    with services_lock(settings):
+        stopped = [stop(settings, name, marker, out) for name, marker in names]
     if not any(stopped):
         out("nothing was running")
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pipelines.services.process import console_script, http_ok
+from pipelines.services.seaweedfs_security import ensure_security, security_dir
 from pipelines.settings import Settings
 
 
@@ -19,6 +21,8 @@ class Service:
     marker: str  # a word that must appear in the process's command line (pid reuse guard)
     health: Callable[[], bool] = field(repr=False, compare=False)
     port_variable: str = ""  # the environment variable that moves it to another port
+    data: tuple[Path, ...] = ()  # what it writes in the state folder (kept private, 0700)
+    cwd: Path | None = None  # its working directory
 
 
 def _s3_ok(settings: Settings) -> bool:
@@ -38,10 +42,16 @@ def seaweedfs(settings: Settings) -> Service:
     assert creds is not None  # local mode always has credentials
     p = settings.s3_port
     data_dir = settings.state_dir / "s3"
+    config_dir = ensure_security(settings)
     # Every port weed mini opens is derived from the S3 port, so two state folders with
     # different LEPTON_S3_PORT never collide (gRPC ports are http + 10000 by SeaweedFS rule).
+    # Only S3 answers without the keys in config_dir/security.toml (seaweedfs_security);
+    # -disableHttp removes the master's and filer's HTTP APIs, which no key can close (the
+    # master's /dir/assign hands out write tokens) and which S3 does not use; the Iceberg and
+    # Lance catalogs (0: not started) answered without credentials and are not used.
     cmd = [
         console_script("weed"),
+        f"-config_dir={config_dir}",
         "mini",
         f"-dir={data_dir}",
         f"-ip={settings.host}",
@@ -52,11 +62,12 @@ def seaweedfs(settings: Settings) -> Service:
         f"-filer.port={p + 3}",
         f"-admin.port={p + 4}",
         f"-webdav.port={p + 5}",
-        f"-s3.port.iceberg={p + 6}",
-        f"-s3.port.lance={p + 7}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
         "-webdav=false",
         "-admin.ui=false",
         "-master.telemetry=false",
+        "-disableHttp",
     ]
     env = {
         "AWS_ACCESS_KEY_ID": creds.access_key_id,
@@ -71,6 +82,8 @@ def seaweedfs(settings: Settings) -> Service:
         marker="weed",
         health=lambda: _s3_ok(settings),
         port_variable="LEPTON_S3_PORT",
+        data=(data_dir, security_dir(settings)),
+        cwd=config_dir,  # weed also reads ./security.toml, ./filer.toml...: only ours
     )
 
 
@@ -100,6 +113,9 @@ def mlflow_server(settings: Settings) -> Service:
         "AWS_SECRET_ACCESS_KEY": creds.secret_access_key,
         "AWS_DEFAULT_REGION": settings.region,
         "MLFLOW_ENABLE_WORKSPACES": "false",
+        # MLflow 3 starts a job runner (huey: 7 worker processes) for server-side jobs
+        # (online scoring, trace archival) the project never uses
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
     url = f"http://{settings.host}:{settings.mlflow_port}"
     return Service(
@@ -111,6 +127,7 @@ def mlflow_server(settings: Settings) -> Service:
         marker="mlflow",
         health=lambda: http_ok(url + "/health"),
         port_variable="LEPTON_MLFLOW_PORT",
+        data=(db.parent,),
     )
 
 

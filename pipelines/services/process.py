@@ -2,12 +2,15 @@
 
 Used by the local services (SeaweedFS, MLflow) and the local endpoint. A pid file names a
 process only while that process is alive and its command line still holds the service's marker
-(pids are reused).
+(pids are reused). Pid files are replaced atomically, and `services_lock` serialises whoever
+checks and starts services, so two `services up` at once start each service once. Children
+run with umask 077: what they create in the state folder is theirs alone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -16,12 +19,12 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
 
-from pipelines.settings import Settings
+from pipelines.settings import Settings, private_dir, write_private
 
 Printer = Callable[[str], None]
 
@@ -84,6 +87,18 @@ def running_pid(settings: Settings, name: str, marker: str | None = None) -> int
     return pid
 
 
+@contextlib.contextmanager
+def services_lock(settings: Settings) -> Iterator[None]:
+    """Hold the state folder's services lock (blocking) for the duration of the block."""
+    path = private_dir(run_dir(settings)) / "services.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released when fd closes, even if this process dies
+        yield
+    finally:
+        os.close(fd)
+
+
 def port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -97,22 +112,29 @@ def port_free(host: str, port: int) -> bool:
 def start_process(
     settings: Settings, name: str, command: list[str], env: dict[str, str], cwd: Path | None = None
 ) -> int:
-    """Start a detached background process with a pid file and a log file; return its pid."""
-    run_dir(settings).mkdir(parents=True, exist_ok=True)
-    log_dir(settings).mkdir(parents=True, exist_ok=True)
-    log = open(log_path(settings, name), "ab")  # noqa: SIM115 - handed to the child
+    """Start a detached background process with a pid file and a log file; return its pid.
+
+    Callers that must not start a process twice hold `services_lock` around the check and this.
+    """
+    private_dir(run_dir(settings))
+    private_dir(log_dir(settings))
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+    log = os.open(log_path(settings, name), flags, 0o600)
     full_env = {**os.environ, **env}
-    proc = subprocess.Popen(
-        command,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env=full_env,
-        cwd=cwd,
-        start_new_session=True,  # outlives `make`, and our Ctrl+C does not reach it
-    )
-    log.close()
-    pid_path(settings, name).write_text(str(proc.pid))
+    try:
+        proc = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
+            cwd=cwd,
+            start_new_session=True,  # outlives `make`, and our Ctrl+C does not reach it
+            umask=0o077,  # its data, logs and sockets: owner only
+        )
+    finally:
+        os.close(log)
+    write_private(pid_path(settings, name), str(proc.pid).encode())
     return proc.pid
 
 

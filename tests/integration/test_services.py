@@ -1,18 +1,24 @@
-"""The local stack for real: SeaweedFS and MLflow processes, restarts, credentials, ports."""
+"""The local stack for real: SeaweedFS and MLflow processes, restarts, credentials, ports,
+the state folder's permissions, concurrent `up`. (Port security: test_services_security.py.)"""
 
 from __future__ import annotations
 
+import os
 import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
+import psutil
 import pytest
 from botocore.exceptions import ClientError
 
 from pipelines.services import control as services
 from pipelines.settings import Credentials, Settings
 from pipelines.storage import s3_client, s3_filesystem
+from tests.fixtures_model import REPO_ROOT
 from tests.fixtures_services import make_settings
 
 
@@ -27,10 +33,32 @@ def private_stack(tmp_path: Path):
     services.down(settings, out=_quiet)
 
 
+def _loose(folder: Path) -> list[str]:
+    """Paths under ``folder`` that its group or others may read, write or enter."""
+    return sorted(
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if not p.is_symlink() and p.stat().st_mode & 0o077
+    )
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
 def test_restart_keeps_objects_and_mlflow_runs(private_stack: Settings, tmp_path: Path) -> None:
+    """...and keeps the state folder private: 0700, files 0600, also those an older version
+    left readable."""
     settings = private_stack
+    state = settings.state_dir
+    (state / "logs").mkdir(parents=True)  # what earlier versions left: 0755 / 0644
+    (state / "logs" / "s3.log").write_text("an old log\n")
+    os.chmod(state, 0o755)
+    os.chmod(state / "logs" / "s3.log", 0o644)
     services.up(settings, out=_quiet)
     assert all(row.healthy for row in services.status(settings))
+    assert _mode(state) == 0o700
+    assert _loose(state) == []
 
     s3_client(settings).put_object(
         Bucket=settings.data_bucket, Key="keep/me.txt", Body=b"still here"
@@ -60,9 +88,16 @@ def test_restart_keeps_objects_and_mlflow_runs(private_stack: Settings, tmp_path
     )
     assert body == b"artifact bytes"
 
+    # while running, the services create files with umask 077, except that SeaweedFS sets
+    # its volume info files (.vif) to 0644 itself; the 0700 folders above them keep them
+    # private, and the next `up` takes those bits off too
+    assert all(Path(p).suffix == ".vif" for p in _loose(state)), _loose(state)
+    assert _mode(state / "mlflow" / "mlflow.db") == 0o600
+
     services.down(settings, out=_quiet)
     assert not any(row.healthy for row in services.status(settings))
     services.up(settings, out=_quiet)
+    assert _mode(state) == 0o700 and _loose(state) == []
 
     got = s3_client(settings).get_object(Bucket=settings.data_bucket, Key="keep/me.txt")
     assert got["Body"].read() == b"still here"
@@ -127,3 +162,61 @@ def test_taken_port_gives_a_clear_error(tmp_path: Path) -> None:
     finally:
         blocker.close()
         services.down(settings, out=_quiet)
+
+
+def _service_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LEPTON_", "MLFLOW_"))}
+    env.update(
+        LEPTON_STATE_DIR=str(settings.state_dir),
+        LEPTON_S3_PORT=str(settings.s3_port),
+        LEPTON_MLFLOW_PORT=str(settings.mlflow_port),
+        LEPTON_ENDPOINT_PORT=str(settings.endpoint_port),
+        PYTHONPATH=str(REPO_ROOT),
+    )
+    return env
+
+
+def _processes_of(settings: Settings) -> dict[str, list[psutil.Process]]:
+    """This stack's SeaweedFS and MLflow server processes, found by their command lines."""
+    found: dict[str, list[psutil.Process]] = {"weed": [], "mlflow": []}
+    data_arg = f"-dir={settings.state_dir / 's3'}"
+    db_arg = f"sqlite:///{settings.state_dir / 'mlflow' / 'mlflow.db'}"
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if data_arg in cmdline:
+            found["weed"].append(proc)
+        elif db_arg in cmdline and "server" in cmdline:
+            found["mlflow"].append(proc)
+    return found
+
+
+def test_two_concurrent_ups_start_each_service_once(private_stack: Settings) -> None:
+    settings = private_stack
+    cmd = [sys.executable, "-m", "pipelines.cli", "services", "up"]
+    procs = [
+        subprocess.Popen(
+            cmd,
+            cwd=REPO_ROOT,
+            env=_service_env(settings),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [proc.communicate(timeout=600)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    both = "\n".join(outputs)
+    assert both.count("s3: starting") == 1 and both.count("mlflow: starting") == 1, both
+    assert both.count("already running") == 2, both
+    found = _processes_of(settings)
+    assert [len(found["weed"]), len(found["mlflow"])] == [1, 1], found
+    pids = {row.name: row.pid for row in services.status(settings)}
+    assert pids == {"s3": found["weed"][0].pid, "mlflow": found["mlflow"][0].pid}
+
+    # MLflow's job runner is off: the server is its CLI process and one uvicorn worker, and
+    # none of the 1 job runner + 7 huey consumers MLflow 3 starts by default
+    tree = [found["mlflow"][0], *found["mlflow"][0].children(recursive=True)]
+    cmdlines = [" ".join(p.cmdline()) for p in tree]
+    assert not [c for c in cmdlines if "huey" in c or "mlflow.server.jobs" in c], cmdlines
+    assert len(tree) == 2 and "uvicorn" in cmdlines[1], cmdlines
