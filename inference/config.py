@@ -47,7 +47,9 @@ class ServerConfig:
     # Another server may listen on the same port (SO_REUSEPORT): the local blue/green deploy
     # starts the new model beside the old one, then stops the old.
     reuse_port: bool = False
-    allow_remote: bool = False  # binding a non-loopback address must be asked for explicitly
+    allow_remote: bool = False
+    # Behind SageMaker hosting (the image's `serve`): any address, no token (security.check_bind)
+    sagemaker_hosting: bool = False  # binding a non-loopback address must be asked for explicitly
     # Bearer token for /invocations, /metrics and /execution-parameters (never /ping); required
     # when allow_remote. Kept out of repr so that it never reaches a log line.
     auth_token: str | None = field(default=None, repr=False)

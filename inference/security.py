@@ -1,6 +1,7 @@
 """Who may reach the endpoint, and what secrets it keeps: bind policy, bearer token, env scrub.
 
-- Loopback by default. Binding any other address needs ``allow_remote`` *and* a token
+- Loopback by default (SageMaker hosting aside: ``--sagemaker-hosting``, IAM authorises the
+  calls and the platform strips ``Authorization``). Binding any other address needs ``allow_remote`` *and* a token
   (``LEPTON_ENDPOINT_TOKEN``); requests then need ``Authorization: Bearer <token>``, compared in
   constant time, on every path but ``/ping`` (SageMaker's health check sends no credentials).
 - The server needs no AWS credentials: :func:`scrub_environment` drops ``AWS_*`` (and the
@@ -18,6 +19,7 @@ __all__ = [
     "TOKEN_ENV",
     "BindRefused",
     "check_bind",
+    "client_headers",
     "is_loopback",
     "scrub_environment",
     "secret_names",
@@ -46,9 +48,15 @@ def is_loopback(host: str) -> bool:
     return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
 
 
-def check_bind(host: str, allow_remote: bool, token: str | None) -> None:
-    """Refuse a non-loopback bind without ``allow_remote`` and a token of >= 16 characters."""
-    if is_loopback(host):
+def check_bind(
+    host: str, allow_remote: bool, token: str | None, sagemaker_hosting: bool = False
+) -> None:
+    """Refuse a non-loopback bind without ``allow_remote`` and a token of >= 16 characters.
+
+    ``sagemaker_hosting`` (the image's ``serve``): the container runs behind SageMaker, which
+    authorises every InvokeEndpoint call with IAM, is the only client that reaches the port, and
+    strips ``Authorization`` headers, so a token could never be sent: none is required."""
+    if is_loopback(host) or sagemaker_hosting:
         return
     if not allow_remote:
         raise BindRefused(
@@ -60,6 +68,14 @@ def check_bind(host: str, allow_remote: bool, token: str | None) -> None:
             f"--allow-remote needs a bearer token of at least {MIN_TOKEN_CHARS} characters in "
             f"{TOKEN_ENV}"
         )
+
+
+def client_headers(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """What a client of our endpoint adds: the bearer token when LEPTON_ENDPOINT_TOKEN is set."""
+    import os
+
+    token = (os.environ if environ is None else environ).get(TOKEN_ENV)
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def token_matches(authorization: str | None, token: str) -> bool:

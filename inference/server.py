@@ -158,6 +158,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, ServerConfig
         action="store_true",
         help=f"allow a non-loopback --host; needs a bearer token in {TOKEN_ENV}",
     )
+    p.add_argument(
+        "--sagemaker-hosting",
+        action="store_true",
+        help="behind SageMaker hosting (the image's serve): any --host, no token (IAM "
+        "authorises InvokeEndpoint; the platform strips Authorization headers)",
+    )
     p.add_argument("--workers", type=int, default=defaults.workers)
     p.add_argument("--max-batch", type=int, default=defaults.max_batch)
     p.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms)
@@ -237,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_file, args.log_max_bytes, args.log_backups)
     config = replace(config, auth_token=os.environ.get(TOKEN_ENV) or None)
     try:
-        check_bind(config.host, config.allow_remote, config.auth_token)
+        check_bind(config.host, config.allow_remote, config.auth_token, config.sagemaker_hosting)
     except BindRefused as exc:
         log.error("%s", exc)
         return 2

@@ -143,7 +143,9 @@ class InferenceServer:
     async def start(self) -> None:
         """Bind and start accepting (``/ping`` answers 503 until a model is loaded)."""
         cfg = self.config
-        check_bind(cfg.host, cfg.allow_remote, cfg.auth_token)  # also for programmatic use
+        check_bind(
+            cfg.host, cfg.allow_remote, cfg.auth_token, cfg.sagemaker_hosting
+        )  # also for programmatic use
         self._batcher = MicroBatcher(
             self._predict,
             self._infer_pool,

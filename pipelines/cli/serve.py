@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from inference.security import client_headers
 from pipelines.settings import load_settings
 
 CONTENT_TYPES = {
@@ -29,6 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="models:/NAME@champion | models:/NAME/VERSION | s3://.../model.tar.gz | PATH",
     )
     serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a non-loopback --host (needs LEPTON_ENDPOINT_TOKEN; clients send it)",
+    )
     serve.add_argument("--port", type=int, help="default: LEPTON_ENDPOINT_PORT or 8080")
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument("--backend", choices=("onnx", "torchscript"), default="onnx")
@@ -60,6 +66,7 @@ def _serve(args: argparse.Namespace) -> int:
             str(args.workers),
             "--backend",
             args.backend,
+            *(["--allow-remote"] if args.allow_remote else []),
         ]
         return int(server.main(argv) or 0)
 
@@ -78,7 +85,7 @@ def _predict(args: argparse.Namespace) -> int:
             f"{endpoint}/invocations{query}",
             data=path.read_bytes(),
             method="POST",
-            headers={"Content-Type": ctype, "Accept": "application/json"},
+            headers={"Content-Type": ctype, "Accept": "application/json", **client_headers()},
         )
         try:
             with urllib.request.urlopen(request, timeout=30) as resp:

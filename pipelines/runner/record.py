@@ -49,6 +49,9 @@ class RunRecord:
     # the data: its name, profile, and the settings chosen from it (and why)
     data: dict[str, Any] = field(default_factory=dict)
     sample_predictions: tuple[dict[str, Any], ...] = ()  # {"true": label, "predicted": label}
+    # training.json's "tracking": {"enabled", "complete", "missing", ...}: whether everything
+    # reached MLflow (a tracking outage never fails training; this says what it cost)
+    tracking: dict[str, Any] | None = None
     # the Batch step's report (pipelines/batch/core.py) and its "output" prefix, when it ran
     batch: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
@@ -98,6 +101,9 @@ class RunRecord:
             f"  endpoint:       {self.endpoint_url or '-'}",
             f"  MLflow:         {self.mlflow_url or '-'}",
         ]
+        if self.tracking and not self.tracking.get("complete", True):
+            missing = ", ".join(self.tracking.get("missing", [])) or "metrics"
+            lines.append(f"  tracking:       INCOMPLETE, not in MLflow: {missing}")
         if self.batch:
             b = self.batch
             lines.append(
@@ -123,6 +129,9 @@ class RunRecord:
         ):
             if value:
                 lines.append(f"- **{label}**: `{_cell(str(value))}`")
+        if self.tracking and not self.tracking.get("complete", True):
+            missing = ", ".join(self.tracking.get("missing", [])) or "metrics"
+            lines.append(f"- **Tracking**: incomplete, not in MLflow: {_cell(missing)}")
         if self.gate_passed is not None:
             verdict = "passed" if self.gate_passed else "failed"
             reasons = "; ".join(self.gate_reasons)

@@ -140,7 +140,8 @@ def summarize(settings: Settings, execution: Execution, total_s: float, out: Pri
     gate = steps.get(n.GATE)
     register = steps.get(n.REGISTER)
     train = steps.get(n.TRAIN)
-    topology = (train.properties or {}).get("Lepton", {}).get("topology") if train else None
+    lepton = (train.properties or {}).get("Lepton", {}) if train else {}
+    topology = lepton.get("topology")
     deployed = n.DEPLOY in steps and steps[n.DEPLOY].status == "Succeeded"
     endpoint_up = deployed and http_ok(settings.endpoint_url + "/ping", timeout_s=3)
     gate_props = gate.properties if gate and gate.properties else {}
@@ -164,6 +165,7 @@ def summarize(settings: Settings, execution: Execution, total_s: float, out: Pri
         },
         total_seconds=round(total_s, 1),
         training_topology=topology,
+        tracking=lepton.get("training", {}).get("tracking"),
         model_name=(register.properties or {}).get("ModelPackageGroupName") if register else None,
         data=_read_json(execution.folder / "data.json"),
         sample_predictions=tuple(samples),

@@ -8,6 +8,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from inference.security import client_headers
 from pipelines.definition import names as n
 from pipelines.runner.state import Execution
 from pipelines.settings import Settings
@@ -46,7 +47,7 @@ def classify_samples(
         request = urllib.request.Request(
             settings.endpoint_url + "/invocations",
             data=buf.getvalue(),
-            headers={"Content-Type": "image/png", "Accept": "application/json"},
+            headers={"Content-Type": "image/png", "Accept": "application/json", **client_headers()},
             method="POST",
         )
         with urllib.request.urlopen(request, timeout=10) as resp:

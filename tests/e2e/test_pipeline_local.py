@@ -6,6 +6,7 @@ costs about one full run plus a few cached ones.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -13,7 +14,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import mlflow
@@ -147,6 +150,92 @@ def test_batch_step_classifies_a_prefix_after_register(
     assert records and all(r["model"].endswith(f"/{summary.model_version}") for r in records)
     right = sum(r["label"] == r["key"].split("/")[0] for r in records)
     assert right / len(records) >= THRESHOLD - 0.05, (right, len(records))
+
+
+def _send_png(url: str, images: Any) -> None:
+    from PIL import Image
+
+    for pixels in images:
+        buf = io.BytesIO()
+        Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(buf, "PNG")
+        request = urllib.request.Request(
+            url + "/invocations", data=buf.getvalue(), headers={"Content-Type": "image/png"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            assert resp.status == 200
+
+
+def test_captured_traffic_is_checked_for_drift(
+    first_run: RunRecord, stack_settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    import numpy as np
+
+    from inference.capture import VARIANT
+    from pipelines.cli import main
+    from pipelines.deploy.local import deploy_local
+    from pipelines.monitor.source import read_window
+    from pipelines.runner.samples import held_out_images
+
+    endpoint = f"drift-{uuid.uuid4().hex[:6]}"
+    settings = stack_settings.with_overrides(capture_percent=100.0, endpoint_name=endpoint)
+    for key, value in {
+        "LEPTON_STATE_DIR": str(settings.state_dir),
+        "LEPTON_S3_PORT": str(settings.s3_port),
+        "LEPTON_MLFLOW_PORT": str(settings.mlflow_port),
+        "LEPTON_ENDPOINT_PORT": str(settings.endpoint_port),
+        "LEPTON_ENDPOINT_NAME": endpoint,
+    }.items():
+        monkeypatch.setenv(key, value)
+    ref = f"models:/{first_run.model_name}/{first_run.model_version}"
+    assert deploy_local(settings, ref, out=lambda _m: None)  # blue/green, now capturing
+    execution = Execution.load(stack_settings.state_dir, first_run.execution_id)
+    _, images, _ = held_out_images(settings, execution)
+    rng = np.random.default_rng(0)
+    cases = {
+        "held_out": (images, set()),
+        "inverted": (255 - images, {"brightness"}),
+        "rotated": (np.rot90(images, k=1, axes=(1, 2)).copy(), {"top1_confidence"}),
+        "noisy": (
+            np.clip(images + rng.normal(0, 60, images.shape), 0, 255).astype(np.uint8),
+            {"sharpness"},
+        ),
+    }
+    s3 = s3_client(settings)
+
+    def monitor(case: str, start: datetime, end: datetime) -> dict[str, Any]:
+        out = tmp_path / case
+        argv = ["monitor", "run", "--until", end.isoformat(), "--out", str(out)]
+        assert main([*argv, "--since", f"{(end - start).total_seconds():.0f}s"]) == 0
+        return json.loads((out / "monitoring_summary.json").read_text())
+
+    first = datetime.now(UTC).replace(microsecond=0)
+    nothing = monitor("empty", first - timedelta(hours=2), first - timedelta(hours=1))
+    assert nothing["status"] == "not_enough_data" and nothing["images"] == 0
+    for case, (batch, drifting) in cases.items():
+        time.sleep(1.1)  # capture times have whole seconds: windows must not share one
+        start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+        time.sleep((start - datetime.now(UTC)).total_seconds())
+        _send_png(settings.endpoint_url, batch)
+        end = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+        deadline = time.monotonic() + 30  # the capture writer flushes every few seconds
+        while time.monotonic() < deadline:
+            got = sum(
+                1 for _ in read_window(settings.capture_uri, endpoint, VARIANT, start, end, s3)
+            )
+            if got >= len(batch):
+                break
+            time.sleep(0.5)
+        assert got == len(batch), (case, got)
+        time.sleep(max(0.0, (end - datetime.now(UTC)).total_seconds()))
+        summary = monitor(case, start, end)
+        psi = {c["name"]: round(c["psi"], 2) for c in summary["checks"]}
+        print(case, summary["status"], psi)
+        assert summary["images"] == len(batch), summary
+        named = {c["name"] for c in summary["checks"] if c["violation"]}
+        if drifting:
+            assert summary["status"] == "violations" and drifting <= named, (case, psi)
+        else:
+            assert summary["status"] == "no_violations", (case, psi)
 
 
 def test_gate_failure_stops_before_register(first_run: RunRecord, stack_settings: Settings) -> None:

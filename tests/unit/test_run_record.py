@@ -20,7 +20,23 @@ def _execution(state: Path) -> Execution:
     ex.steps = {
         "Prepare": StepRecord("Prepare", "Processing", "Succeeded", 0.0, 4.0),
         "Train": StepRecord(
-            "Train", "Training", "Cached", 4.0, 4.5, cache_note="cache hit (from execution x)"
+            "Train",
+            "Training",
+            "Cached",
+            4.0,
+            4.5,
+            cache_note="cache hit (from execution x)",
+            properties={
+                "Lepton": {
+                    "training": {
+                        "tracking": {
+                            "enabled": True,
+                            "complete": False,
+                            "missing": ["model", "run status FINISHED"],
+                        }
+                    }
+                }
+            },
         ),
         "Evaluate": StepRecord(
             "Evaluate",
@@ -81,13 +97,17 @@ def test_the_local_writer_feeds_the_readers(
     assert "accuracy \\| 0.9871" in text  # a pipe in a reason does not break the table
     assert "| Train | Cached | 0.5 | cache hit (from execution x) |" in text
     assert f"[MLflow]({settings.tracking_uri})" in text
+    assert record.tracking is not None and record.tracking["complete"] is False
+    assert "- **Tracking**: incomplete, not in MLflow: model, run status FINISHED" in text
 
     # the CI job summary and the CLI read the same file
     monkeypatch.setenv("LEPTON_STATE_DIR", str(settings.state_dir))
     assert main(["pipeline", "summary", "--markdown", "--title", "Retraining"]) == 0
     assert capsys.readouterr().out.strip() == text.strip()
     assert main(["pipeline", "summary"]) == 0
-    assert "accuracy:       0.9871" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "accuracy:       0.9871" in shown
+    assert "tracking:       INCOMPLETE, not in MLflow: model, run status FINISHED" in shown
 
 
 def test_a_missing_record_is_said_plainly(
