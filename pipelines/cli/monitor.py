@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -105,19 +104,10 @@ def package_baseline(settings: Settings) -> str:
     return str(uri)
 
 
-def _read(uri: str, s3: Any) -> dict[str, Any]:
-    from pipelines.storage import is_s3_uri, split_s3_uri
-
-    if is_s3_uri(uri):
-        bucket, key = split_s3_uri(uri)
-        return dict(json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
-    return dict(json.loads(Path(uri).read_text()))
-
-
 def _run(args: argparse.Namespace) -> int:
     from inference.capture import VARIANT
     from pipelines.monitor.core import VIOLATIONS, MonitorConfig, check, summary_lines
-    from pipelines.monitor.source import read_window
+    from pipelines.monitor.source import load_baseline, read_window
     from pipelines.storage import s3_client
     from training.serialize import config_from_namespace
 
@@ -134,7 +124,7 @@ def _run(args: argparse.Namespace) -> int:
         baseline_uri = package_baseline(settings)
     else:
         baseline_uri = deployed_baseline(settings)
-    baseline = _read(baseline_uri, s3)
+    baseline = load_baseline(baseline_uri, s3)
     root = args.capture or settings.capture_uri
     stamp = f"{end:%Y%m%dT%H%M%SZ}"
     out = args.out or settings.state_dir / "monitor" / endpoint / stamp

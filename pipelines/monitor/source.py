@@ -43,6 +43,13 @@ def _text(location: str, s3: Any) -> str:
     return Path(location).read_text(encoding="utf-8")
 
 
+def load_baseline(uri: str, s3: Any = None) -> dict[str, Any]:
+    """A baseline.json from an s3:// URI or a path."""
+    import json
+
+    return dict(json.loads(_text(uri, s3)))
+
+
 def read_window(
     root: str, endpoint: str, variant: str, start: datetime, end: datetime, s3: Any = None
 ) -> Iterator[CapturedEvent | ValueError]:

@@ -56,5 +56,6 @@ def test_quickstart_notebook_runs(
     assert result["status"] == "Succeeded"
     assert result["model_version"] is not None
     assert result["sent"] == 8 and result["correct"] >= 6
+    assert result["monitor"] == {"held-out": "no_violations", "inverted": "violations"}
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) >= 3  # the DAG, the metrics, the classified images
+    assert len(images) >= 5  # the DAG, the metrics, the classified images, two distributions
