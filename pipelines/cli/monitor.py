@@ -6,7 +6,6 @@ import argparse
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from pipelines.settings import Settings, load_settings
 
