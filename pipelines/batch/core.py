@@ -46,6 +46,10 @@ OUT_SUFFIX = ".out"
 REPORT = "_batch_report.json"
 
 
+class BatchError(RuntimeError):
+    """The job did not write every result; the message says how many and what to do."""
+
+
 @dataclass(frozen=True)
 class BatchConfig:
     input: str  # folder or s3:// prefix of images (any layout)
@@ -96,7 +100,7 @@ def _init_worker(cfg: BatchConfig, model_dir: str, settings: Settings | None) ->
         cfg=cfg,
         client=make_client(settings),
         predictor=predictor,
-        out=Output(cfg.output, settings, threads=8),
+        out=Output(cfg.output, settings, threads=4),
         model=cfg.model_version or cfg.model,
     )
 
@@ -147,7 +151,10 @@ def _run_chunk(items: list[RawItem]) -> tuple[int, list[Failure]]:
                 "model": model,
             }
             out.put(key + OUT_SUFFIX, _record(key, answer))
-    out.flush()  # a chunk counts as done only once its results are written
+    # The previous chunk's writes are awaited (their errors raised) while this chunk's go on
+    # behind the next one; a worker's last chunk is written before its process exits, and the
+    # parent checks at the end that every result is there.
+    out.settle()
     return len(keys), failures
 
 
@@ -161,6 +168,7 @@ class Output:
         self.s3 = make_client(settings) if is_s3_uri(uri) else None
         self.pool = ThreadPoolExecutor(threads)
         self.pending: list[Future[None]] = []
+        self.settling: list[Future[None]] = []
         self.folders: set[Path] = set()
 
     def done_keys(self) -> set[str]:
@@ -187,7 +195,7 @@ class Output:
                 folder.mkdir(parents=True, exist_ok=True)
                 self.folders.add(folder)
         self.pending.append(self.pool.submit(self._write, rel, body))
-        if len(self.pending) > 512:
+        if len(self.pending) > 4096:
             self.flush()
 
     def _write(self, rel: str, body: bytes) -> None:
@@ -200,8 +208,15 @@ class Output:
         bucket, prefix = split_s3_uri(self.uri + "/")
         self.s3.put_object(Bucket=bucket, Key=prefix + rel, Body=body)
 
+    def settle(self) -> None:
+        """Wait for the writes queued before the last settle(); the newer ones keep going."""
+        earlier, self.settling, self.pending = self.settling, self.pending, []
+        for future in earlier:
+            future.result()
+
     def flush(self) -> None:
-        pending, self.pending = self.pending, []
+        """Wait for every write."""
+        pending, self.settling, self.pending = self.settling + self.pending, [], []
         for future in pending:
             future.result()
 
@@ -250,6 +265,12 @@ def run_batch(cfg: BatchConfig, settings: Settings | None = None, log: Log = pri
                     )
     predictor.close()
     report.seconds = time.perf_counter() - started
+    missing = {it.key for it in todo} - out.done_keys()
+    if missing:  # a write failed after its chunk was counted: say so; a rerun redoes them
+        raise BatchError(
+            f"{len(missing)} results were not written (e.g. {sorted(missing)[:3]}); "
+            "run again: keys with a result are skipped"
+        )
     out.put(REPORT, json.dumps(report.as_dict(), indent=1).encode())
     out.flush()
     log(

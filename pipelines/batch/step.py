@@ -18,7 +18,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from pipelines.batch.core import BatchConfig, run_batch
+from pipelines.batch.core import BatchConfig, BatchError, run_batch
 from training.serialize import describe, from_args
 
 
@@ -40,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, EvaluationError) as exc:
         print(f"batch: error: {exc}", file=sys.stderr)
         return 2
-    run_batch(cfg, settings=None)
+    try:
+        run_batch(cfg, settings=None)
+    except BatchError as exc:
+        print(f"batch: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
