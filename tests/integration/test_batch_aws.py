@@ -10,7 +10,6 @@ from typing import Any
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from pipelines.aws.batch import start_job, wait_job
 from pipelines.batch.job import BatchJobError
@@ -18,6 +17,7 @@ from pipelines.definition import names as n
 from pipelines.definition.config import aws_default
 from pipelines.register import sagemaker as smr
 from pipelines.settings import load_settings
+from tests.fixtures_aws import moto_account
 
 REGION = "eu-west-1"
 ROLE = "arn:aws:iam::123456789012:role/lepton-pipeline"
@@ -27,14 +27,7 @@ BUCKET = "lepton-artifacts-test"
 
 @pytest.fixture()
 def clients(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any]]:
-    for name, value in (
-        ("AWS_ACCESS_KEY_ID", "testing"),
-        ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ("AWS_DEFAULT_REGION", REGION),
-    ):
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
+    with moto_account(monkeypatch, REGION):
         s3 = boto3.client("s3", region_name=REGION)
         s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
         yield boto3.client("sagemaker", region_name=REGION), s3

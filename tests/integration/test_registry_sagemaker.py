@@ -14,12 +14,12 @@ from typing import Any
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from pipelines.deploy import messages
 from pipelines.deploy import sagemaker as deploy_sagemaker
 from pipelines.deploy import step as deploy
 from pipelines.register import sagemaker as smr
+from tests.fixtures_aws import moto_account
 
 REGION = "us-east-1"
 GROUP = "lepton-classifier"
@@ -28,14 +28,7 @@ IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.5-cpu-
 
 @pytest.fixture()
 def sm(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    for name, value in (
-        ("AWS_ACCESS_KEY_ID", "testing"),
-        ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ("AWS_DEFAULT_REGION", REGION),
-    ):
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
+    with moto_account(monkeypatch, REGION):
         yield boto3.client("sagemaker", region_name=REGION)
 
 
