@@ -239,10 +239,10 @@ def _pixels(img: Image.Image) -> tuple[np.ndarray, bool]:
         if has_alpha:
             la = np.asarray(img.convert("LA"))
             return _composite_on_black(la), True
-        return np.asarray(img.convert("L"))[..., None], True
+        return np.asarray(img if mode == "L" else img.convert("L"))[..., None], True
     if has_alpha:
         return _composite_on_black(np.asarray(img.convert("RGBA"))), False
-    return np.asarray(img.convert("RGB")), False
+    return np.asarray(img if mode == "RGB" else img.convert("RGB")), False
 
 
 def _gray_palette(img: Image.Image) -> bool:
@@ -269,6 +269,8 @@ def to_array(img: Image.Image, size: tuple[int, int], channels: int) -> np.ndarr
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
     img = _upright(img)
     pixels, is_gray = _pixels(img)
+    if is_gray == (channels == 1) and pixels.shape[:2] == (height, width):
+        return np.ascontiguousarray(pixels)  # already what the model takes: no round trip
     if channels == 3:
         mode_img = Image.fromarray(np.repeat(pixels, 3, axis=2) if is_gray else pixels)
     elif is_gray:

@@ -101,21 +101,32 @@ def _init_worker(cfg: BatchConfig, model_dir: str, settings: Settings | None) ->
         client=make_client(settings),
         predictor=predictor,
         out=Output(cfg.output, settings, threads=4),
+        readers=ThreadPoolExecutor(8),
         model=cfg.model_version or cfg.model,
     )
 
 
-def _decode(item: RawItem) -> tuple[np.ndarray | None, str, str]:
-    """(pixels or None, error reason, detail) of one input object."""
-    from inference.preprocess import ImageRejected
-
+def _fetch(item: RawItem) -> bytes | tuple[str, str]:
+    """The object's bytes, or (error reason, detail) of an object that is no usable input.
+    Runs on the worker's reader threads: reads (S3 GETs, file opens) overlap."""
     # Any layout is fine here: a key outside a class folder is no error for batch inference.
     if item.issue is not None and item.issue[0] != "unknown_label":
-        return None, item.issue[0], item.issue[1]
+        return item.issue
     if not has_image_extension(item.key):
-        return None, "unknown_extension", "not .png/.jpg/.jpeg/.webp/.bmp"
+        return "unknown_extension", "not .png/.jpg/.jpeg/.webp/.bmp"
     try:
-        data = read_item(item, _WORKER["client"])
+        return read_item(item, _WORKER["client"])
+    except Exception as exc:  # noqa: BLE001 - one bad object never stops the job
+        return "unreadable", str(exc)[:200]
+
+
+def _decode(data: bytes | tuple[str, str]) -> tuple[np.ndarray | None, str, str]:
+    """(pixels or None, error reason, detail), decoded exactly as the endpoint decodes."""
+    from inference.preprocess import ImageRejected
+
+    if isinstance(data, tuple):
+        return None, data[0], data[1]
+    try:
         return _WORKER["predictor"].preprocess(data), "", ""
     except ImageRejected as exc:
         return None, exc.reason, exc.detail
@@ -130,8 +141,8 @@ def _run_chunk(items: list[RawItem]) -> tuple[int, list[Failure]]:
     keys: list[str] = []
     arrays: list[np.ndarray] = []
     failures: list[Failure] = []
-    for item in items:
-        pixels, reason, detail = _decode(item)
+    for item, data in zip(items, _WORKER["readers"].map(_fetch, items), strict=True):
+        pixels, reason, detail = _decode(data)
         if pixels is None:
             failures.append({"key": item.key, "reason": reason, "detail": detail})
             out.put(
