@@ -103,10 +103,10 @@ def test_two_runs_are_byte_identical_and_second_is_a_no_op(
     # A config change is not up to date.
     changed = prepare(cfg_for(raw_mnist_dir, tmp_path / "a", shard_size=1000), log=quiet)
     assert not changed.skipped and len(changed.manifest["shards"]) == 3
-    assert {p.name for p in (tmp_path / "a").glob("*.npz")} == {
-        "train-00000.npz",
-        "val-00000.npz",
-        "test-00000.npz",
+    assert {p.name for p in (tmp_path / "a").glob("*.tar")} == {
+        "train-00000.tar",
+        "val-00000.tar",
+        "test-00000.tar",
     }
 
 
@@ -172,13 +172,11 @@ def test_crash_while_writing_leaves_no_manifest(
     calls = {"n": 0}
     real = output_mod.Destination.put_shard
 
-    def flaky(
-        self: output_mod.Destination, name: str, images: np.ndarray, labels: np.ndarray
-    ) -> str:
+    def flaky(self: output_mod.Destination, name: str, data: bytes) -> None:
         calls["n"] += 1
         if calls["n"] == 2:
             raise OSError("disk full")
-        return real(self, name, images, labels)
+        real(self, name, data)
 
     monkeypatch.setattr(output_mod.Destination, "put_shard", flaky)
     with pytest.raises(OSError):
