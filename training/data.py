@@ -138,7 +138,9 @@ class RestoreLoaderPosition(pl.Callback):
 def decoded_bytes(manifest: Mapping[str, Any], splits: Sequence[str]) -> int:
     """Bytes the given splits take decoded (uint8 pixels at the manifest's image size)."""
     h, w = manifest["image_size"]
-    return sum(split_count(manifest, s) for s in splits) * int(h) * int(w) * int(manifest["channels"])
+    return (
+        sum(split_count(manifest, s) for s in splits) * int(h) * int(w) * int(manifest["channels"])
+    )
 
 
 class ShardDataModule(pl.LightningDataModule):

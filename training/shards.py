@@ -363,8 +363,7 @@ def shard_arrays(
             raise DatasetError(f"shard {entry['file']}: {exc}") from exc
         if "count" in entry and len(labels) != int(entry["count"]):
             raise DatasetError(
-                f"shard {entry['file']} holds {len(labels)} samples, manifest says "
-                f"{entry['count']}"
+                f"shard {entry['file']} holds {len(labels)} samples, manifest says {entry['count']}"
             )
         return images, labels
     decode = Decoder(manifest)

@@ -77,6 +77,7 @@ class PrepareConfig:
     resource_config: str = ""
     exchange: str = ""
     exchange_timeout_s: int = 3600  # how long the first instance waits for the others
+
     def __post_init__(self) -> None:
         if not self.input or not self.output:
             raise ValueError("input and output are required")

@@ -33,6 +33,7 @@ from pipelines.prepare.config import PrepareConfig
 from pipelines.prepare.decode import DecodeSpec
 from pipelines.prepare.errors import PrepareError
 from pipelines.prepare.output import REPORT_NAME, Destination
+from pipelines.prepare.parts import read_cluster
 from pipelines.prepare.report import (
     Quarantined,
     channel_mean_std,
@@ -134,9 +135,14 @@ def prepare(
         os.makedirs(spills)
         dest = Destination(cfg.output, settings, staging)
         dest.check_access()
+        cluster = read_cluster(cfg.resource_config)
         if listing is None:
             log(f"listing {cfg.input}")
             listing = list_source(cfg.input, settings)
+        if len(cluster.hosts) > 1:
+            from pipelines.prepare.instances import run_instance
+
+            return run_instance(cfg, settings, log, listing, dest, scratch, cluster, t_start)
         fingerprint = listing.fingerprint()
         log(f"{len(listing.items)} files listed, fingerprint {fingerprint[:12]}")
         existing = dest.read_manifest()
@@ -146,9 +152,28 @@ def prepare(
             )
             assert existing is not None
             return PrepareResult(cfg.output, True, existing, seconds=time.perf_counter() - t_start)
-        return _build(cfg, settings, log, listing, fingerprint, dest, spills, t_start)
+        entries, _ = _screen(listing.items, cfg)
+        decoded, rate = run_decode_pass(
+            entries, _spec(cfg, spills, settings), cfg.workers, cfg.chunk_size, log
+        )
+        del entries
+        return _finish(cfg, log, listing, decoded, rate, dest, spills, t_start)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _spec(cfg: PrepareConfig, spills: str, settings: Settings | None) -> DecodeSpec:
+    return DecodeSpec(
+        cfg.image_size,
+        cfg.channels,
+        cfg.max_pixels,
+        cfg.min_side,
+        spills,
+        settings,
+        cfg.encoding,
+        cfg.jpeg_quality,
+        cfg.keep_original_size,
+    )
 
 
 TAR_OVERHEAD = 3 * 512  # bytes a sample adds to a tar besides its image: 2 headers, label
@@ -342,32 +367,21 @@ def _write_shards(
     return shards
 
 
-def _build(
+def _finish(
     cfg: PrepareConfig,
-    settings: Settings | None,
     log: Log,
     listing: Listing,
-    fingerprint: str,
+    decoded: DecodedSet,
+    rate: float,
     dest: Destination,
     spills: str,
     t_start: float,
 ) -> PrepareResult:
-    """Screen, decode, select, split, then write (shards, report, manifest last)."""
+    """Select, split, then write (shards, report, manifest last) from a decode pass's results."""
     items = listing.items
+    fingerprint = listing.fingerprint()
     entries, quarantined = _screen(items, cfg)
     classes = list(cfg.classes) or sorted({it.label for _, it in entries if it.label})
-    spec = DecodeSpec(
-        cfg.image_size,
-        cfg.channels,
-        cfg.max_pixels,
-        cfg.min_side,
-        spills,
-        settings,
-        cfg.encoding,
-        cfg.jpeg_quality,
-        cfg.keep_original_size,
-    )
-    decoded, rate = run_decode_pass(entries, spec, cfg.workers, cfg.chunk_size, log)
     del entries
     sel = _select(items, decoded, classes, quarantined, cfg)
     by_split = _assign_splits(sel, cfg)
