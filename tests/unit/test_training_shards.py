@@ -41,9 +41,7 @@ def test_write_shard_is_deterministic_and_round_trips(tmp_path: Path) -> None:
     with tarfile.open(tmp_path / "a.tar") as tf:  # a plain tar any tool reads
         members = tf.getmembers()
         assert [m.name for m in members[:2]] == ["000000000.png", "000000000.cls"]
-        assert {(m.mtime, m.mode, m.uid, m.gid, m.uname) for m in members} == {
-            (0, 0o644, 0, 0, "")
-        }
+        assert {(m.mtime, m.mode, m.uid, m.gid, m.uname) for m in members} == {(0, 0o644, 0, 0, "")}
         got = [
             np.asarray(Image.open(io.BytesIO(tf.extractfile(m).read())))  # type: ignore[union-attr]
             for m in members[::2]
