@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from training.shards import is_legacy, load_split, split_count
-from training.stream import ShardStream, StreamLoader, StreamSpec
+from training.stream import ShardStream, StreamLoader, StreamSpec, held_bound
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -173,7 +173,30 @@ class ShardDataModule(pl.LightningDataModule):
         # legacy .npz datasets were never meant to stream: they are held in memory as before
         fit_bytes = decoded_bytes(manifest, ("train", "val"))
         self.streaming = not is_legacy(manifest) and fit_bytes > in_memory_max_bytes
+        self.budget = in_memory_max_bytes
+        if self.streaming:
+            self.shuffle_buffer = self._buffer_within_budget()
         self.datasets: dict[str, ArrayDataset] = {}
+
+    def _buffer_within_budget(self) -> int:
+        """The shuffle buffer, shrunk if need be so that all stream workers of this process
+        together hold at most the in-memory budget; an error if even the shards do not fit."""
+        workers = max(1, self.stream_workers)
+        per_worker = self.budget // workers
+        buffer = self.shuffle_buffer
+        while buffer > 1 and held_bound(self.manifest, "train", buffer) > per_worker:
+            buffer //= 2
+        if held_bound(self.manifest, "train", buffer) > per_worker:
+            raise ValueError(
+                f"cannot stream {self.dataset_dir} within data_in_memory_max_bytes="
+                f"{self.budget} over {workers} worker(s): one shard alone is larger; "
+                "re-prepare with a smaller --shard-max-bytes or raise the budget"
+            )
+        return buffer
+
+    @property
+    def max_held_bytes(self) -> int:
+        return self.budget // max(1, self.stream_workers) if self.streaming else 0
 
     def load(self, split: str) -> ArrayDataset:
         """Read (once), decode and return one whole split (held in memory)."""
@@ -217,6 +240,7 @@ class ShardDataModule(pl.LightningDataModule):
                 rank=rank,
                 workers=self.stream_workers,
                 verify=self.verify,
+                max_held_bytes=self.max_held_bytes,
             )
             return StreamLoader(ShardStream(spec))
         dataset = self.load(split)

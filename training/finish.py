@@ -71,6 +71,12 @@ def _report(
         "config": as_dict(job.cfg),
         "data_manifest_sha256": job.manifest_sha,
         "code_version": job.env.code_version,
+        "data": {
+            "streamed": bool(fitted.data.streaming),
+            "in_memory_max_bytes": int(fitted.data.budget),
+            "shuffle_buffer": int(fitted.data.shuffle_buffer),
+            "stream_worker_max_bytes": int(fitted.data.max_held_bytes),
+        },
     }
 
 

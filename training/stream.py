@@ -51,6 +51,37 @@ class StreamSpec:
     rank: int = 0
     workers: int = 0  # DataLoader workers (0: read and decode in this process)
     verify: bool = True  # check each shard's sha256 before using it
+    max_held_bytes: int = 0  # per worker: shard + buffered bytes may never exceed this (0: any)
+
+
+def held_bound(manifest: Mapping[str, Any], split: str, shuffle_buffer: int) -> int:
+    """The most bytes one stream worker holds: its largest shard (read whole to verify it)
+    plus a full buffer of the split's largest average-size samples, plus decoded batches are
+    not counted (a batch is the caller's choice)."""
+    entries = split_shards(manifest, split)
+    if not entries:
+        return 0
+    biggest = max(int(e.get("bytes", 0)) for e in entries)
+    per_sample = max(int(e.get("bytes", 0)) // max(1, int(e["count"])) for e in entries)
+    return biggest + shuffle_buffer * per_sample
+
+
+class _Held:
+    """What one worker holds right now, checked against its limit on every change."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.shard, self.buffer, self.peak = limit, 0, 0, 0
+
+    def add(self, shard: int = 0, buffer: int = 0) -> None:
+        self.shard += shard
+        self.buffer += buffer
+        now = self.shard + self.buffer
+        self.peak = max(self.peak, now)
+        if self.limit and now > self.limit:
+            raise MemoryError(
+                f"stream worker would hold {now} bytes (shard {self.shard}, buffer "
+                f"{self.buffer}), over its budget of {self.limit}"
+            )
 
 
 def worker_batches(total_batches: int, workers: int) -> list[tuple[int, int]]:
@@ -136,7 +167,8 @@ class ShardStream(IterableDataset[Batch]):
         if start >= stop:
             return
         decode = Decoder(spec.manifest)
-        samples = self._shuffled(epoch, worker, self.pieces(epoch, start, stop))
+        held = _Held(spec.max_held_bytes)
+        samples = self._shuffled(epoch, worker, self.pieces(epoch, start, stop), held)
         skip_samples = skip_mine * spec.batch_size
         images: list[np.ndarray] = []
         labels: list[int] = []
@@ -151,21 +183,25 @@ class ShardStream(IterableDataset[Batch]):
         if images:
             yield _to_batch(images, labels)
 
-    def _samples(self, pieces: list[tuple[int, int, int]]) -> Iterator[tuple[Any, str]]:
+    def _samples(
+        self, pieces: list[tuple[int, int, int]], held: _Held
+    ) -> Iterator[tuple[Any, str]]:
         """(sample, shard name) of each piece in order; each shard read and verified whole."""
         fs = s3_filesystem() if self.spec.dataset_dir.startswith("s3://") and pieces else None
         for index, first, end in pieces:
             entry = self.entries[index]
             data = read_shard(self.spec.dataset_dir, entry, fs, self.spec.verify)
+            held.add(shard=len(data))
             for j, sample in enumerate(shard_samples(data, entry)):
                 if first <= j < end:
                     yield sample, entry["file"]
+            held.add(shard=-len(data))
             del data
 
     def _shuffled(
-        self, epoch: int, worker: int, pieces: list[tuple[int, int, int]]
+        self, epoch: int, worker: int, pieces: list[tuple[int, int, int]], held: _Held
     ) -> Iterator[tuple[Any, str]]:
-        stream = self._samples(pieces)
+        stream = self._samples(pieces, held)
         size = self.spec.shuffle_buffer if self.spec.shuffle else 0
         if size <= 1:
             yield from stream
@@ -173,13 +209,16 @@ class ShardStream(IterableDataset[Batch]):
         rng = epoch_seed(self.spec.seed, epoch, self.spec.rank, worker)
         buffer: list[tuple[Any, str]] = []
         for item in stream:
+            held.add(buffer=len(item[0].image))
             if len(buffer) < size:
                 buffer.append(item)
                 continue
             j = int(rng.integers(size))
             out, buffer[j] = buffer[j], item
+            held.add(buffer=-len(out[0].image))
             yield out
         for j in rng.permutation(len(buffer)):
+            held.add(buffer=-len(buffer[int(j)][0].image))
             yield buffer[int(j)]
 
 

@@ -122,3 +122,38 @@ def test_tiny_dataset_fixture_follows_the_contract(tiny_dataset_dir: Path) -> No
         assert hashlib.sha256(data).hexdigest() == shard["sha256"]
     report = json.loads((tiny_dataset_dir / "quality_report.json").read_text())
     assert report["used"] + len(report["quarantined"]) == report["total"]
+
+
+def test_format_1_dataset_is_still_read_and_others_refused(tmp_path: Path) -> None:
+    from training.data import ShardDataModule
+    from training.shards_npz import npz_shard_bytes
+
+    images, labels = _arrays(12)
+    (tmp_path / "train-00000.npz").write_bytes(npz_shard_bytes(images, labels))
+    sha = hashlib.sha256((tmp_path / "train-00000.npz").read_bytes()).hexdigest()
+    manifest = {  # what the prepare step wrote before the WebDataset format
+        "format_version": 1,
+        "classes": ["a", "b", "c"],
+        "image_size": [4, 5],
+        "channels": 3,
+        "mean": [0.5] * 3,
+        "std": [0.2] * 3,
+        "splits": {"train": {"count": 12}},
+        "shards": [{"file": "train-00000.npz", "split": "train", "count": 12, "sha256": sha}],
+    }
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    x, y = load_split(tmp_path, "train")
+    np.testing.assert_array_equal(x, images)
+    np.testing.assert_array_equal(y, labels)
+    data = ShardDataModule(
+        tmp_path,
+        read_manifest(tmp_path),
+        per_device_batch_size=4,
+        eval_batch_size=4,
+        seed=0,
+        in_memory_max_bytes=0,  # a format-1 dataset is held in memory whatever the budget
+    )
+    assert not data.streaming
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "format_version": 3}))
+    with pytest.raises(DatasetError, match=r"format_version 3 .*re-prepare the raw data"):
+        read_manifest(tmp_path)
