@@ -70,15 +70,17 @@ def _signing_key(secret: str, day: str, region: str) -> bytes:
     return key
 
 
-def signed_headers(ep: Endpoint, path: str, now: dt.datetime, key: bytes) -> dict[str, str]:
-    """SigV4 headers of ``GET path`` (path already URI-encoded, no query)."""
+def signed_headers(
+    ep: Endpoint, path: str, now: dt.datetime, key: bytes, method: str = "GET"
+) -> dict[str, str]:
+    """SigV4 headers of ``METHOD path`` (path already URI-encoded, no query)."""
     stamp, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
     headers = {"host": ep.host, "x-amz-content-sha256": _UNSIGNED, "x-amz-date": stamp}
     if ep.token:
         headers["x-amz-security-token"] = ep.token
     names = ";".join(sorted(headers))
     canonical = "\n".join(
-        ["GET", path, "", *(f"{k}:{headers[k]}" for k in sorted(headers)), "", names, _UNSIGNED]
+        [method, path, "", *(f"{k}:{headers[k]}" for k in sorted(headers)), "", names, _UNSIGNED]
     )
     scope = f"{day}/{ep.region}/s3/aws4_request"
     to_sign = "\n".join(
@@ -92,7 +94,7 @@ def signed_headers(ep: Endpoint, path: str, now: dt.datetime, key: bytes) -> dic
     return headers
 
 
-class _Getter:
+class _Client:
     """One thread's keep-alive connection."""
 
     def __init__(self, ep: Endpoint) -> None:
@@ -100,7 +102,9 @@ class _Getter:
         self.conn: http.client.HTTPConnection | None = None
         self.key_day, self.key = "", b""
 
-    def get(self, bucket: str, key: str) -> bytes:
+    def get(self, bucket: str, key: str, body: bytes | None = None) -> bytes:
+        """GET the object (or PUT `body` there); its bytes (or the answer's)."""
+        method = "GET" if body is None else "PUT"
         path = "/" + quote(bucket, safe="") + "/" + quote(key, safe="/-_.~")
         for attempt in range(3):
             now = dt.datetime.now(dt.UTC)
@@ -115,9 +119,10 @@ class _Getter:
                 )
                 self.conn = cls(self.ep.host, timeout=60)
             try:
-                self.conn.request("GET", path, headers=signed_headers(self.ep, path, now, self.key))
+                headers = signed_headers(self.ep, path, now, self.key, method)
+                self.conn.request(method, path, body=body, headers=headers)
                 resp = self.conn.getresponse()
-                body = resp.read()
+                data = resp.read()
             except (OSError, http.client.HTTPException):
                 self.conn.close()
                 self.conn = None
@@ -125,8 +130,8 @@ class _Getter:
                     raise
                 continue
             if resp.status != 200:
-                raise OSError(f"GET s3://{bucket}/{key}: HTTP {resp.status} {body[:200]!r}")
-            return body
+                raise OSError(f"{method} s3://{bucket}/{key}: HTTP {resp.status} {data[:200]!r}")
+            return data
         raise AssertionError("unreachable")
 
 
@@ -137,7 +142,7 @@ def _fetch_part(args: tuple[Endpoint, str, list[tuple[str, str]]]) -> int:
     def one(pair: tuple[str, str]) -> None:
         getter = getattr(local, "getter", None)
         if getter is None:
-            getter = local.getter = _Getter(ep)
+            getter = local.getter = _Client(ep)
         key, target = pair
         body = getter.get(bucket, key)
         tmp = target + ".part"
@@ -159,3 +164,18 @@ def fetch_objects(ep: Endpoint, bucket: str, pairs: Sequence[tuple[str, Path]]) 
     parts = [(ep, bucket, items[i::procs]) for i in range(procs)]
     with mp.get_context("fork").Pool(procs) as pool:  # fork: starts in milliseconds
         return sum(pool.map(_fetch_part, parts))
+
+
+def put_objects(ep: Endpoint, bucket: str, items: Sequence[tuple[str, bytes]]) -> int:
+    """PUT every (key, bytes) pair on this process's threads (benchmarks seed data with it)."""
+    local = threading.local()
+
+    def one(item: tuple[str, bytes]) -> None:
+        client = getattr(local, "client", None)
+        if client is None:
+            client = local.client = _Client(ep)
+        client.get(bucket, item[0], item[1])
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        list(pool.map(one, items))
+    return len(items)
