@@ -161,7 +161,7 @@ def plain_loop(dataset: Path) -> tuple[int, float]:
     decode = Decoder(manifest)
     t0, n = time.perf_counter(), 0
     for entry in split_shards(manifest, "train"):
-        for sample in shard_samples(read_shard(dataset, entry), entry):
+        for sample in shard_samples(read_shard(dataset, entry), entry, verified=True):
             decode(sample, entry["file"])
             n += 1
     return n, time.perf_counter() - t0

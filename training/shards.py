@@ -311,11 +311,14 @@ def read_shard(
     return data
 
 
-def shard_samples(data: bytes, entry: Mapping[str, Any]) -> Iterator[wds.Sample]:
-    """The samples of a shard's bytes; DatasetError naming the shard if malformed or short."""
+def shard_samples(
+    data: bytes, entry: Mapping[str, Any], verified: bool = False
+) -> Iterator[wds.Sample]:
+    """The samples of a shard's bytes; DatasetError naming the shard if malformed or short.
+    ``verified``: its sha256 was checked, so tar header checksums need not be."""
     name, n = entry["file"], 0
     try:
-        for sample in wds.iter_samples(data):
+        for sample in wds.iter_samples(data, checksums=not verified):
             n += 1
             yield sample
     except wds.ShardFormatError as exc:
@@ -353,7 +356,7 @@ def empty_arrays(manifest: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def shard_arrays(
-    data: bytes, entry: Mapping[str, Any], manifest: Mapping[str, Any]
+    data: bytes, entry: Mapping[str, Any], manifest: Mapping[str, Any], verified: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """All images and labels of one shard's (verified) bytes, decoded."""
     if is_legacy(manifest):
@@ -368,7 +371,7 @@ def shard_arrays(
         return images, labels
     decode = Decoder(manifest)
     images, labels = [], []
-    for sample in shard_samples(data, entry):
+    for sample in shard_samples(data, entry, verified):
         images.append(decode(sample, entry["file"]))
         labels.append(sample.label)
     if not images:
@@ -392,7 +395,7 @@ def load_split(
     entries = split_shards(manifest, split)
     fs = s3_filesystem() if is_s3(dataset_dir) and entries else None
     parts = [
-        shard_arrays(read_shard(dataset_dir, entry, fs, verify), entry, manifest)
+        shard_arrays(read_shard(dataset_dir, entry, fs, verify), entry, manifest, verify)
         for entry in entries
     ]
     if not parts:

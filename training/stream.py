@@ -192,9 +192,10 @@ class ShardStream(IterableDataset[Batch]):
             entry = self.entries[index]
             data = read_shard(self.spec.dataset_dir, entry, fs, self.spec.verify)
             held.add(shard=len(data))
-            for j, sample in enumerate(shard_samples(data, entry)):
+            name = entry["file"]
+            for j, sample in enumerate(shard_samples(data, entry, self.spec.verify)):
                 if first <= j < end:
-                    yield sample, entry["file"]
+                    yield sample, name
             held.add(shard=-len(data))
             del data
 
@@ -208,12 +209,15 @@ class ShardStream(IterableDataset[Batch]):
             return
         rng = epoch_seed(self.spec.seed, epoch, self.spec.rank, worker)
         buffer: list[tuple[Any, str]] = []
+        picks: list[int] = []  # random slots, drawn a few thousand at a time
         for item in stream:
             held.add(buffer=len(item[0].image))
             if len(buffer) < size:
                 buffer.append(item)
                 continue
-            j = int(rng.integers(size))
+            if not picks:
+                picks = rng.integers(size, size=4096).tolist()[::-1]
+            j = picks.pop()
             out, buffer[j] = buffer[j], item
             held.add(buffer=-len(out[0].image))
             yield out

@@ -103,8 +103,7 @@ def _decode_own_png(data: bytes, channels: int) -> np.ndarray | None:
     if raw.size != h * (w * c + 1):
         return None
     raw = raw.reshape(h, w * c + 1)
-    filters = raw[:, 0]
-    if np.any(filters[1:] != 2) or filters[0] not in (0, 2):
+    if raw[1:, 0].tobytes() != b"\2" * (h - 1) or raw[0, 0] not in (0, 2):
         return None
     return np.cumsum(raw[:, 1:], axis=0, dtype=np.uint8).reshape(h, w, c)
 
@@ -188,21 +187,20 @@ def tar_bytes(samples: Iterable[Sample]) -> bytes:
     return b"".join(parts)
 
 
-def tar_members(data: bytes | memoryview) -> Iterator[tuple[str, memoryview]]:
-    """(name, content) of every regular member, in order; ShardFormatError on malformed bytes."""
-    view = memoryview(data)
-    pos, end = 0, len(view)
+def tar_members(data: bytes, checksums: bool = True) -> Iterator[tuple[str, bytes]]:
+    """(name, content) of every regular member, in order; ShardFormatError on malformed bytes.
+    Header checksums are checked unless the caller verified the whole shard's sha256."""
+    pos, end, zero = 0, len(data), b"\0" * _BLOCK
     while pos + _BLOCK <= end:
-        header = bytes(view[pos : pos + _BLOCK])
-        if header == b"\0" * _BLOCK:
+        header = data[pos : pos + _BLOCK]
+        if header == zero:
             return  # end-of-archive marker
         try:
             size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
             stored = int(header[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
         except ValueError as exc:
             raise ShardFormatError(f"bad tar header at byte {pos}") from exc
-        check = sum(header[:148]) + 8 * 32 + sum(header[156:])
-        if stored != check:
+        if checksums and stored != sum(header[:148]) + 8 * 32 + sum(header[156:]):
             raise ShardFormatError(f"tar header checksum mismatch at byte {pos}")
         name = header[0:100].split(b"\0", 1)[0]
         prefix = header[345:500].split(b"\0", 1)[0] if header[257:262] == b"ustar" else b""
@@ -211,27 +209,27 @@ def tar_members(data: bytes | memoryview) -> Iterator[tuple[str, memoryview]]:
             raise ShardFormatError(f"truncated: member at byte {pos} needs {size} bytes")
         if header[156:157] in (b"0", b"\0"):
             full = (prefix + b"/" + name if prefix else name).decode("utf-8", "replace")
-            yield full, view[start : start + size]
+            yield full, data[start : start + size]
         pos = start + -(-size // _BLOCK) * _BLOCK
     raise ShardFormatError("truncated: no end-of-archive marker")
 
 
-def iter_samples(data: bytes | memoryview) -> Iterator[Sample]:
+def iter_samples(data: bytes, checksums: bool = True) -> Iterator[Sample]:
     """The samples of one shard in order; ShardFormatError if a sample is incomplete."""
     key, ext, image = "", "", b""
-    for name, content in tar_members(data):
+    for name, content in tar_members(data, checksums):
         stem, dot, suffix = name.rpartition(".")
         if not dot:
             raise ShardFormatError(f"member {name!r} has no extension")
         if suffix in IMAGE_EXTENSIONS:
             if image:
                 raise ShardFormatError(f"sample {key!r} has no .cls member")
-            key, ext, image = stem, suffix, bytes(content)
+            key, ext, image = stem, suffix, content
         elif suffix == "cls":
             if stem != key or not image:
                 raise ShardFormatError(f"label {name!r} does not follow its image")
             try:
-                label = int(bytes(content).decode("ascii"))
+                label = int(content.decode("ascii"))
             except ValueError as exc:
                 raise ShardFormatError(f"label {name!r} is not an integer") from exc
             yield Sample(key, ext, image, label)
