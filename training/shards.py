@@ -370,13 +370,14 @@ def shard_arrays(
             )
         return images, labels
     decode = Decoder(manifest)
-    images, labels = [], []
+    pixels: list[np.ndarray] = []
+    classes: list[int] = []
     for sample in shard_samples(data, entry, verified):
-        images.append(decode(sample, entry["file"]))
-        labels.append(sample.label)
-    if not images:
+        pixels.append(decode(sample, entry["file"]))
+        classes.append(sample.label)
+    if not pixels:
         return empty_arrays(manifest)
-    return np.stack(images), np.asarray(labels, dtype=np.int64)
+    return np.stack(pixels), np.asarray(classes, dtype=np.int64)
 
 
 def load_split(
