@@ -157,3 +157,17 @@ def test_format_1_dataset_is_still_read_and_others_refused(tmp_path: Path) -> No
     (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "format_version": 3}))
     with pytest.raises(DatasetError, match=r"format_version 3 .*re-prepare the raw data"):
         read_manifest(tmp_path)
+
+
+def test_shards_read_with_the_webdataset_library(tiny_dataset_dir: Path) -> None:
+    """The format is WebDataset's: its own reader gives the same images and labels."""
+    import webdataset as wds
+
+    urls = [str(tiny_dataset_dir / s["file"]) for s in read_manifest(tiny_dataset_dir)["shards"]]
+    urls = [u for u in urls if "/val-" in u]
+    pipeline = wds.WebDataset(urls, shardshuffle=False).decode("pill").to_tuple("png", "cls")
+    got = [(np.asarray(img), int(label)) for img, label in pipeline]
+    images, labels = load_split(tiny_dataset_dir, "val")
+    assert len(got) == len(labels)
+    np.testing.assert_array_equal(np.stack([g[0] for g in got]), images[..., 0])
+    assert [g[1] for g in got] == labels.tolist()
