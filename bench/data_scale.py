@@ -37,6 +37,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.prepare import prepare_command  # noqa: E402
 from training.wds import encode_png  # noqa: E402
 
 
@@ -93,23 +94,7 @@ def watch(procs: list[subprocess.Popen[str]]) -> dict[str, int]:
 
 
 def bench_prepare(raw: Path, out: Path, scratch: Path, n: int, size: int) -> dict[str, Any]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipelines.prepare.step",
-        "--input",
-        str(raw),
-        "--output",
-        str(out),
-        "--image-size",
-        str(size),
-        "--channels",
-        "3",
-        "--workers",
-        "2",
-        "--work-dir",
-        str(scratch),
-    ]
+    cmd = prepare_command(raw, out, str(size), 2, scratch)
     before = load()
     t0 = time.perf_counter()
     proc = subprocess.Popen(
@@ -268,22 +253,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.rank >= 0:
         stream_rank(args.dataset, args.rank, args.world, 256, 1)
         return 0
-    work = Path(tempfile.mkdtemp(prefix="lepton-bench-scale-", dir=args.work_dir or None))
-    result: dict[str, Any] = {"bench": "data_scale", "cpu_count": os.cpu_count()}
+    return run_in_scratch("data_scale", args.work_dir, lambda work: measure(work, args))
+
+
+def run_in_scratch(name: str, work_dir: str, measure: Any) -> int:
+    """``measure(scratch folder)`` -> figures, printed as the JSON last line; scratch removed."""
+    work = Path(tempfile.mkdtemp(prefix=f"lepton-bench-{name}-", dir=work_dir or None))
     try:
-        raw = work / "raw"
-        seconds = make_raw(raw, args.images, args.size)
-        log(f"wrote {args.images} PNGs ({args.size}x{args.size} RGB) in {seconds:.0f}s")
-        dataset = work / "dataset"
-        result["prepare"] = bench_prepare(raw, dataset, work / "scratch", args.images, args.size)
-        shutil.rmtree(raw)  # inodes: the raw files are not needed any more
-        result["stream"] = bench_stream(dataset)
-        if args.fetch_objects:
-            result["fetch"] = bench_fetch(args.fetch_objects, work)
+        result = {"bench": name, "cpu_count": os.cpu_count(), **measure(work)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result))
     return 0
+
+
+def measure(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    raw = work / "raw"
+    seconds = make_raw(raw, args.images, args.size)
+    log(f"wrote {args.images} PNGs ({args.size}x{args.size} RGB) in {seconds:.0f}s")
+    dataset = work / "dataset"
+    result["prepare"] = bench_prepare(raw, dataset, work / "scratch", args.images, args.size)
+    shutil.rmtree(raw)  # inodes: the raw files are not needed any more
+    result["stream"] = bench_stream(dataset)
+    if args.fetch_objects:
+        result["fetch"] = bench_fetch(args.fetch_objects, work)
+    return result
 
 
 if __name__ == "__main__":

@@ -15,12 +15,9 @@ The headroom is loader / model. Load average is recorded with every figure.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.data_scale import synthetic_image  # noqa: E402
+from bench.data_scale import run_in_scratch, synthetic_image  # noqa: E402
 from training.shards import (  # noqa: E402
     atomic_write_bytes,
     format_fields,
@@ -130,70 +127,65 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=8, help="timed training steps")
     parser.add_argument("--work-dir", default="")
     args = parser.parse_args(argv)
+    return run_in_scratch("loader_headroom", args.work_dir, lambda work: measure(work, args))
+
+
+def measure(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    work = Path(tempfile.mkdtemp(prefix="lepton-bench-headroom-", dir=args.work_dir or None))
-    result: dict[str, Any] = {"bench": "loader_headroom", "cpu_count": os.cpu_count()}
-    try:
-        dataset = work / "dataset"
-        t0 = time.perf_counter()
-        manifest = make_dataset(dataset, args.images)
-        size = sum(s["bytes"] for s in manifest["shards"])
-        log(
-            f"wrote {args.images} images ({size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.0f}s"
-        )
-        before = load()
-        t0, n = time.perf_counter(), 0
-        for x, _ in loader_for(dataset, manifest, args.workers, args.batch):
-            n += len(x)
-        loader_rate = n / (time.perf_counter() - t0)
-        result["loader"] = {
-            "images": n,
-            "workers": args.workers,
-            "images_per_s": round(loader_rate, 1),
-            "loadavg_before": before,
-            "loadavg_after": load(),
-        }
-        log(f"loader: {result['loader']}")
-        step, bf16 = model_step(os.cpu_count() or 1)
-        x = torch.randint(0, 256, (args.batch, 3, SIZE, SIZE), dtype=torch.uint8)
-        y = torch.randint(0, 10, (args.batch,))
-        step(x, y)  # warm-up
-        before = load()
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            step(x, y)
-        model_rate = args.steps * args.batch / (time.perf_counter() - t0)
-        result["model"] = {
-            "arch": "resnet18",
-            "batch": args.batch,
-            "bf16_autocast": bf16,
-            "images_per_s": round(model_rate, 1),
-            "loadavg_before": before,
-            "loadavg_after": load(),
-        }
-        log(f"model: {result['model']}")
-        before = load()
-        loader = iter(loader_for(dataset, manifest, args.workers, args.batch))
+    result: dict[str, Any] = {}
+    dataset = work / "dataset"
+    t0 = time.perf_counter()
+    manifest = make_dataset(dataset, args.images)
+    size = sum(s["bytes"] for s in manifest["shards"])
+    log(f"wrote {args.images} images ({size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.0f}s")
+    before = load()
+    t0, n = time.perf_counter(), 0
+    for x, _ in loader_for(dataset, manifest, args.workers, args.batch):
+        n += len(x)
+    loader_rate = n / (time.perf_counter() - t0)
+    result["loader"] = {
+        "images": n,
+        "workers": args.workers,
+        "images_per_s": round(loader_rate, 1),
+        "loadavg_before": before,
+        "loadavg_after": load(),
+    }
+    log(f"loader: {result['loader']}")
+    step, bf16 = model_step(os.cpu_count() or 1)
+    x = torch.randint(0, 256, (args.batch, 3, SIZE, SIZE), dtype=torch.uint8)
+    y = torch.randint(0, 10, (args.batch,))
+    step(x, y)  # warm-up
+    before = load()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        step(x, y)
+    model_rate = args.steps * args.batch / (time.perf_counter() - t0)
+    result["model"] = {
+        "arch": "resnet18",
+        "batch": args.batch,
+        "bf16_autocast": bf16,
+        "images_per_s": round(model_rate, 1),
+        "loadavg_before": before,
+        "loadavg_after": load(),
+    }
+    log(f"model: {result['model']}")
+    before = load()
+    loader = iter(loader_for(dataset, manifest, args.workers, args.batch))
+    step(*next(loader))
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
         step(*next(loader))
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            step(*next(loader))
-        fed_rate = args.steps * args.batch / (time.perf_counter() - t0)
-        del loader
-        result["model_fed_by_loader"] = {
-            "images_per_s": round(fed_rate, 1),
-            "loadavg_before": before,
-            "loadavg_after": load(),
-        }
-        result["headroom_loader_over_model"] = round(loader_rate / model_rate, 1)
-        log(
-            f"fed: {result['model_fed_by_loader']}; headroom {result['headroom_loader_over_model']}x"
-        )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps(result))
-    return 0
+    fed_rate = args.steps * args.batch / (time.perf_counter() - t0)
+    del loader
+    result["model_fed_by_loader"] = {
+        "images_per_s": round(fed_rate, 1),
+        "loadavg_before": before,
+        "loadavg_after": load(),
+    }
+    result["headroom_loader_over_model"] = round(loader_rate / model_rate, 1)
+    log(f"fed: {result['model_fed_by_loader']}; headroom {result['headroom_loader_over_model']}x")
+    return result
 
 
 if __name__ == "__main__":

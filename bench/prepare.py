@@ -102,6 +102,29 @@ def _write_synthetic(args: tuple[Path, int, int]) -> None:
         )
 
 
+def prepare_command(
+    raw: Path, out: Path, size: str, workers: int, scratch: Path, channels: int = 3
+) -> list[str]:
+    """The Prepare step's command line, as a benchmark runs it in a child process."""
+    return [
+        sys.executable,
+        "-m",
+        "pipelines.prepare.step",
+        "--input",
+        str(raw),
+        "--output",
+        str(out),
+        "--image-size",
+        size,
+        "--channels",
+        str(channels),
+        "--workers",
+        str(workers),
+        "--work-dir",
+        str(scratch),
+    ]
+
+
 def bench_memory(work: Path, n_images: int, workers: int) -> dict[str, object]:
     raw = work / "synthetic"
     for c in range(10):
@@ -118,23 +141,7 @@ def bench_memory(work: Path, n_images: int, workers: int) -> dict[str, object]:
     plain_s = plain_loop(files, (32, 32), 3)
     log(f"synthetic {n_images}: plain loop {n_images / plain_s:.0f} img/s")
     out = work / "synthetic-ds"
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipelines.prepare.step",
-        "--input",
-        str(raw),
-        "--output",
-        str(out),
-        "--image-size",
-        "32,32",
-        "--channels",
-        "3",
-        "--workers",
-        str(workers),
-        "--work-dir",
-        str(work / "scratch"),
-    ]
+    cmd = prepare_command(raw, out, "32,32", workers, work / "scratch")
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True

@@ -29,7 +29,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from training.shards import is_legacy, load_split, split_count
-from training.stream import ShardStream, StreamLoader, StreamSpec, held_bound
+from training.stream import (
+    LoaderPosition,
+    ShardStream,
+    StreamLoader,
+    StreamSpec,
+    _pass_through,
+    held_bound,
+)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -56,11 +63,6 @@ class ArrayDataset(Dataset[Batch]):
         return x, torch.from_numpy(self.labels[idx])
 
 
-def _pass_through(batch: Any) -> Any:
-    """collate_fn: ``__getitems__`` already returns a collated batch."""
-    return batch
-
-
 class ResumableSampler(DistributedSampler):  # type: ignore[type-arg]
     """DistributedSampler that can skip the first ``n`` of its indices once (mid-epoch resume)."""
 
@@ -83,33 +85,22 @@ class ResumableSampler(DistributedSampler):  # type: ignore[type-arg]
         return iter(indices[skip:])
 
 
-class ResumableLoader(DataLoader[Batch]):
-    """Train DataLoader with ``state_dict``/``load_state_dict`` (Lightning's _Stateful)."""
+class ResumableLoader(LoaderPosition, DataLoader[Batch]):
+    """Train DataLoader over in-memory data that keeps its place (Lightning's _Stateful)."""
 
     sampler: ResumableSampler
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._yielded = 0
-        self._resume: tuple[int, int] | None = None  # (sampler epoch, batches already done)
+    def current_epoch(self) -> int:
+        return int(self.sampler.epoch)
+
+    def __len__(self) -> int:
+        return DataLoader.__len__(self)
 
     def __iter__(self) -> Iterator[Batch]:  # type: ignore[override]
-        skip = 0
-        if self._resume is not None and self._resume[0] == self.sampler.epoch:
-            skip = self._resume[1]
+        skip = self.take_resume()
+        if skip:
             self.sampler.skip_next = skip * int(self.batch_size or 1)
-        self._resume = None
-        self._yielded = skip
-        for batch in super().__iter__():
-            self._yielded += 1
-            yield batch
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": int(self.sampler.epoch), "batches": int(self._yielded)}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        if 0 < int(state.get("batches", 0)) < len(self):
-            self._resume = (int(state["epoch"]), int(state["batches"]))
+        yield from self.counted(super().__iter__())  # runs at the first batch, as Lightning expects
 
 
 class RestoreLoaderPosition(pl.Callback):

@@ -244,10 +244,46 @@ class _EpochSampler(_InfiniteConstantSampler):
         self.stream.epoch = int(epoch)
 
 
-class StreamLoader(DataLoader[Batch]):
-    """DataLoader over a ShardStream with ``state_dict``/``load_state_dict`` (the same state
-    as training.data.ResumableLoader: epoch and batches yielded). Workers are started anew
-    each epoch, so they see the epoch and the resume position."""
+class LoaderPosition:
+    """A loader's place in its epoch for Lightning's checkpoint (``state_dict`` /
+    ``load_state_dict``, Lightning's _Stateful): the epoch and the batches yielded in it. A
+    saved place is applied once, to the next iteration of that epoch."""
+
+    _yielded = 0
+    _resume: tuple[int, int] | None = None
+
+    def current_epoch(self) -> int:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def take_resume(self) -> int:
+        """Batches of this epoch to skip (0 unless a saved place is due now)."""
+        skip = 0
+        if self._resume is not None and self._resume[0] == self.current_epoch():
+            skip = self._resume[1]
+        self._resume = None
+        self._yielded = skip
+        return skip
+
+    def counted(self, batches: Iterator[Batch]) -> Iterator[Batch]:
+        for batch in batches:
+            self._yielded += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": int(self.current_epoch()), "batches": int(self._yielded)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if 0 < int(state.get("batches", 0)) < len(self):
+            self._resume = (int(state["epoch"]), int(state["batches"]))
+
+
+class StreamLoader(LoaderPosition, DataLoader[Batch]):
+    """DataLoader over a ShardStream that keeps its place (the same state as
+    training.data.ResumableLoader). Workers are started anew each epoch, so they see the
+    epoch and the resume position."""
 
     dataset: ShardStream
 
@@ -262,36 +298,23 @@ class StreamLoader(DataLoader[Batch]):
             **kwargs,
         )
         object.__setattr__(self, "sampler", _EpochSampler(stream))  # DataLoader forbids setattr
-        self._yielded = 0
-        self._resume: tuple[int, int] | None = None
 
-    @property
-    def epoch(self) -> int:
+    def current_epoch(self) -> int:
         return self.dataset.epoch
 
+    def __len__(self) -> int:
+        return len(self.dataset)
+
     def __iter__(self) -> Iterator[Batch]:  # type: ignore[override]
-        skip = 0
-        if self._resume is not None and self._resume[0] == self.dataset.epoch:
-            skip = self._resume[1]
-        self._resume = None
-        self.dataset.skip_batches = skip
-        self._yielded = skip
+        self.dataset.skip_batches = self.take_resume()
         try:
             batches = super().__iter__()  # workers fork here, with this epoch and skip
         finally:
             self.dataset.skip_batches = 0
-        for batch in batches:
-            self._yielded += 1
-            yield batch
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": int(self.dataset.epoch), "batches": int(self._yielded)}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        if 0 < int(state.get("batches", 0)) < len(self):
-            self._resume = (int(state["epoch"]), int(state["batches"]))
+        yield from self.counted(batches)  # a generator: nothing runs before the first batch
 
 
 def _pass_through(batch: Any) -> Any:
-    """collate_fn: the stream yields collated batches."""
+    """collate_fn for datasets that yield collated batches (this stream, and training.data's
+    ``__getitems__``)."""
     return batch

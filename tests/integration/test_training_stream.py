@@ -3,13 +3,13 @@ more than the budget, and reaches the in-memory run's result."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.integration.test_training_run import _args, _report
 from training.shards import write_dataset
 from training.train import main
 
@@ -47,24 +47,10 @@ def digits_32px(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
 
 
 def _train(dataset: Path, root: Path, *extra: str) -> dict:
-    args = [
-        "--dataset",
-        str(dataset),
-        "--model-dir",
-        str(root / "model"),
-        "--output-data-dir",
-        str(root / "out"),
-        "--checkpoint-dir",
-        str(root / "ckpt"),
-        "--setup",
-        "tiny",
-        "--epochs",
-        "3",
-        "--no-tracking",
-        *extra,
-    ]
-    assert main(args) == 0
-    return json.loads((root / "out" / "training.json").read_text())
+    assert (
+        main(_args(dataset, root, "--setup", "tiny", "--epochs", "3", "--no-tracking", *extra)) == 0
+    )
+    return _report(root)
 
 
 def test_training_under_a_third_of_the_decoded_size_matches_in_memory(
