@@ -200,3 +200,36 @@ def test_file_changed_after_listing_is_reported(raw_mnist_copy: Path, tmp_path: 
 def test_output_inside_input_is_refused(raw_mnist_copy: Path) -> None:
     with pytest.raises(PrepareError, match="overlap"):
         prepare(cfg_for(raw_mnist_copy, raw_mnist_copy / "dataset"), log=quiet)
+
+
+def test_original_size_and_other_encodings_read_back_as_resized_png(
+    raw_mnist_dir: Path, tmp_path: Path
+) -> None:
+    import tarfile
+
+    from PIL import Image
+
+    base = cfg_for(raw_mnist_dir, tmp_path / "png", image_size=(16, 16))
+    reference = prepare(base, log=quiet).manifest
+    want, labels = load_split(tmp_path / "png", "train")
+    variants = {
+        "original": {"keep_original_size": True},
+        "webp": {"encoding": "webp"},
+        "jpeg": {"encoding": "jpeg", "jpeg_quality": 95},
+    }
+    for name, options in variants.items():
+        out = tmp_path / name
+        manifest = prepare(
+            cfg_for(raw_mnist_dir, out, image_size=(16, 16), **options), log=quiet
+        ).manifest
+        assert manifest["mean"] == reference["mean"] and manifest["std"] == reference["std"]
+        got, got_labels = load_split(out, "train")
+        np.testing.assert_array_equal(got_labels, labels)
+        if name == "jpeg":
+            assert np.abs(got.astype(int) - want).mean() < 3  # lossy, but close
+        else:
+            np.testing.assert_array_equal(got, want)  # lossless
+    assert read_manifest(tmp_path / "original")["stored_size"] == "original"
+    with tarfile.open(tmp_path / "original" / "train-00000.tar") as tf:
+        first = tf.extractfile(tf.getmembers()[0])
+        assert first is not None and Image.open(first).size == (28, 28)  # stored as it came
