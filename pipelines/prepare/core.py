@@ -144,7 +144,10 @@ def prepare(
 
             return run_instance(cfg, settings, log, listing, dest, scratch, cluster, t_start)
         fingerprint = listing.fingerprint()
-        log(f"{len(listing.items)} files listed, fingerprint {fingerprint[:12]}")
+        log(
+            f"{len(listing.items)} files listed, fingerprint {fingerprint[:12]} "
+            f"({time.perf_counter() - t_start:.1f}s)"
+        )
         existing = dest.read_manifest()
         if not cfg.force and is_up_to_date(existing, fingerprint, cfg, dest.existing_names()):
             log(
@@ -392,6 +395,7 @@ def _finish(
         log(f"warning: {warning}")
 
     # ---- writing: only now does the output change -------------------------------------------
+    t_write = time.perf_counter()
     dest.begin()
     shards = _write_shards(sel, by_split, dest, spills, cfg, log)
     report_list = sel.report_entries()
@@ -425,6 +429,7 @@ def _finish(
     log(
         f"done: {len(sel.used)} images in {len(shards)} shards "
         f"({', '.join(f'{s} {len(m)}' for s, m in by_split.items())}), "
-        f"{len(report_list)} quarantined, manifest sha256 {manifest_sha[:12]}, {seconds:.1f}s"
+        f"{len(report_list)} quarantined, manifest sha256 {manifest_sha[:12]}, {seconds:.1f}s "
+        f"({time.perf_counter() - t_write:.1f}s writing)"
     )
     return PrepareResult(cfg.output, False, manifest, report, seconds, rate)
