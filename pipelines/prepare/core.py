@@ -33,7 +33,7 @@ from pipelines.prepare.config import PrepareConfig
 from pipelines.prepare.decode import DecodeSpec
 from pipelines.prepare.errors import PrepareError
 from pipelines.prepare.output import REPORT_NAME, Destination
-from pipelines.prepare.parts import read_cluster
+from pipelines.prepare.parts import Cluster, read_cluster
 from pipelines.prepare.report import (
     Quarantined,
     channel_mean_std,
@@ -138,7 +138,7 @@ def prepare(
         cluster = read_cluster(cfg.resource_config)
         if listing is None:
             log(f"listing {cfg.input}")
-            listing = list_source(cfg.input, settings)
+            listing = _list(cfg, settings, cluster)
         if len(cluster.hosts) > 1:
             from pipelines.prepare.instances import run_instance
 
@@ -163,6 +163,14 @@ def prepare(
         return _finish(cfg, log, listing, decoded, rate, dest, spills, t_start)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _list(cfg: PrepareConfig, settings: Settings | None, cluster: Cluster) -> Listing:
+    """The input's listing; one of several instances may be given an empty share."""
+    share = len(cluster.hosts) > 1 and not is_s3_uri(cfg.input)
+    if share and os.path.isdir(cfg.input) and not any(os.scandir(cfg.input)):
+        return Listing(cfg.input, [])
+    return list_source(cfg.input, settings)
 
 
 def _spec(cfg: PrepareConfig, spills: str, settings: Settings | None) -> DecodeSpec:

@@ -53,12 +53,15 @@ def test_two_instances_write_what_one_writes(raw_mnist_copy: Path, tmp_path: Pat
         PrepareConfig(input=str(raw_mnist_copy), output=str(tmp_path / "one"), **common),  # type: ignore[arg-type]
         log=lambda _m: None,
     )
-    hosts = ["algo-1", "algo-2"]
+    hosts = ["algo-1", "algo-2", "algo-3"]  # algo-3's share is empty: more hosts than needed
     exchange = tmp_path / "exchange"
     results = {}
-    for i in (1, 0):  # the second instance finishes first; the first then merges
+    for i in (2, 1, 0):  # the others finish first; the first then merges
         share = tmp_path / f"share-{i}"
-        _share(raw_mnist_copy, share, i, 2)
+        if i < 2:
+            _share(raw_mnist_copy, share, i, 2)
+        else:
+            share.mkdir()
         results[i] = prepare(
             PrepareConfig(
                 input=str(share),
@@ -69,7 +72,7 @@ def test_two_instances_write_what_one_writes(raw_mnist_copy: Path, tmp_path: Pat
             ),
             log=lambda _m: None,
         )
-    assert not (tmp_path / "out-1").exists()  # only the first instance writes
+    assert not (tmp_path / "out-1").exists() and not (tmp_path / "out-2").exists()
     assert _hashes(tmp_path / "out-0") == _hashes(tmp_path / "one")
     report = results[0].report
     assert report == one.report and report["used"] + len(report["quarantined"]) == report["total"]
