@@ -5,9 +5,10 @@ the last line of stdout.
    (listing + hashing, decode on every core, dedupe, split, shards, manifest) side by side with
    a plain single-process loop over the same files (read, decode, resize; nothing else), in the
    same run, warm page cache for both.
-2. Peak memory on a synthetic 100,000-image set (16x16 PNGs, resized to 32x32 RGB so the
-   dataset is ~307 MB of pixels): `python -m pipelines.prepare.step` in a child process,
-   its process tree's resident memory sampled every 50 ms.
+2. Throughput and peak memory on a synthetic 100,000-image set (16x16 PNGs, resized to 32x32
+   RGB so the dataset is ~307 MB of pixels): `python -m pipelines.prepare.step` in a child
+   process, its process tree's resident memory sampled every 50 ms, beside the plain
+   single-process loop over the same files (same page cache). Load average recorded.
 
     .venv/bin/python bench/prepare.py [--synthetic-images 100000] [--workers 0]
 """
@@ -101,6 +102,29 @@ def _write_synthetic(args: tuple[Path, int, int]) -> None:
         )
 
 
+def prepare_command(
+    raw: Path, out: Path, size: str, workers: int, scratch: Path, channels: int = 3
+) -> list[str]:
+    """The Prepare step's command line, as a benchmark runs it in a child process."""
+    return [
+        sys.executable,
+        "-m",
+        "pipelines.prepare.step",
+        "--input",
+        str(raw),
+        "--output",
+        str(out),
+        "--image-size",
+        size,
+        "--channels",
+        str(channels),
+        "--workers",
+        str(workers),
+        "--work-dir",
+        str(scratch),
+    ]
+
+
 def bench_memory(work: Path, n_images: int, workers: int) -> dict[str, object]:
     raw = work / "synthetic"
     for c in range(10):
@@ -112,24 +136,12 @@ def bench_memory(work: Path, n_images: int, workers: int) -> dict[str, object]:
             _write_synthetic, [(raw, s, min(s + step, n_images)) for s in range(0, n_images, step)]
         )
     log(f"wrote {n_images} synthetic PNGs in {time.perf_counter() - t0:.0f}s")
+    files = sorted(raw.rglob("*.png"))
+    before = [round(v, 2) for v in os.getloadavg()]
+    plain_s = plain_loop(files, (32, 32), 3)
+    log(f"synthetic {n_images}: plain loop {n_images / plain_s:.0f} img/s")
     out = work / "synthetic-ds"
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipelines.prepare.step",
-        "--input",
-        str(raw),
-        "--output",
-        str(out),
-        "--image-size",
-        "32,32",
-        "--channels",
-        "3",
-        "--workers",
-        str(workers),
-        "--work-dir",
-        str(work / "scratch"),
-    ]
+    cmd = prepare_command(raw, out, "32,32", workers, work / "scratch")
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -164,6 +176,11 @@ def bench_memory(work: Path, n_images: int, workers: int) -> dict[str, object]:
         "used": used,
         "seconds": round(seconds, 1),
         "images_per_s": round(n_images / seconds, 1),
+        "plain_loop_images_per_s": round(n_images / plain_s, 1),
+        "speedup_vs_plain_loop": round(plain_s / seconds, 2),
+        "loadavg_before": before,
+        "loadavg_after": [round(v, 2) for v in os.getloadavg()],
+        "dataset_bytes": sum(s["bytes"] for s in manifest["shards"]),
         "dataset_pixel_bytes": pixels,
         "peak_rss_main_bytes": peak_main,
         "peak_pss_process_tree_bytes": peak_tree_pss,

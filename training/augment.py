@@ -1,4 +1,5 @@
-"""Batched train-time augmentation: one random affine warp (shift, rotation, zoom) + flip.
+"""Batched train-time augmentation: one random affine warp (random resized crop, shift,
+rotation, zoom) + flip.
 
 Done on whole batches on the training device (one ``affine_grid`` + ``grid_sample``) rather
 than per sample in the DataLoader: on 2 CPU cores per-sample Python transforms cost more than
@@ -21,10 +22,30 @@ class AugmentConfig:
     rotate_deg: float = 0.0  # max rotation, degrees
     scale: float = 0.0  # max zoom, fraction
     hflip: bool = False  # random horizontal flip
+    crop_scale: float = 0.0  # random resized crop: min area fraction kept (0 = off)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # its aspect ratio range (w / h)
 
     @property
     def enabled(self) -> bool:
-        return bool(self.shift_px or self.rotate_deg or self.scale or self.hflip)
+        return bool(self.shift_px or self.rotate_deg or self.scale or self.hflip or self.crop_scale)
+
+
+def _crop_boxes(
+    n: int, cfg: AugmentConfig, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per image: (width fraction, height fraction, centre x, centre y) of a random crop in
+    affine_grid's [-1, 1] coordinates (torchvision's RandomResizedCrop, clamped, no retries)."""
+    if not cfg.crop_scale:
+        one, zero = torch.ones(n), torch.zeros(n)
+        return one, one, zero, zero
+    area = cfg.crop_scale + torch.rand(n, generator=generator) * (1.0 - cfg.crop_scale)
+    lo, hi = math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1])
+    ratio = torch.exp(lo + torch.rand(n, generator=generator) * (hi - lo))
+    fw = torch.sqrt(area * ratio).clamp(max=1.0)
+    fh = torch.sqrt(area / ratio).clamp(max=1.0)
+    cx = (torch.rand(n, generator=generator) * 2 - 1) * (1 - fw)
+    cy = (torch.rand(n, generator=generator) * 2 - 1) * (1 - fh)
+    return fw, fh, cx, cy
 
 
 def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
@@ -45,9 +66,15 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
         if cfg.hflip
         else torch.ones(n)
     )
+    fw, fh, cx, cy = _crop_boxes(n, cfg, generator)
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    # output -> input coordinates: flip, rotate/zoom, then map into the crop box and shift
     theta = torch.stack(
-        [torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1
+        [
+            torch.stack([cos * flip * fw, -sin * fw, tx + cx], 1),
+            torch.stack([sin * flip * fh, cos * fh, ty + cy], 1),
+        ],
+        1,
     )
     theta = theta.to(device=x.device, dtype=torch.float32)
     grid = F.affine_grid(theta, [n, x.shape[1], h, w], align_corners=False)

@@ -42,10 +42,18 @@ class TrainConfig:
     aug_rotate_deg: float = 10.0  # max random rotation, degrees (train only)
     aug_scale: float = 0.0  # max random zoom, fraction (0.1 = 0.9x..1.1x) (train only)
     aug_hflip: bool = False  # random horizontal flip (not for digits)
+    # random resized crop: min fraction of the image area kept (0 = off; e.g. 0.35 keeps
+    # 35-100% of the area, aspect 3/4..4/3), resized back to the input size (train only)
+    aug_crop_scale: float = 0.0
     seed: int = 0  # seeds init, sampler order and per-step augmentation
     checkpoint_every_epochs: int = 1  # write a checkpoint every N epochs (and at the end)
     keep_checkpoints: int = 3  # newest checkpoints kept (older ones deleted), >= 2
-    num_workers: int = 0  # DataLoader workers per process (data is in memory)
+    num_workers: int = 0  # DataLoader workers per process for a split held in memory
+    # a dataset whose train+val splits take more than this decoded (uint8 pixels) is
+    # streamed from its shards instead of held in memory; bytes per process
+    data_in_memory_max_bytes: int = 512 * 2**20
+    stream_workers: int = 2  # DataLoader decode workers per process when streaming
+    shuffle_buffer: int = 2048  # encoded samples per stream worker shuffled together
     num_threads: int = 0  # torch intra-op threads per process; 0 = leave the default
     eval_batch_size: int = 500  # images per forward pass in validation / final evaluation
     pretrained_weights: str = ""  # path or s3:// URI (.safetensors or torch state dict)
@@ -70,6 +78,10 @@ class TrainConfig:
             "freeze_backbone_epochs": 0 <= self.freeze_backbone_epochs <= self.epochs,
             "process_group_timeout_s": self.process_group_timeout_s >= 1,
             "width": self.width >= 1,
+            "aug_crop_scale": 0.0 <= self.aug_crop_scale <= 1.0,
+            "data_in_memory_max_bytes": self.data_in_memory_max_bytes >= 0,
+            "stream_workers": self.stream_workers >= 0,
+            "shuffle_buffer": self.shuffle_buffer >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

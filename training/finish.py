@@ -78,6 +78,12 @@ def _report(
         # {"enabled", "complete", "pending_batches", "missing", ...}: complete is false when
         # the tracking server was away at the end and something was not logged
         "tracking": job.tracker.report(),
+        "data": {
+            "streamed": bool(fitted.data.streaming),
+            "in_memory_max_bytes": int(fitted.data.budget),
+            "shuffle_buffer": int(fitted.data.shuffle_buffer),
+            "stream_worker_max_bytes": int(fitted.data.max_held_bytes),
+        },
     }
 
 

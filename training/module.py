@@ -49,7 +49,7 @@ class ClassifierModule(pl.LightningModule):
         self.cfg = cfg
         self.num_classes = num_classes
         self.augment = AugmentConfig(
-            cfg.aug_shift_px, cfg.aug_rotate_deg, cfg.aug_scale, cfg.aug_hflip
+            cfg.aug_shift_px, cfg.aug_rotate_deg, cfg.aug_scale, cfg.aug_hflip, cfg.aug_crop_scale
         )
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")

@@ -255,6 +255,9 @@ def fit(job: Job, guard: _SigtermOutsideFit) -> Fitted:
         seed=cfg.seed,
         num_workers=cfg.num_workers,
         verify=job.verify_data,
+        in_memory_max_bytes=cfg.data_in_memory_max_bytes,
+        stream_workers=cfg.stream_workers,
+        shuffle_buffer=cfg.shuffle_buffer,
     )
     reporter = EpochReporter(job.tracker, world_size=env.world_size)
     callbacks = [

@@ -1,32 +1,35 @@
-"""Dataset shards and manifest (docs/contracts.md "Dataset"): numpy only, no torch.
+"""Dataset shards and manifest (docs/contracts.md "Dataset"): numpy and the tar codec only.
 
 Imported by the prepare step (writer), the training step and the evaluate step (readers), so
-it must stay light: numpy, hashlib, zipfile, json and (lazily) s3fs for ``s3://`` folders.
+it stays light: numpy, hashlib, json, training.wds and (lazily) s3fs for ``s3://`` folders.
 
-Shards are ``.npz`` files written deterministically (fixed zip timestamps, ZIP_STORED, fixed
-member order) so the same arrays always produce the same bytes and the same sha256; this is
-what lets the pipeline cache steps and the manifest pin its data.
+A dataset (format_version 2) is WebDataset tar shards of encoded images plus ``manifest.json``
+(written last). Shards are written deterministically, so the same samples always produce the
+same bytes and sha256: that is what lets the pipeline cache steps and the manifest pin its data.
+Every read of a shard checks its sha256 and sample count against the manifest before any
+sample is used; a mismatch, a truncated or a malformed shard is a DatasetError naming it.
+Datasets of format_version 1 (``.npz`` of raw pixels) are still read (training.shards_npz).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import tempfile
-import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-from numpy.lib import format as npy_format
+
+from training import shards_npz, wds
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+FORMAT = "webdataset"  # tar shards, <key>.<png|webp|jpg> + <key>.cls per sample
+READABLE_VERSIONS = (shards_npz.LEGACY_FORMAT_VERSION, FORMAT_VERSION)
 SPLITS = ("train", "val", "test")
-_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # earliest zip timestamp: fixed so bytes are reproducible
 
 
 class DatasetError(RuntimeError):
@@ -36,28 +39,6 @@ class DatasetError(RuntimeError):
 # ---------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------
-def shard_bytes(images: np.ndarray, labels: np.ndarray) -> bytes:
-    """Serialise one shard to deterministic ``.npz`` bytes (images uint8 NHWC, labels int64)."""
-    images = np.ascontiguousarray(images)
-    labels = np.ascontiguousarray(labels)
-    if images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError(f"images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}")
-    if labels.dtype != np.int64 or labels.ndim != 1:
-        raise ValueError(f"labels must be int64 [N], got {labels.dtype} {labels.shape}")
-    if images.shape[0] != labels.shape[0]:
-        raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, mode="w", compression=zipfile.ZIP_STORED) as zf:
-        for name, arr in (("images", images), ("labels", labels)):
-            member = io.BytesIO()
-            npy_format.write_array(member, arr, allow_pickle=False)
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
-            info.compress_type = zipfile.ZIP_STORED
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, member.getvalue())
-    return buf.getvalue()
-
-
 def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> None:
     """Call ``write(fh)`` on a temp file in ``path``'s folder, fsync, then ``os.replace``."""
     target = Path(path)
@@ -81,16 +62,46 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     atomic_write(path, lambda fh: fh.write(data))
 
 
-def write_shard(path: str | os.PathLike[str], images: np.ndarray, labels: np.ndarray) -> str:
-    """Write one shard atomically and deterministically; returns its sha256 (hex)."""
-    data = shard_bytes(images, labels)
-    atomic_write_bytes(path, data)
-    return hashlib.sha256(data).hexdigest()
+def sample_key(index: int) -> str:
+    """The WebDataset key of the ``index``-th sample of a split (unique within the split)."""
+    return f"{index:09d}"
 
 
 def shard_name(split: str, index: int) -> str:
-    """File name of shard ``index`` of ``split``: ``<split>-<NNNNN>.npz``."""
-    return f"{split}-{index:05d}.npz"
+    """File name of shard ``index`` of ``split``: ``<split>-<NNNNN>.tar``."""
+    return f"{split}-{index:05d}.tar"
+
+
+def shard_bytes(
+    images: np.ndarray, labels: np.ndarray, *, encoding: str = "png", first: int = 0
+) -> bytes:
+    """One shard's deterministic tar bytes from uint8 ``[N, H, W, C]`` images and int64
+    labels; sample keys count from ``first`` (the shard's offset in its split)."""
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}")
+    if labels.dtype != np.int64 or labels.ndim != 1:
+        raise ValueError(f"labels must be int64 [N], got {labels.dtype} {labels.shape}")
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+    ext = wds.EXTENSIONS[encoding]
+    return wds.tar_bytes(
+        wds.Sample(sample_key(first + i), ext, wds.encode_image(img, encoding), int(label))
+        for i, (img, label) in enumerate(zip(images, labels, strict=True))
+    )
+
+
+def write_shard(
+    path: str | os.PathLike[str],
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    encoding: str = "png",
+    first: int = 0,
+) -> str:
+    """Write one shard atomically and deterministically; returns its sha256 (hex)."""
+    data = shard_bytes(images, labels, encoding=encoding, first=first)
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def write_manifest(dataset_dir: str | os.PathLike[str], manifest: Mapping[str, Any]) -> str:
@@ -114,14 +125,15 @@ def write_dataset(
     *,
     dataset: str,
     shard_size: int = 10_000,
+    encoding: str = "png",
     code_version: str = "unknown",
     raw_fingerprint: str = "",
     config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write already-split arrays as shards plus a manifest; returns the manifest.
 
-    A convenience for tests, benchmarks and simple producers; the prepare step may build its
-    manifest itself as long as it follows docs/contracts.md.
+    A convenience for tests, benchmarks and simple producers; the prepare step builds its
+    manifest itself, following docs/contracts.md.
     """
     out = Path(dataset_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -140,14 +152,19 @@ def write_dataset(
         n_shards = max(1, -(-len(labels) // shard_size))
         for i, idx in enumerate(np.array_split(np.arange(len(labels)), n_shards)):
             name = shard_name(split, i)
-            sha = write_shard(out / name, images[idx], labels[idx].astype(np.int64))
-            shards.append({"file": name, "split": split, "count": int(len(idx)), "sha256": sha})
+            first = int(idx[0]) if len(idx) else 0
+            data = shard_bytes(
+                images[idx], labels[idx].astype(np.int64), encoding=encoding, first=first
+            )
+            atomic_write_bytes(out / name, data)
+            shards.append(shard_entry(name, split, len(idx), data))
     cfg = dict(config or {})
+    size = [int(train_images.shape[1]), int(train_images.shape[2])]
     manifest = {
-        "format_version": FORMAT_VERSION,
+        **format_fields(encoding, stored_size=size),
         "dataset": dataset,
         "classes": list(classes),
-        "image_size": [int(train_images.shape[1]), int(train_images.shape[2])],
+        "image_size": size,
         "channels": int(train_images.shape[3]),
         "mean": mean,
         "std": std,
@@ -162,11 +179,32 @@ def write_dataset(
     return manifest
 
 
+def format_fields(encoding: str, stored_size: Sequence[int] | None) -> dict[str, Any]:
+    """The manifest's format keys; ``stored_size`` None means images keep their own size."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "format": FORMAT,
+        "encoding": encoding,
+        "stored_size": list(stored_size) if stored_size is not None else "original",
+    }
+
+
+def shard_entry(name: str, split: str, count: int, data: bytes) -> dict[str, Any]:
+    """The manifest's record of one written shard."""
+    return {
+        "file": name,
+        "split": split,
+        "count": int(count),
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading (local path or s3:// URI)
 # ---------------------------------------------------------------------------------------------
-def _is_s3(uri: str) -> bool:
-    return uri.startswith("s3://")
+def is_s3(uri: str | os.PathLike[str]) -> bool:
+    return os.fspath(uri).startswith("s3://")
 
 
 def s3_filesystem() -> Any:
@@ -180,14 +218,15 @@ def s3_filesystem() -> Any:
     return s3fs.S3FileSystem(skip_instance_cache=True)
 
 
-def _read_bytes(dataset_dir: str | os.PathLike[str], name: str, fs: Any | None = None) -> bytes:
+def read_file(dataset_dir: str | os.PathLike[str], name: str, fs: Any | None = None) -> bytes:
+    """The whole of one file of a dataset folder or ``s3://`` prefix (FileNotFoundError)."""
     base = os.fspath(dataset_dir)
-    if _is_s3(base):
+    if is_s3(base):
         fs = fs if fs is not None else s3_filesystem()
         key = base.rstrip("/") + "/" + name
         try:
             with fs.open(key, "rb") as fh:
-                return fh.read()
+                return bytes(fh.read())
         except FileNotFoundError as exc:
             raise FileNotFoundError(key) from exc
     with open(Path(base) / name, "rb") as fh:
@@ -197,7 +236,7 @@ def _read_bytes(dataset_dir: str | os.PathLike[str], name: str, fs: Any | None =
 def read_manifest_bytes(dataset_dir: str | os.PathLike[str]) -> bytes:
     """Raw bytes of ``manifest.json`` (what ``data_manifest_sha256`` hashes)."""
     try:
-        return _read_bytes(dataset_dir, MANIFEST_NAME)
+        return read_file(dataset_dir, MANIFEST_NAME)
     except FileNotFoundError as exc:
         raise DatasetError(
             f"no {MANIFEST_NAME} in dataset folder {os.fspath(dataset_dir)!r}: not a prepared "
@@ -212,33 +251,133 @@ def manifest_sha256(dataset_dir: str | os.PathLike[str]) -> str:
 
 def read_manifest(dataset_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Parse and sanity-check ``manifest.json``; raises DatasetError with a clear message."""
+    where = os.fspath(dataset_dir)
     raw = read_manifest_bytes(dataset_dir)
     try:
         manifest = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise DatasetError(
-            f"{MANIFEST_NAME} in {os.fspath(dataset_dir)!r} is not JSON: {exc}"
-        ) from exc
+        raise DatasetError(f"{MANIFEST_NAME} in {where!r} is not JSON: {exc}") from exc
     missing = [
         k
         for k in ("classes", "image_size", "channels", "mean", "std", "shards")
         if k not in manifest
     ]
     if missing:
-        raise DatasetError(f"{MANIFEST_NAME} in {os.fspath(dataset_dir)!r} lacks {missing}")
-    if manifest.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
-        raise DatasetError(f"unsupported dataset format_version {manifest['format_version']}")
+        raise DatasetError(f"{MANIFEST_NAME} in {where!r} lacks {missing}")
+    version = manifest.get("format_version", shards_npz.LEGACY_FORMAT_VERSION)
+    if version not in READABLE_VERSIONS:
+        raise DatasetError(
+            f"unsupported dataset format_version {version} in {where!r} (this code reads "
+            f"{list(READABLE_VERSIONS)}): re-prepare the raw data with this code's prepare step "
+            "(`lepton data prepare RAW OUT`, or run the pipeline with --no-cache)"
+        )
     return manifest
 
 
-def _load_shard_bytes(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        images, labels = npz["images"], npz["labels"]
-    if images.dtype != np.uint8 or images.ndim != 4 or labels.ndim != 1:
-        raise DatasetError(
-            f"shard {name}: bad arrays {images.dtype}{images.shape}, {labels.dtype}{labels.shape}"
-        )
-    return images, labels.astype(np.int64, copy=False)
+def is_legacy(manifest: Mapping[str, Any]) -> bool:
+    """True for a format_version 1 dataset (``.npz`` shards of raw pixels)."""
+    return manifest.get("format_version", 1) == shards_npz.LEGACY_FORMAT_VERSION
+
+
+def split_shards(manifest: Mapping[str, Any], split: str) -> list[dict[str, Any]]:
+    """The manifest's shard entries of one split, in order."""
+    return [s for s in manifest["shards"] if s["split"] == split]
+
+
+def split_count(manifest: Mapping[str, Any], split: str) -> int:
+    return sum(int(s["count"]) for s in split_shards(manifest, split))
+
+
+def read_shard(
+    dataset_dir: str | os.PathLike[str],
+    entry: Mapping[str, Any],
+    fs: Any | None = None,
+    verify: bool = True,
+) -> bytes:
+    """The bytes of one shard, checked against the manifest entry (sha256 when `verify`)."""
+    name = entry["file"]
+    try:
+        data = read_file(dataset_dir, name, fs)
+    except FileNotFoundError as exc:
+        raise DatasetError(f"shard {name} listed in the manifest is missing") from exc
+    if verify:
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != entry["sha256"]:
+            raise DatasetError(
+                f"shard {name} sha256 mismatch: manifest says {entry['sha256']}, file is "
+                f"{digest} ({len(data)} bytes); refusing a truncated, corrupted or altered "
+                "dataset"
+            )
+    return data
+
+
+def shard_samples(
+    data: bytes, entry: Mapping[str, Any], verified: bool = False
+) -> Iterator[wds.Sample]:
+    """The samples of a shard's bytes; DatasetError naming the shard if malformed or short.
+    ``verified``: its sha256 was checked, so tar header checksums need not be."""
+    name, n = entry["file"], 0
+    try:
+        for sample in wds.iter_samples(data, checksums=not verified):
+            n += 1
+            yield sample
+    except wds.ShardFormatError as exc:
+        raise DatasetError(f"shard {name} is malformed: {exc}") from exc
+    if "count" in entry and n != int(entry["count"]):
+        raise DatasetError(f"shard {name} holds {n} samples, manifest says {entry['count']}")
+
+
+class Decoder:
+    """Encoded sample -> uint8 ``[H, W, C]`` at the manifest's image size (images stored at
+    their own size are resized with the preprocessing policy, ``inference.preprocess``)."""
+
+    def __init__(self, manifest: Mapping[str, Any]) -> None:
+        self.size = (int(manifest["image_size"][0]), int(manifest["image_size"][1]))
+        self.channels = int(manifest["channels"])
+
+    def __call__(self, sample: wds.Sample, shard: str) -> np.ndarray:
+        try:
+            pixels = wds.decode_pixels(sample.image, sample.ext, self.channels)
+        except ValueError as exc:
+            raise DatasetError(f"shard {shard}: sample {sample.key}: {exc}") from exc
+        if pixels.shape[:2] == self.size:
+            return pixels
+        from PIL import Image
+
+        from inference.preprocess import to_array
+
+        img = Image.fromarray(pixels[..., 0] if self.channels == 1 else pixels)
+        return to_array(img, self.size, self.channels)
+
+
+def empty_arrays(manifest: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    h, w = manifest["image_size"]
+    return np.zeros((0, h, w, manifest["channels"]), np.uint8), np.zeros((0,), np.int64)
+
+
+def shard_arrays(
+    data: bytes, entry: Mapping[str, Any], manifest: Mapping[str, Any], verified: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """All images and labels of one shard's (verified) bytes, decoded."""
+    if is_legacy(manifest):
+        try:
+            images, labels = shards_npz.load_npz_shard(data)
+        except ValueError as exc:
+            raise DatasetError(f"shard {entry['file']}: {exc}") from exc
+        if "count" in entry and len(labels) != int(entry["count"]):
+            raise DatasetError(
+                f"shard {entry['file']} holds {len(labels)} samples, manifest says {entry['count']}"
+            )
+        return images, labels
+    decode = Decoder(manifest)
+    pixels: list[np.ndarray] = []
+    classes: list[int] = []
+    for sample in shard_samples(data, entry, verified):
+        pixels.append(decode(sample, entry["file"]))
+        classes.append(sample.label)
+    if not pixels:
+        return empty_arrays(manifest)
+    return np.stack(pixels), np.asarray(classes, dtype=np.int64)
 
 
 def load_split(
@@ -247,37 +386,19 @@ def load_split(
     verify: bool = True,
     manifest: Mapping[str, Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """All images (uint8 ``[N, H, W, C]``) and labels (int64 ``[N]``) of one split.
+    """All images (uint8 ``[N, H, W, C]``, decoded) and labels (int64 ``[N]``) of one split.
 
     With ``verify`` each shard's sha256 must equal the manifest's, else DatasetError names
-    the shard. An empty split returns zero-length arrays of the manifest's shape.
+    the shard. An empty split returns zero-length arrays of the manifest's shape. This holds
+    the whole split in memory: training streams large splits instead (training/stream.py).
     """
     manifest = manifest if manifest is not None else read_manifest(dataset_dir)
-    entries = [s for s in manifest["shards"] if s["split"] == split]
-    fs = s3_filesystem() if _is_s3(os.fspath(dataset_dir)) and entries else None
-    images: list[np.ndarray] = []
-    labels: list[np.ndarray] = []
-    for entry in entries:
-        name = entry["file"]
-        try:
-            data = _read_bytes(dataset_dir, name, fs)
-        except FileNotFoundError as exc:
-            raise DatasetError(f"shard {name} listed in the manifest is missing") from exc
-        if verify:
-            digest = hashlib.sha256(data).hexdigest()
-            if digest != entry["sha256"]:
-                raise DatasetError(
-                    f"shard {name} sha256 mismatch: manifest says {entry['sha256']}, file is "
-                    f"{digest}; refusing a corrupted or altered dataset"
-                )
-        x, y = _load_shard_bytes(data, name)
-        if "count" in entry and len(y) != int(entry["count"]):
-            raise DatasetError(
-                f"shard {name} holds {len(y)} samples, manifest says {entry['count']}"
-            )
-        images.append(x)
-        labels.append(y)
-    if not images:
-        h, w = manifest["image_size"]
-        return np.zeros((0, h, w, manifest["channels"]), np.uint8), np.zeros((0,), np.int64)
-    return np.concatenate(images), np.concatenate(labels)
+    entries = split_shards(manifest, split)
+    fs = s3_filesystem() if is_s3(dataset_dir) and entries else None
+    parts = [
+        shard_arrays(read_shard(dataset_dir, entry, fs, verify), entry, manifest, verify)
+        for entry in entries
+    ]
+    if not parts:
+        return empty_arrays(manifest)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

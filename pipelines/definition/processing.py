@@ -20,7 +20,7 @@ from pipelines.definition.config import PipelineConfig
 
 def prepare_arguments(cfg: PipelineConfig) -> list[str]:
     """Prepare's container arguments: the serialized `PrepareConfig` (training.serialize);
-    the data snapshot is added by the builder as a parameter reference."""
+    the data snapshot and the exchange prefix are added by the builder as references."""
     from pipelines.prepare.config import PrepareConfig
     from training.serialize import to_args
 
@@ -32,10 +32,39 @@ def prepare_arguments(cfg: PipelineConfig) -> list[str]:
             image_size=cfg.image_size,
             channels=cfg.channels,
             split_fractions=cfg.split_fractions,
+            resource_config=RESOURCE_CONFIG,
         )
     )
-    at = args.index("--snapshot")
-    return args[:at] + args[at + 2 :]
+    for flag in ("--snapshot", "--exchange"):
+        at = args.index(flag)
+        args = args[:at] + args[at + 2 :]
+    return args
+
+
+RESOURCE_CONFIG = "/opt/ml/config/resourceconfig.json"  # SageMaker names the instances here
+
+
+def exchange_uri(ctx: BuildContext) -> Any:
+    """Where Prepare's instances leave their parts for the first one (pipelines/prepare/parts.py):
+    beside the step's outputs, not under the dataset prefix."""
+    return step_output_uri(ctx, n.PREPARE, "exchange")
+
+
+def raw_input(ctx: BuildContext) -> Any:
+    """The raw data, ShardedByS3Key: with ProcessingInstanceCount N each instance downloads
+    about 1/N of the objects (one instance gets them all)."""
+    from sagemaker.core.shapes import ProcessingInput, ProcessingS3Input
+
+    return ProcessingInput(
+        input_name="raw",
+        s3_input=ProcessingS3Input(
+            s3_uri=ctx.params["input_data_uri"],
+            local_path=n.RAW_DIR,
+            s3_data_type="S3Prefix",
+            s3_input_mode="File",
+            s3_data_distribution_type="ShardedByS3Key",
+        ),
+    )
 
 
 def dataset_uri(prepare: Any) -> Any:
@@ -50,10 +79,7 @@ def build_prepare_step(ctx: BuildContext) -> Any:
         ctx, n.PREPARE_MODULE, ctx.params["processing_instance_count"], "lepton-prepare"
     )
     step_args = proc.run(
-        inputs=[
-            code_input(ctx),
-            processing_input("raw", ctx.params["input_data_uri"], n.RAW_DIR),
-        ],
+        inputs=[code_input(ctx), raw_input(ctx)],
         outputs=[
             processing_output(
                 n.DATASET_OUTPUT,
@@ -61,7 +87,13 @@ def build_prepare_step(ctx: BuildContext) -> Any:
                 step_output_uri(ctx, n.PREPARE, n.DATASET_OUTPUT),
             )
         ],
-        arguments=[*prepare_arguments(ctx.cfg), "--snapshot", ctx.params["data_snapshot"]],
+        arguments=[
+            *prepare_arguments(ctx.cfg),
+            "--snapshot",
+            ctx.params["data_snapshot"],
+            "--exchange",
+            exchange_uri(ctx),
+        ],
     )
     return ProcessingStep(
         n.PREPARE,

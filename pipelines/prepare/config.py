@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from training.serialize import option, size_shorthand
+from training.wds import ENCODINGS
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -41,10 +42,16 @@ class PrepareConfig:
     min_side: int = 8  # pixels; a narrower or shorter image is quarantined as too_small
     max_pixels: int = 50_000_000  # width*height from the header above this -> too_large
     max_file_bytes: int = 64 * 2**20  # bytes; a larger object is not even read (too_large)
-    shard_size: int = 10_000  # images per shard at most; a split's shards differ by <= 1
-    # pixel bytes per shard at most (H*W*C per image): bounds prepare's and readers' memory;
-    # writing one shard peaks at ~5x this in the main process (npz assembled in memory).
-    shard_max_bytes: int = 64 * 2**20
+    # images per shard at most; a split's shards differ by <= 1. High enough that shards of
+    # small images still reach ~shard_max_bytes (16 px RGB PNGs: ~2.5 KB a sample in the tar)
+    shard_size: int = 50_000
+    # tar bytes per shard at most (encoded images + 1.5 KB of tar headers each): a reader
+    # holds one shard per worker, and prepare ~2x one shard while it writes it
+    shard_max_bytes: int = 128 * 2**20
+    encoding: str = "png"  # stored images: png (lossless), webp (lossless), jpeg (lossy)
+    jpeg_quality: int = 90  # 1..95, with encoding=jpeg
+    keep_original_size: bool = False  # store images at their own size; image_size is then
+    # what training and serving resize to (and what mean/std are computed at)
     classes: tuple[str, ...] = option(
         (),
         help="class list in index order (A,B,...); () -> class folders, sorted",
@@ -56,6 +63,12 @@ class PrepareConfig:
     force: bool = False  # redo even when the output already matches input and config
     work_dir: str = ""  # scratch folder for spill files and staged shards; "" -> system temp
     snapshot: str = ""  # identity of the input snapshot (DataSnapshot); recorded in the manifest
+    # Several instances (SageMaker ProcessingInstanceCount > 1, each given part of the input):
+    # resourceconfig.json names this instance and all of them ("" = one instance), and the
+    # instances exchange their partial results under `exchange` (an s3:// prefix or folder).
+    resource_config: str = ""
+    exchange: str = ""
+    exchange_timeout_s: int = 3600  # how long the first instance waits for the others
 
     def __post_init__(self) -> None:
         if not self.input or not self.output:
@@ -83,6 +96,10 @@ class PrepareConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {ENCODINGS}, got {self.encoding!r}")
+        if not 1 <= self.jpeg_quality <= 95:
+            raise ValueError(f"jpeg_quality must be in 1..95, got {self.jpeg_quality}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if len(set(self.classes)) != len(self.classes):
@@ -112,6 +129,9 @@ class PrepareConfig:
             "max_file_bytes": self.max_file_bytes,
             "shard_size": self.shard_size,
             "shard_max_bytes": self.shard_max_bytes,
+            "encoding": self.encoding,
+            "jpeg_quality": self.jpeg_quality if self.encoding == "jpeg" else None,
+            "keep_original_size": self.keep_original_size,
             "classes": list(self.classes),
             "imbalance_ratio": self.imbalance_ratio,
         }

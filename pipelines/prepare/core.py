@@ -3,12 +3,13 @@
 Passes, each streaming:
 1. list the input (metadata only) and fingerprint it; if the output's manifest already has
    this fingerprint, config and code version, stop: nothing to do;
-2. decode in a process pool, chunk by chunk; workers spill pixels to scratch files and return
-   small per-item records (content hash, quarantine reason, exact channel sums);
+2. decode in a process pool, chunk by chunk; workers spill encoded images to scratch files
+   and return small per-item records (content hash, quarantine reason, exact channel sums);
 3. in the main process: dedupe, check classes, assign splits by content hash; nothing has been
    written to the output yet, so an invalid input leaves no trace there;
-4. write shards one at a time from the spill files, then the report, then the manifest last.
-Memory: about one chunk per worker, ~5x one shard while it is written, and ~0.6 KB of
+4. write WebDataset tar shards one at a time from the spill files, then the report, then the
+   manifest last.
+Memory: about one chunk per worker, ~2x one shard while it is written, and ~0.6 KB of
 metadata per listed file (100,000 tiny images: ~250 MB peak in the main process).
 """
 
@@ -32,6 +33,7 @@ from pipelines.prepare.config import PrepareConfig
 from pipelines.prepare.decode import DecodeSpec
 from pipelines.prepare.errors import PrepareError
 from pipelines.prepare.output import REPORT_NAME, Destination
+from pipelines.prepare.parts import Cluster, read_cluster
 from pipelines.prepare.report import (
     Quarantined,
     channel_mean_std,
@@ -46,7 +48,8 @@ from pipelines.prepare.spill import DecodedSet, SpillReader, run_decode_pass
 from pipelines.prepare.split import assign_split
 from pipelines.settings import Settings
 from pipelines.storage import is_s3_uri, split_s3_uri
-from training.shards import FORMAT_VERSION, SPLITS, shard_name
+from training.shards import SPLITS, format_fields, sample_key, shard_entry, shard_name
+from training.wds import EXTENSIONS, Sample, tar_bytes
 
 ENTRY_MODULE = "pipelines.prepare.step"  # the code behind a prepared dataset
 Log = Callable[[str], None]
@@ -132,11 +135,19 @@ def prepare(
         os.makedirs(spills)
         dest = Destination(cfg.output, settings, staging)
         dest.check_access()
+        cluster = read_cluster(cfg.resource_config)
         if listing is None:
             log(f"listing {cfg.input}")
-            listing = list_source(cfg.input, settings)
+            listing = _list(cfg, settings, cluster)
+        if len(cluster.hosts) > 1:
+            from pipelines.prepare.instances import run_instance
+
+            return run_instance(cfg, settings, log, listing, dest, scratch, cluster, t_start)
         fingerprint = listing.fingerprint()
-        log(f"{len(listing.items)} files listed, fingerprint {fingerprint[:12]}")
+        log(
+            f"{len(listing.items)} files listed, fingerprint {fingerprint[:12]} "
+            f"({time.perf_counter() - t_start:.1f}s)"
+        )
         existing = dest.read_manifest()
         if not cfg.force and is_up_to_date(existing, fingerprint, cfg, dest.existing_names()):
             log(
@@ -144,15 +155,47 @@ def prepare(
             )
             assert existing is not None
             return PrepareResult(cfg.output, True, existing, seconds=time.perf_counter() - t_start)
-        return _build(cfg, settings, log, listing, fingerprint, dest, spills, t_start)
+        entries, _ = _screen(listing.items, cfg)
+        decoded, rate = run_decode_pass(
+            entries, _spec(cfg, spills, settings), cfg.workers, cfg.chunk_size, log
+        )
+        del entries
+        return _finish(cfg, log, listing, decoded, rate, dest, spills, t_start)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _shard_count(n: int, image_bytes: int, cfg: PrepareConfig) -> int:
-    if n == 0:
+def _list(cfg: PrepareConfig, settings: Settings | None, cluster: Cluster) -> Listing:
+    """The input's listing; one of several instances may be given an empty share."""
+    share = len(cluster.hosts) > 1 and not is_s3_uri(cfg.input)
+    if share and os.path.isdir(cfg.input) and not any(os.scandir(cfg.input)):
+        return Listing(cfg.input, [])
+    return list_source(cfg.input, settings)
+
+
+def _spec(cfg: PrepareConfig, spills: str, settings: Settings | None) -> DecodeSpec:
+    return DecodeSpec(
+        cfg.image_size,
+        cfg.channels,
+        cfg.max_pixels,
+        cfg.min_side,
+        spills,
+        settings,
+        cfg.encoding,
+        cfg.jpeg_quality,
+        cfg.keep_original_size,
+    )
+
+
+TAR_OVERHEAD = 3 * 512  # bytes a sample adds to a tar besides its image: 2 headers, label
+
+
+def _shard_count(sizes: np.ndarray, cfg: PrepareConfig) -> int:
+    """Shards of a split whose encoded images have these sizes (equal counts per shard)."""
+    if len(sizes) == 0:
         return 0
-    return max(math.ceil(n / cfg.shard_size), math.ceil(n * image_bytes / cfg.shard_max_bytes))
+    tar = int(sizes.sum()) + len(sizes) * TAR_OVERHEAD
+    return max(math.ceil(len(sizes) / cfg.shard_size), math.ceil(tar / cfg.shard_max_bytes))
 
 
 def _dedupe(
@@ -308,42 +351,48 @@ def _write_shards(
 ) -> list[dict[str, Any]]:
     """Shards one at a time from the spill files; stale shards of an earlier run removed."""
     reader = SpillReader(spills)
-    h, w = cfg.image_size
-    shape = (h, w, cfg.channels)
+    ext = EXTENSIONS[cfg.encoding]
     shards: list[dict[str, Any]] = []
     for split in SPLITS:
         members = by_split[split]
-        n_shards = _shard_count(len(members), h * w * cfg.channels, cfg)
+        n_shards = _shard_count(sel.decoded.sizes[sel.used[members]], cfg)
+        first = 0
         for i, part in enumerate(np.array_split(members, n_shards) if n_shards else []):
             picked = sel.used[part]
-            images = reader.gather(sel.decoded.chunks[picked], sel.decoded.rows[picked], shape)
-            name = shard_name(split, i)
-            sha = dest.put_shard(name, images, sel.labels[part])
+            images = reader.gather(sel.decoded.chunks[picked], sel.decoded.rows[picked])
+            samples = (
+                Sample(sample_key(first + j), ext, image, int(label))
+                for j, (image, label) in enumerate(zip(images, sel.labels[part], strict=True))
+            )
+            data = tar_bytes(samples)
             del images
-            shards.append({"file": name, "split": split, "count": len(part), "sha256": sha})
-            log(f"wrote {name}: {len(part)} images, sha256 {sha[:12]}")
+            name = shard_name(split, i)
+            dest.put_shard(name, data)
+            shards.append(shard_entry(name, split, len(part), data))
+            first += len(part)
+            log(f"wrote {name}: {len(part)} images, sha256 {shards[-1]['sha256'][:12]}")
+            del data
     stale = dest.remove_stale_shards({s["file"] for s in shards})
     if stale:
         log(f"removed {len(stale)} stale shard(s) of an earlier run")
     return shards
 
 
-def _build(
+def _finish(
     cfg: PrepareConfig,
-    settings: Settings | None,
     log: Log,
     listing: Listing,
-    fingerprint: str,
+    decoded: DecodedSet,
+    rate: float,
     dest: Destination,
     spills: str,
     t_start: float,
 ) -> PrepareResult:
-    """Screen, decode, select, split, then write (shards, report, manifest last)."""
+    """Select, split, then write (shards, report, manifest last) from a decode pass's results."""
     items = listing.items
+    fingerprint = listing.fingerprint()
     entries, quarantined = _screen(items, cfg)
     classes = list(cfg.classes) or sorted({it.label for _, it in entries if it.label})
-    spec = DecodeSpec(cfg.image_size, cfg.channels, cfg.max_pixels, cfg.min_side, spills, settings)
-    decoded, rate = run_decode_pass(entries, spec, cfg.workers, cfg.chunk_size, log)
     del entries
     sel = _select(items, decoded, classes, quarantined, cfg)
     by_split = _assign_splits(sel, cfg)
@@ -354,6 +403,7 @@ def _build(
         log(f"warning: {warning}")
 
     # ---- writing: only now does the output change -------------------------------------------
+    t_write = time.perf_counter()
     dest.begin()
     shards = _write_shards(sel, by_split, dest, spills, cfg, log)
     report_list = sel.report_entries()
@@ -365,7 +415,7 @@ def _build(
     }
     dest.put_json(REPORT_NAME, report)
     manifest = {
-        "format_version": FORMAT_VERSION,
+        **format_fields(cfg.encoding, None if cfg.keep_original_size else cfg.image_size),
         "dataset": cfg.dataset_name,
         "classes": classes,
         "image_size": list(cfg.image_size),
@@ -387,6 +437,7 @@ def _build(
     log(
         f"done: {len(sel.used)} images in {len(shards)} shards "
         f"({', '.join(f'{s} {len(m)}' for s, m in by_split.items())}), "
-        f"{len(report_list)} quarantined, manifest sha256 {manifest_sha[:12]}, {seconds:.1f}s"
+        f"{len(report_list)} quarantined, manifest sha256 {manifest_sha[:12]}, {seconds:.1f}s "
+        f"({time.perf_counter() - t_write:.1f}s writing)"
     )
     return PrepareResult(cfg.output, False, manifest, report, seconds, rate)

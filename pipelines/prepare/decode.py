@@ -2,9 +2,10 @@
 
 A task is a chunk of listed items. The worker reads each item (checking it is what was listed),
 hashes its bytes, decodes and resizes it with `inference.preprocess` (the single definition of
-preprocessing) and writes the chunk's accepted pixels to one spill file ``chunk-NNNNNN.npy`` in
-the scratch folder. It returns only small per-item metadata, so the main process never holds
-pixels of more than one shard.
+preprocessing), encodes what the dataset stores (PNG by default, training.wds) and writes the
+chunk's encoded images to one spill file ``chunk-NNNNNN.bin`` (their end offsets in
+``chunk-NNNNNN.end.npy``) in the scratch folder. It returns only small per-item metadata, so
+the main process never holds more than one shard's bytes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from inference.preprocess import ImageRejected, decode_image, to_array
 from pipelines.prepare.sources import ObjectChanged, RawItem, make_client, read_item
 from pipelines.settings import Settings
+from training.wds import encode_image
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,9 @@ class DecodeSpec:
     min_side: int
     work_dir: str  # where spill files go
     settings: Settings | None  # S3 access for s3:// items; None -> default chain
+    encoding: str = "png"  # what is stored: png | webp (lossless) | jpeg (at jpeg_quality)
+    jpeg_quality: int = 90
+    keep_original_size: bool = False  # store each image at its own size (stats: resized)
 
 
 @dataclass
@@ -41,6 +46,7 @@ class ChunkResult:
     positions: np.ndarray  # int64 [n]: index of each item in the listing
     sha256: np.ndarray  # uint8 [n, 32]: hash of the raw bytes (zeros when unread)
     rows: np.ndarray  # int64 [n]: row in the spill file, -1 when rejected
+    sizes: np.ndarray  # int64 [n]: encoded bytes stored (0 when rejected)
     channel_sums: np.ndarray  # int64 [n, C]: per channel, sum of uint8 values (exact)
     channel_sumsqs: np.ndarray  # int64 [n, C]: per channel, sum of squared values (exact)
     rejected: dict[int, tuple[str, str]]  # listing index -> (reason, detail)
@@ -61,7 +67,12 @@ def init_worker(spec: DecodeSpec) -> None:
 
 
 def spill_path(work_dir: str, chunk: int) -> str:
-    return os.path.join(work_dir, f"chunk-{chunk:06d}.npy")
+    """The chunk's encoded images, back to back; ``ends_path`` holds their end offsets."""
+    return os.path.join(work_dir, f"chunk-{chunk:06d}.bin")
+
+
+def ends_path(work_dir: str, chunk: int) -> str:
+    return os.path.join(work_dir, f"chunk-{chunk:06d}.end.npy")
 
 
 def _client_for(spec: DecodeSpec) -> Any:
@@ -71,11 +82,15 @@ def _client_for(spec: DecodeSpec) -> Any:
     return _client
 
 
-def decode_one(data: bytes, spec: DecodeSpec) -> np.ndarray:
-    """Bytes -> uint8 [H, W, C] per the preprocessing policy; raises ImageRejected."""
+def decode_one(data: bytes, spec: DecodeSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Bytes -> (uint8 [H, W, C] at the dataset's image size, the pixels to store) per the
+    preprocessing policy; raises ImageRejected."""
     img = decode_image(data, spec.max_pixels, spec.min_side)
     try:
-        return to_array(img, spec.image_size, spec.channels)
+        pixels = to_array(img, spec.image_size, spec.channels)
+        if not spec.keep_original_size or (img.height, img.width) == spec.image_size:
+            return pixels, pixels
+        return pixels, to_array(img, (img.height, img.width), spec.channels)
     except MemoryError:
         raise ImageRejected("too_large", "not enough memory to convert") from None
     finally:
@@ -118,11 +133,13 @@ def decode_chunk(task: tuple[int, list[tuple[int, RawItem]]]) -> ChunkResult:
         positions=np.array([index for index, _ in entries], dtype=np.int64),
         sha256=np.zeros((n, 32), dtype=np.uint8),
         rows=np.full(n, -1, dtype=np.int64),
+        sizes=np.zeros(n, dtype=np.int64),
         channel_sums=np.zeros((n, n_chan), dtype=np.int64),
         channel_sumsqs=np.zeros((n, n_chan), dtype=np.int64),
         rejected={},
     )
     arrays: list[np.ndarray] = []
+    encoded: list[bytes] = []
     for i, (index, data) in enumerate(_read_all(entries, spec)):
         if isinstance(data, Exception):
             reason = "changed" if isinstance(data, ObjectChanged) else "unreadable"
@@ -130,22 +147,32 @@ def decode_chunk(task: tuple[int, list[tuple[int, RawItem]]]) -> ChunkResult:
             continue
         result.sha256[i] = np.frombuffer(hashlib.sha256(data).digest(), dtype=np.uint8)
         try:
-            pixels = decode_one(data, spec)
+            pixels, stored = decode_one(data, spec)
         except ImageRejected as exc:
             result.rejected[index] = (exc.reason, exc.detail)
             continue
         result.rows[i] = len(arrays)
         arrays.append(pixels)
+        encoded.append(encode_image(stored, spec.encoding, spec.jpeg_quality))
+        result.sizes[i] = len(encoded[-1])
     if arrays:
         stack = np.stack(arrays)
         del arrays
         _channel_stats(stack, result)
-        path = spill_path(spec.work_dir, chunk)
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as fh:
-            np.save(fh, stack, allow_pickle=False)
-        os.replace(tmp, path)
+        write_spill(spec.work_dir, chunk, encoded)
     return result
+
+
+def write_spill(work_dir: str, chunk: int, encoded: list[bytes]) -> None:
+    """One chunk's encoded images and their end offsets (temp names, then renamed)."""
+    path, ends = spill_path(work_dir, chunk), ends_path(work_dir, chunk)
+    with open(path + ".tmp", "wb") as fh:
+        fh.write(b"".join(encoded))
+    with open(ends + ".tmp", "wb") as fh:
+        offsets = np.cumsum([len(e) for e in encoded], dtype=np.int64)
+        np.save(fh, offsets, allow_pickle=False)
+    os.replace(path + ".tmp", path)
+    os.replace(ends + ".tmp", ends)
 
 
 def _channel_stats(stack: np.ndarray, result: ChunkResult, batch_bytes: int = 8 * 2**20) -> None:

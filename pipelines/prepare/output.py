@@ -14,17 +14,16 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipelines.prepare.errors import OutputError
 from pipelines.prepare.sources import make_client
 from pipelines.settings import Settings
 from pipelines.storage import is_s3_uri, split_s3_uri
-from training.shards import MANIFEST_NAME, atomic_write_bytes, write_manifest, write_shard
+from training.shards import MANIFEST_NAME, atomic_write_bytes, write_manifest
 
 REPORT_NAME = "quality_report.json"
-_SHARD_RE = re.compile(r"^(train|val|test)-\d{5}\.npz$")
+_SHARD_RE = re.compile(r"^(train|val|test)-\d{5}\.(tar|npz)$")  # .npz: format_version 1
 
 
 def json_bytes(obj: Any) -> bytes:
@@ -119,12 +118,11 @@ class Destination:
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / MANIFEST_NAME).unlink(missing_ok=True)
 
-    def put_shard(self, name: str, images: np.ndarray, labels: np.ndarray) -> str:
+    def put_shard(self, name: str, data: bytes) -> None:
         target = (self.staging if self.is_s3 else self.path) / name
-        sha = write_shard(target, images, labels)
+        atomic_write_bytes(target, data)
         if self.is_s3:
             self._upload(target, name)
-        return sha
 
     def put_json(self, name: str, obj: Any) -> None:
         target = (self.staging if self.is_s3 else self.path) / name

@@ -11,7 +11,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipelines.prepare.decode import ChunkResult, DecodeSpec, decode_chunk, init_worker, spill_path
+from pipelines.prepare.decode import (
+    ChunkResult,
+    DecodeSpec,
+    decode_chunk,
+    ends_path,
+    init_worker,
+    spill_path,
+)
 from pipelines.prepare.sources import RawItem
 
 
@@ -23,6 +30,7 @@ class DecodedSet:
     sha256: np.ndarray  # uint8 [N, 32]
     chunks: np.ndarray  # int64 [N] spill file
     rows: np.ndarray  # int64 [N] row in the spill file, -1 when rejected
+    sizes: np.ndarray  # int64 [N] encoded bytes stored (0 when rejected)
     channel_sums: np.ndarray  # int64 [N, C]
     channel_sumsqs: np.ndarray  # int64 [N, C]
     rejected: dict[int, tuple[str, str]]  # listing index -> (reason, detail)
@@ -39,6 +47,7 @@ class DecodedSet:
                 np.zeros((0, 32), np.uint8),
                 z,
                 z,
+                z,
                 np.zeros((0, channels), np.int64),
                 np.zeros((0, channels), np.int64),
                 rejected,
@@ -48,6 +57,7 @@ class DecodedSet:
             sha256=np.concatenate([r.sha256 for r in results]),
             chunks=np.concatenate([np.full(len(r.rows), r.chunk, np.int64) for r in results]),
             rows=np.concatenate([r.rows for r in results]),
+            sizes=np.concatenate([r.sizes for r in results]),
             channel_sums=np.concatenate([r.channel_sums for r in results]),
             channel_sumsqs=np.concatenate([r.channel_sumsqs for r in results]),
             rejected=rejected,
@@ -109,25 +119,31 @@ def run_decode_pass(
 
 
 class SpillReader:
-    """Random access to spilled pixel rows, a bounded number of files mapped at once (mapped
-    pages count as resident memory)."""
+    """Random access to spilled encoded images, a bounded number of files mapped at once
+    (mapped pages count as resident memory)."""
 
     def __init__(self, work_dir: str, max_open: int = 16) -> None:
         self.work_dir, self.max_open = work_dir, max_open
-        self.open: dict[int, np.ndarray] = {}
+        self.open: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    def gather(self, chunks: np.ndarray, rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-        """uint8 [n, *shape]: image i is row rows[i] of spill file chunks[i]."""
-        images = np.empty((len(rows), *shape), dtype=np.uint8)
+    def gather(self, chunks: np.ndarray, rows: np.ndarray) -> list[bytes]:
+        """Encoded image i is row rows[i] of spill file chunks[i]."""
+        out: list[bytes] = [b""] * len(rows)
         order = np.lexsort((rows, chunks))
         bounds = np.flatnonzero(np.diff(chunks[order])) + 1
         for group in np.split(order, bounds) if len(order) else []:
-            images[group] = self._map(int(chunks[group[0]]))[rows[group]]
-        return images
+            data, ends = self._map(int(chunks[group[0]]))
+            for i in group:
+                row = int(rows[i])
+                start = int(ends[row - 1]) if row else 0
+                out[int(i)] = data[start : int(ends[row])].tobytes()
+        return out
 
-    def _map(self, chunk: int) -> np.ndarray:
+    def _map(self, chunk: int) -> tuple[np.ndarray, np.ndarray]:
         if chunk not in self.open:
             if len(self.open) >= self.max_open:
                 self.open.pop(next(iter(self.open)))
-            self.open[chunk] = np.load(spill_path(self.work_dir, chunk), mmap_mode="r")
+            ends = np.load(ends_path(self.work_dir, chunk), allow_pickle=False)
+            data = np.memmap(spill_path(self.work_dir, chunk), dtype=np.uint8, mode="r")
+            self.open[chunk] = (data, ends)
         return self.open[chunk]

@@ -10,9 +10,10 @@ the command (`basic_script_driver.create_commands`), run by the step's Python: e
 `/opt/ml` prefix to the host's folder, the first host's name to 127.0.0.1 and its fixed
 rendezvous port to a free one.
 
-Processing: `/opt/ml/...` paths are remapped into the step's folder, the config
-files SageMaker gives a processing container are written, and the entry point runs with the
-step's Python.
+Processing: `/opt/ml/...` paths are remapped into each instance's folder (one per
+ProcessingInstanceCount: `algo-1` in the step's folder, the others beside it), the config
+files SageMaker gives a processing container are written (`current_host` per instance), and
+the entry point runs on every instance at once, with the step's Python.
 """
 
 from __future__ import annotations
@@ -207,13 +208,19 @@ def shared_threads(total_processes: int) -> str:
     return str(max(1, (os.cpu_count() or 1) // max(1, total_processes)))
 
 
-def processing_config(root: Path, job_name: str, instance_count: int, instance_type: str) -> None:
-    """`/opt/ml/config/{resourceconfig,processingjobconfig}.json` of a processing container."""
+def processing_hosts(instance_count: int) -> list[str]:
+    return [f"algo-{i}" for i in range(1, instance_count + 1)]
+
+
+def processing_config(
+    root: Path, job_name: str, instance_count: int, instance_type: str, current_host: str = ""
+) -> None:
+    """`/opt/ml/config/{resourceconfig,processingjobconfig}.json` of one processing instance."""
     config = root / "config"
     config.mkdir(parents=True, exist_ok=True)
-    hosts = [f"algo-{i}" for i in range(1, instance_count + 1)]
+    hosts = processing_hosts(instance_count)
     (config / "resourceconfig.json").write_text(
-        json.dumps({"current_host": hosts[0], "hosts": hosts}, indent=1)
+        json.dumps({"current_host": current_host or hosts[0], "hosts": hosts}, indent=1)
     )
     (config / "processingjobconfig.json").write_text(
         json.dumps(

@@ -57,8 +57,9 @@ def job_name(step: str, work: Path) -> str:
     return f"{step}-{work.parent.parent.name}"  # unique per execution, like SageMaker's
 
 
-def processing_root(work: Path) -> Path:
-    return work / "opt-ml"  # plays /opt/ml in the processing container
+def processing_root(work: Path, host: str = "algo-1") -> Path:
+    """Plays /opt/ml in the processing container of instance `host`."""
+    return work / "opt-ml" if host == "algo-1" else work / "instances" / host / "opt-ml"
 
 
 def output_folder(args: dict[str, Any], work: Path, output_name: str) -> Path:
@@ -79,40 +80,61 @@ def _definition_env(args: dict[str, Any], root: Path) -> dict[str, str]:
     }
 
 
-def run_processing(name: str, args: dict[str, Any], work: Path, job: JobEnv) -> dict[str, Any]:
-    """Run a resolved CreateProcessingJob request; return DescribeProcessingJob-like properties."""
-    root = processing_root(work)
-    cluster = args.get("ProcessingResources", {}).get("ClusterConfig", {})
-    container.processing_config(
-        root,
-        job_name(name, work),
-        int(cluster.get("InstanceCount", 1)),
-        str(cluster.get("InstanceType", "")),
-    )
+def _processing_inputs(
+    name: str, args: dict[str, Any], root: Path, share: tuple[int, int], job: JobEnv
+) -> None:
+    """One instance's inputs: all of a FullyReplicated input, its part of a ShardedByS3Key one."""
     for item in args.get("ProcessingInputs", []):
         s3_input = item.get("S3Input")
         if not s3_input:
             continue
         local = Path(container.remap(s3_input["LocalPath"], container.OPT_ML, root))
-        count = transfer.download(job.s3, s3_input["S3Uri"], local)
+        sharded = s3_input.get("S3DataDistributionType") == "ShardedByS3Key"
+        count = transfer.download(job.s3, s3_input["S3Uri"], local, share if sharded else None)
         if not s3_input["LocalPath"].rstrip("/").endswith(CODE_SUFFIX):
+            part = f", share {share[0] + 1}/{share[1]}" if sharded and share[1] > 1 else ""
             job.echo(
-                f"{name}: input {item.get('InputName')} <- {s3_input['S3Uri']} ({count} files)"
+                f"{name}: input {item.get('InputName')} <- {s3_input['S3Uri']} ({count} files{part})"
             )
+
+
+def run_processing(name: str, args: dict[str, Any], work: Path, job: JobEnv) -> dict[str, Any]:
+    """Run a resolved CreateProcessingJob request on its instances (all at once, each with its
+    own /opt/ml); return DescribeProcessingJob-like properties. Every instance's outputs are
+    uploaded to the output's prefix, as SageMaker does."""
+    cluster = args.get("ProcessingResources", {}).get("ClusterConfig", {})
+    hosts = container.processing_hosts(int(cluster.get("InstanceCount", 1)))
     outputs = args.get("ProcessingOutputConfig", {}).get("Outputs", [])
-    for out in outputs:
-        Path(container.remap(out["S3Output"]["LocalPath"], container.OPT_ML, root)).mkdir(
-            parents=True, exist_ok=True
-        )
     app = args["AppSpecification"]
     tokens = [str(t) for t in app.get("ContainerEntrypoint", [])]
     tokens += [str(t) for t in app.get("ContainerArguments", [])]
-    env = {**container.base_environment(job.python), **job.env, **_definition_env(args, root)}
-    command = container.processing_command(tokens, job.python, root)
-    run_commands([Command(command, env, work, work / "step.log")], job.echo)
+    commands = []
+    for i, host in enumerate(hosts):
+        root = processing_root(work, host)
+        container.processing_config(
+            root, job_name(name, work), len(hosts), str(cluster.get("InstanceType", "")), host
+        )
+        _processing_inputs(name, args, root, (i, len(hosts)), job)
+        for out in outputs:
+            Path(container.remap(out["S3Output"]["LocalPath"], container.OPT_ML, root)).mkdir(
+                parents=True, exist_ok=True
+            )
+        env = {**container.base_environment(job.python), **job.env, **_definition_env(args, root)}
+        if len(hosts) > 1:
+            env.setdefault("OMP_NUM_THREADS", container.shared_threads(len(hosts)))
+        command = container.processing_command(tokens, job.python, root)
+        log = work / ("step.log" if i == 0 else f"{host}.log")
+        commands.append(Command(command, env, work, log, "" if i == 0 else host))
+    if len(hosts) > 1:
+        job.echo(f"{name}: {len(hosts)} instances")
+    run_commands(commands, job.echo)
     for out in outputs:
-        local = Path(container.remap(out["S3Output"]["LocalPath"], container.OPT_ML, root))
-        count = transfer.upload(job.s3, local, out["S3Output"]["S3Uri"])
+        count = 0
+        for host in hosts:
+            local = container.remap(
+                out["S3Output"]["LocalPath"], container.OPT_ML, processing_root(work, host)
+            )
+            count += transfer.upload(job.s3, Path(local), out["S3Output"]["S3Uri"])
         job.echo(
             f"{name}: output {out['OutputName']} -> {out['S3Output']['S3Uri']} ({count} files)"
         )

@@ -1,7 +1,7 @@
 """Move step inputs and outputs between S3 and a step's work folder, as SageMaker does.
 
-`download` mirrors an S3 prefix (or one object) into a folder; `upload` mirrors a folder to a
-prefix. Keys are confined to the destination folder: a key with `..` or an absolute path can
+`download` mirrors an S3 prefix (or one object, or instance i's share of n) into a folder, small
+objects through pipelines/runner/fetch.py; `upload` mirrors a folder to a prefix. Keys are confined to the destination folder: a key with `..` or an absolute path can
 never write outside it.
 """
 
@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from pipelines.runner import fetch
 from pipelines.storage import is_s3_uri, split_s3_uri
 
 _THREADS = 32  # S3 GET/PUT of small objects is latency-bound: many in flight
@@ -53,16 +54,35 @@ def fingerprint(client: Any, uri: str) -> str:
     return digest.hexdigest()
 
 
-def download(client: Any, uri: str, dest: Path) -> int:
-    """Mirror `uri` (an s3:// prefix or object, or a local path) into `dest`; return file count."""
-    dest.mkdir(parents=True, exist_ok=True)
-    if not is_s3_uri(uri):
-        src = Path(uri)
-        if src.is_file():
-            shutil.copy2(src, dest / src.name)
-            return 1
+def share_of(items: list[Any], share: tuple[int, int] | None) -> list[Any]:
+    """Instance `i` of `n`'s part of a ShardedByS3Key input: every n-th object in key order."""
+    if share is None:
+        return items
+    index, count = share
+    return items[index::count]
+
+
+def _copy_local(src: Path, dest: Path, share: tuple[int, int] | None) -> int:
+    if src.is_file():
+        shutil.copy2(src, dest / src.name)
+        return 1
+    if share is None:
         shutil.copytree(src, dest, dirs_exist_ok=True)
         return sum(1 for p in src.rglob("*") if p.is_file())
+    files = share_of(sorted(p for p in src.rglob("*") if p.is_file()), share)
+    for path in files:
+        target = dest / path.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    return len(files)
+
+
+def download(client: Any, uri: str, dest: Path, share: tuple[int, int] | None = None) -> int:
+    """Mirror `uri` (an s3:// prefix or object, or a local path) into `dest`; return file count.
+    With `share` = (i, n), only instance i's part of n (ShardedByS3Key)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if not is_s3_uri(uri):
+        return _copy_local(Path(uri), dest, share)
     bucket, prefix = split_s3_uri(uri)
     objects = [o for o in list_objects(client, uri) if not o["Key"].endswith("/")]
     if not objects:
@@ -73,10 +93,18 @@ def download(client: Any, uri: str, dest: Path) -> int:
         base = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
     else:
         base = prefix if prefix.endswith("/") or not prefix else prefix + "/"
+    objects = share_of(sorted(objects, key=lambda o: o["Key"]), share)
+    targets = [(o, dest / safe_relative(o["Key"], base)) for o in objects]
+    for folder in {t.parent for _, t in targets}:
+        folder.mkdir(parents=True, exist_ok=True)
+    small = [(o["Key"], t) for o, t in targets if o.get("Size", 0) <= _SMALL_OBJECT_BYTES]
+    endpoint = fetch.endpoint_of(client) if small else None
+    if endpoint is not None:
+        fetch.fetch_objects(endpoint, bucket, small)
+        targets = [(o, t) for o, t in targets if o.get("Size", 0) > _SMALL_OBJECT_BYTES]
 
-    def fetch(obj: dict[str, Any]) -> None:
-        target = dest / safe_relative(obj["Key"], base)
-        target.parent.mkdir(parents=True, exist_ok=True)
+    def get(pair: tuple[dict[str, Any], Path]) -> None:
+        obj, target = pair
         if obj.get("Size", 0) > _SMALL_OBJECT_BYTES:
             client.download_file(bucket, obj["Key"], str(target))  # multipart, resumable
             return
@@ -87,7 +115,7 @@ def download(client: Any, uri: str, dest: Path) -> int:
         tmp.replace(target)
 
     with ThreadPoolExecutor(_THREADS) as pool:
-        list(pool.map(fetch, objects))
+        list(pool.map(get, targets))
     return len(objects)
 
 

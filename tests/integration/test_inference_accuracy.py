@@ -25,12 +25,9 @@ def _post(port: int, body: bytes, content_type: str) -> dict:
 
 
 def test_served_accuracy_matches_training(trained_model_dir: Path, tiny_dataset_dir: Path) -> None:
-    images, labels = [], []
-    for shard in sorted(tiny_dataset_dir.glob("test-*.npz")):
-        with np.load(shard, allow_pickle=False) as data:
-            images.append(data["images"])
-            labels.append(data["labels"])
-    x, y = np.concatenate(images), np.concatenate(labels)
+    from training.shards import load_split
+
+    x, y = load_split(tiny_dataset_dir, "test")  # every test shard, decoded
     meta = json.loads((trained_model_dir / "metadata.json").read_text())
     expected = meta["metrics"]["test_accuracy"]
     classes = meta["classes"]

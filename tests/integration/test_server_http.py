@@ -82,9 +82,10 @@ def raw(port: int, data: bytes, wait_s: float = 5.0) -> bytes:
 
 
 def digit_images(tiny_dataset_dir: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
-    shard = sorted(tiny_dataset_dir.glob("test-*.npz"))[0]
-    with np.load(shard, allow_pickle=False) as data:
-        return data["images"][:n], data["labels"][:n]
+    from training.shards import load_split
+
+    images, labels = load_split(tiny_dataset_dir, "test")
+    return images[:n], labels[:n]
 
 
 def png(arr: np.ndarray) -> bytes:

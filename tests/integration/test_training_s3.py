@@ -107,3 +107,19 @@ def test_training_reads_an_s3_dataset(
         == 0
     )
     assert (tmp_path / "model" / "model.onnx").is_file()
+
+
+def test_training_streams_an_s3_dataset(s3_bucket: str, tiny_dataset_dir: Path) -> None:
+    """Each rank streams its share of the shards straight from s3://."""
+    from training.stream import ShardStream, StreamLoader, StreamSpec
+
+    uri = _upload(tiny_dataset_dir, s3_bucket, "datasets/tiny")
+    manifest = read_manifest(uri)
+    seen = []
+    for rank in range(2):
+        spec = StreamSpec(uri, manifest, "train", 64, True, 0, 128, 2, rank, workers=1)
+        loader = StreamLoader(ShardStream(spec))
+        loader.sampler.set_epoch(1)  # type: ignore[attr-defined]
+        seen += [img.tobytes() for x, _ in loader for img in x.permute(0, 2, 3, 1).numpy()]
+    images, _ = load_split(tiny_dataset_dir, "train")
+    assert set(seen) == {img.tobytes() for img in images}

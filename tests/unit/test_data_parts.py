@@ -280,3 +280,12 @@ def test_aws_style_hostile_keys_never_escape(
             *(f"work/out/{s['file']}" for s in result.manifest["shards"]),
         ]
     )
+
+
+def test_parallel_local_listing_matches_the_sequential_one(
+    raw_mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sequential = list_source(str(raw_mnist_dir), None)
+    monkeypatch.setattr(sources, "PARALLEL_LISTING", 10)  # 300 files: the process pool path
+    parallel = list_source(str(raw_mnist_dir), None)
+    assert parallel.items == sequential.items and len(parallel.items) == 300

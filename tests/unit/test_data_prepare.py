@@ -103,10 +103,10 @@ def test_two_runs_are_byte_identical_and_second_is_a_no_op(
     # A config change is not up to date.
     changed = prepare(cfg_for(raw_mnist_dir, tmp_path / "a", shard_size=1000), log=quiet)
     assert not changed.skipped and len(changed.manifest["shards"]) == 3
-    assert {p.name for p in (tmp_path / "a").glob("*.npz")} == {
-        "train-00000.npz",
-        "val-00000.npz",
-        "test-00000.npz",
+    assert {p.name for p in (tmp_path / "a").glob("*.tar")} == {
+        "train-00000.tar",
+        "val-00000.tar",
+        "test-00000.tar",
     }
 
 
@@ -172,13 +172,11 @@ def test_crash_while_writing_leaves_no_manifest(
     calls = {"n": 0}
     real = output_mod.Destination.put_shard
 
-    def flaky(
-        self: output_mod.Destination, name: str, images: np.ndarray, labels: np.ndarray
-    ) -> str:
+    def flaky(self: output_mod.Destination, name: str, data: bytes) -> None:
         calls["n"] += 1
         if calls["n"] == 2:
             raise OSError("disk full")
-        return real(self, name, images, labels)
+        real(self, name, data)
 
     monkeypatch.setattr(output_mod.Destination, "put_shard", flaky)
     with pytest.raises(OSError):
@@ -202,3 +200,36 @@ def test_file_changed_after_listing_is_reported(raw_mnist_copy: Path, tmp_path: 
 def test_output_inside_input_is_refused(raw_mnist_copy: Path) -> None:
     with pytest.raises(PrepareError, match="overlap"):
         prepare(cfg_for(raw_mnist_copy, raw_mnist_copy / "dataset"), log=quiet)
+
+
+def test_original_size_and_other_encodings_read_back_as_resized_png(
+    raw_mnist_dir: Path, tmp_path: Path
+) -> None:
+    import tarfile
+
+    from PIL import Image
+
+    base = cfg_for(raw_mnist_dir, tmp_path / "png", image_size=(16, 16))
+    reference = prepare(base, log=quiet).manifest
+    want, labels = load_split(tmp_path / "png", "train")
+    variants = {
+        "original": {"keep_original_size": True},
+        "webp": {"encoding": "webp"},
+        "jpeg": {"encoding": "jpeg", "jpeg_quality": 95},
+    }
+    for name, options in variants.items():
+        out = tmp_path / name
+        manifest = prepare(
+            cfg_for(raw_mnist_dir, out, image_size=(16, 16), **options), log=quiet
+        ).manifest
+        assert manifest["mean"] == reference["mean"] and manifest["std"] == reference["std"]
+        got, got_labels = load_split(out, "train")
+        np.testing.assert_array_equal(got_labels, labels)
+        if name == "jpeg":
+            assert np.abs(got.astype(int) - want).mean() < 3  # lossy, but close
+        else:
+            np.testing.assert_array_equal(got, want)  # lossless
+    assert read_manifest(tmp_path / "original")["stored_size"] == "original"
+    with tarfile.open(tmp_path / "original" / "train-00000.tar") as tf:
+        first = tf.extractfile(tf.getmembers()[0])
+        assert first is not None and Image.open(first).size == (28, 28)  # stored as it came

@@ -16,7 +16,7 @@ from torch import nn
 
 from training.export import ExportMismatch, build_metadata, export_model, pack_model_tar
 from training.model import build_model
-from training.shards import read_manifest
+from training.shards import load_split, read_manifest
 
 
 def _model() -> nn.Module:
@@ -97,7 +97,7 @@ def test_trained_model_dir_fixture(trained_model_dir: Path, tiny_dataset_dir: Pa
     meta = json.loads((trained_model_dir / "metadata.json").read_text())
     assert meta["classes"] == [str(i) for i in range(10)] and meta["mlflow_run_id"] is None
     assert meta["metrics"]["test_accuracy"] > 0.6
-    images = np.load(tiny_dataset_dir / "test-00000.npz")["images"][:5]
+    images = load_split(tiny_dataset_dir, "test")[0][:5]
     pixels = images.transpose(0, 3, 1, 2).astype(np.float32)
     session = ort.InferenceSession(
         str(trained_model_dir / "model.onnx"), providers=["CPUExecutionProvider"]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
-import zipfile
+import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from training.shards import (
     DatasetError,
@@ -32,27 +34,32 @@ def _arrays(n: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def test_write_shard_is_deterministic_and_round_trips(tmp_path: Path) -> None:
     images, labels = _arrays()
-    sha_a = write_shard(tmp_path / "a.npz", images, labels)
-    sha_b = write_shard(tmp_path / "b.npz", images.copy(), labels.copy())
-    assert sha_a == sha_b == hashlib.sha256((tmp_path / "a.npz").read_bytes()).hexdigest()
-    assert (tmp_path / "a.npz").read_bytes() == shard_bytes(images, labels)
-    with zipfile.ZipFile(tmp_path / "a.npz") as zf:
-        assert [i.date_time for i in zf.infolist()] == [(1980, 1, 1, 0, 0, 0)] * 2
-        assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
-    with np.load(tmp_path / "a.npz", allow_pickle=False) as npz:
-        np.testing.assert_array_equal(npz["images"], images)
-        np.testing.assert_array_equal(npz["labels"], labels)
+    sha_a = write_shard(tmp_path / "a.tar", images, labels)
+    sha_b = write_shard(tmp_path / "b.tar", images.copy(), labels.copy())
+    assert sha_a == sha_b == hashlib.sha256((tmp_path / "a.tar").read_bytes()).hexdigest()
+    assert (tmp_path / "a.tar").read_bytes() == shard_bytes(images, labels)
+    with tarfile.open(tmp_path / "a.tar") as tf:  # a plain tar any tool reads
+        members = tf.getmembers()
+        assert [m.name for m in members[:2]] == ["000000000.png", "000000000.cls"]
+        assert {(m.mtime, m.mode, m.uid, m.gid, m.uname) for m in members} == {(0, 0o644, 0, 0, "")}
+        got = [
+            np.asarray(Image.open(io.BytesIO(tf.extractfile(m).read())))  # type: ignore[union-attr]
+            for m in members[::2]
+        ]
+        got_labels = [int(tf.extractfile(m).read()) for m in members[1::2]]  # type: ignore[union-attr]
+    np.testing.assert_array_equal(np.stack(got), images)  # lossless PNG
+    np.testing.assert_array_equal(got_labels, labels)
     assert not list(tmp_path.glob("*.tmp")), "temp files left behind"
 
 
 def test_write_shard_rejects_bad_dtypes(tmp_path: Path) -> None:
     images, labels = _arrays()
     with pytest.raises(ValueError, match="uint8"):
-        write_shard(tmp_path / "x.npz", images.astype(np.float32), labels)
+        write_shard(tmp_path / "x.tar", images.astype(np.float32), labels)
     with pytest.raises(ValueError, match="int64"):
-        write_shard(tmp_path / "x.npz", images, labels.astype(np.int32))
+        write_shard(tmp_path / "x.tar", images, labels.astype(np.int32))
     with pytest.raises(ValueError, match="labels"):
-        write_shard(tmp_path / "x.npz", images, labels[:-1])
+        write_shard(tmp_path / "x.tar", images, labels[:-1])
 
 
 def test_load_split_concatenates_shards(tmp_path: Path) -> None:
@@ -69,9 +76,9 @@ def test_load_split_concatenates_shards(tmp_path: Path) -> None:
         shard_size=7,
     )
     assert [s["file"] for s in manifest["shards"] if s["split"] == "train"] == [
-        "train-00000.npz",
-        "train-00001.npz",
-        "train-00002.npz",
+        "train-00000.tar",
+        "train-00001.tar",
+        "train-00002.tar",
     ]
     x, y = load_split(tmp_path, "train")
     np.testing.assert_array_equal(x, images[:20])
@@ -95,8 +102,8 @@ def test_tampered_shard_is_refused_by_name(tiny_dataset_dir: Path, tmp_path: Pat
     shutil.copytree(tiny_dataset_dir, copy)
     images, labels = load_split(copy, "val")
     images[0, 0, 0, 0] ^= 0xFF
-    write_shard(copy / "val-00000.npz", images, labels)  # valid file, wrong content
-    with pytest.raises(DatasetError, match=r"val-00000\.npz sha256 mismatch"):
+    write_shard(copy / "val-00000.tar", images, labels)  # valid file, wrong content
+    with pytest.raises(DatasetError, match=r"val-00000\.tar sha256 mismatch"):
         load_split(copy, "val")
     load_split(copy, "val", verify=False)  # opt-out still reads it
     load_split(copy, "train")  # other shards unaffected
@@ -104,7 +111,7 @@ def test_tampered_shard_is_refused_by_name(tiny_dataset_dir: Path, tmp_path: Pat
 
 def test_tiny_dataset_fixture_follows_the_contract(tiny_dataset_dir: Path) -> None:
     manifest = json.loads((tiny_dataset_dir / "manifest.json").read_text())
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == 2 and manifest["format"] == "webdataset"
     assert manifest["classes"] == [str(i) for i in range(10)]
     assert manifest["channels"] == 1 and manifest["image_size"] == [8, 8]
     assert len(manifest["mean"]) == len(manifest["std"]) == 1
@@ -115,3 +122,52 @@ def test_tiny_dataset_fixture_follows_the_contract(tiny_dataset_dir: Path) -> No
         assert hashlib.sha256(data).hexdigest() == shard["sha256"]
     report = json.loads((tiny_dataset_dir / "quality_report.json").read_text())
     assert report["used"] + len(report["quarantined"]) == report["total"]
+
+
+def test_format_1_dataset_is_still_read_and_others_refused(tmp_path: Path) -> None:
+    from training.data import ShardDataModule
+    from training.shards_npz import npz_shard_bytes
+
+    images, labels = _arrays(12)
+    (tmp_path / "train-00000.npz").write_bytes(npz_shard_bytes(images, labels))
+    sha = hashlib.sha256((tmp_path / "train-00000.npz").read_bytes()).hexdigest()
+    manifest = {  # what the prepare step wrote before the WebDataset format
+        "format_version": 1,
+        "classes": ["a", "b", "c"],
+        "image_size": [4, 5],
+        "channels": 3,
+        "mean": [0.5] * 3,
+        "std": [0.2] * 3,
+        "splits": {"train": {"count": 12}},
+        "shards": [{"file": "train-00000.npz", "split": "train", "count": 12, "sha256": sha}],
+    }
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    x, y = load_split(tmp_path, "train")
+    np.testing.assert_array_equal(x, images)
+    np.testing.assert_array_equal(y, labels)
+    data = ShardDataModule(
+        tmp_path,
+        read_manifest(tmp_path),
+        per_device_batch_size=4,
+        eval_batch_size=4,
+        seed=0,
+        in_memory_max_bytes=0,  # a format-1 dataset is held in memory whatever the budget
+    )
+    assert not data.streaming
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "format_version": 3}))
+    with pytest.raises(DatasetError, match=r"format_version 3 .*re-prepare the raw data"):
+        read_manifest(tmp_path)
+
+
+def test_shards_read_with_the_webdataset_library(tiny_dataset_dir: Path) -> None:
+    """The format is WebDataset's: its own reader gives the same images and labels."""
+    import webdataset as wds
+
+    urls = [str(tiny_dataset_dir / s["file"]) for s in read_manifest(tiny_dataset_dir)["shards"]]
+    urls = [u for u in urls if "/val-" in u]
+    pipeline = wds.WebDataset(urls, shardshuffle=False).decode("pill").to_tuple("png", "cls")
+    got = [(np.asarray(img), int(label)) for img, label in pipeline]
+    images, labels = load_split(tiny_dataset_dir, "val")
+    assert len(got) == len(labels)
+    np.testing.assert_array_equal(np.stack([g[0] for g in got]), images[..., 0])
+    assert [g[1] for g in got] == labels.tolist()
