@@ -44,10 +44,11 @@ def prepare_arguments(cfg: PipelineConfig) -> list[str]:
 RESOURCE_CONFIG = "/opt/ml/config/resourceconfig.json"  # SageMaker names the instances here
 
 
-def exchange_uri(ctx: BuildContext) -> Any:
-    """Where Prepare's instances leave their parts for the first one (pipelines/prepare/parts.py):
-    beside the step's outputs, not under the dataset prefix."""
-    return step_output_uri(ctx, n.PREPARE, "exchange")
+def exchange_uri(ctx: BuildContext) -> str:
+    """Where Prepare's instances leave their parts for the first one (pipelines/prepare/parts.py),
+    each job under its own job name. A fixed prefix, not one with the execution id: Prepare's
+    arguments are its cache key on SageMaker, so they must not change from run to run."""
+    return f"{ctx.cfg.s3_root.rstrip('/')}/exchange/{n.PREPARE}"
 
 
 def raw_input(ctx: BuildContext) -> Any:

@@ -247,6 +247,12 @@ def test_prepare(d: dict[str, Any], built: BuiltDefinition, cfg: PipelineConfig)
         "Get": "Parameters.ProcessingInstanceCount"
     }
     assert a["RoleArn"] == ROLE
+    # Prepare's arguments are its cache key on SageMaker: nothing in them may differ per run
+    assert "Execution." not in json.dumps(
+        {k: v for k, v in a.items() if k != "ProcessingOutputConfig"}
+    )
+    assert inputs["raw"]["S3DataDistributionType"] == "ShardedByS3Key"
+    assert args[args.index("--exchange") + 1] == f"{cfg.s3_root}/exchange/Prepare"
 
 
 def test_train(d: dict[str, Any], built: BuiltDefinition, cfg: PipelineConfig) -> None:
