@@ -7,7 +7,7 @@ pipelines.batch.step`, what `lepton batch predict` runs in the step environment)
 PNG files in a folder, measured end to end (process start, model load, listing, writing one
 `.out` per image) and by the job's own steady rate. Both answers are compared (same labels).
 
-    .venv/bin/python bench/batch.py [--images 3000] [--model DIR]
+    .venv/bin/python bench/batch.py [--images 20000] [--model DIR]
 
 Prints a table and, as its last line, one JSON object.
 """
@@ -111,7 +111,7 @@ def batch_job(model: Path, folder: Path, out: Path, log: Path) -> tuple[float, d
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--images", type=int, default=3000)
+    p.add_argument("--images", type=int, default=20000)
     p.add_argument("--model", type=Path, help="model dir (default: a 28x28 contract model)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
