@@ -208,3 +208,30 @@ def test_bad_credentials_and_unreadable_prefix(
     with pytest.raises(OutputError, match="cannot access output"):
         prepare(PrepareConfig(input=str(raw_mnist_dir), output=remote), bad, log=quiet)
     assert keys_under(s3_settings, "datasets/never") == []
+
+
+def test_upload_files_writes_bytes_and_files_and_refuses_unsafe_keys(
+    s3_settings: Settings, tmp_path: Path
+) -> None:
+    from pipelines.prepare.sources import upload_files
+
+    local = tmp_path / "a.bin"
+    local.write_bytes(b"from a file")
+    uri = f"s3://{s3_settings.data_bucket}/upload-check"
+    pairs: list[tuple[str, bytes | str]] = [
+        (f"x/{i}.bin", bytes([i % 256]) * i) for i in range(600)
+    ]
+    assert upload_files([*pairs, ("y/a.bin", str(local))], uri, s3_settings) == 601
+    client = s3_client(s3_settings)
+    listed = client.list_objects_v2(Bucket=s3_settings.data_bucket, Prefix="upload-check/x/")
+    assert listed["KeyCount"] == 600
+    assert (
+        client.get_object(Bucket=s3_settings.data_bucket, Key="upload-check/x/7.bin")["Body"].read()
+        == bytes([7]) * 7
+    )
+    assert (
+        client.get_object(Bucket=s3_settings.data_bucket, Key="upload-check/y/a.bin")["Body"].read()
+        == b"from a file"
+    )
+    with pytest.raises(ValueError, match="unsafe"):
+        upload_files([("../escape.bin", b"no")], uri, s3_settings)
