@@ -35,17 +35,13 @@ from pipelines.prepare.errors import PrepareError
 from pipelines.prepare.output import REPORT_NAME, Destination
 from pipelines.prepare.parts import Cluster, read_cluster
 from pipelines.prepare.report import (
-    Quarantined,
     channel_mean_std,
-    class_problems,
-    duplicate_groups,
     imbalance_warnings,
     reason_counts,
-    resolve_duplicates,
 )
-from pipelines.prepare.sources import Listing, RawItem, has_image_extension, list_source
+from pipelines.prepare.selection import Selection, assign_splits, class_counts, screen, select
+from pipelines.prepare.sources import Listing, list_source
 from pipelines.prepare.spill import DecodedSet, SpillReader, run_decode_pass
-from pipelines.prepare.split import assign_split
 from pipelines.settings import Settings
 from pipelines.storage import is_s3_uri, split_s3_uri
 from training.shards import SPLITS, format_fields, sample_key, shard_entry, shard_name
@@ -155,7 +151,7 @@ def prepare(
             )
             assert existing is not None
             return PrepareResult(cfg.output, True, existing, seconds=time.perf_counter() - t_start)
-        entries, _ = _screen(listing.items, cfg)
+        entries, _ = screen(listing.items, cfg)
         decoded, rate = run_decode_pass(
             entries, _spec(cfg, spills, settings), cfg.workers, cfg.chunk_size, log
         )
@@ -198,117 +194,8 @@ def _shard_count(sizes: np.ndarray, cfg: PrepareConfig) -> int:
     return max(math.ceil(len(sizes) / cfg.shard_size), math.ceil(tar / cfg.shard_max_bytes))
 
 
-def _dedupe(
-    items: list[RawItem], decoded: DecodedSet, ok: np.ndarray, quarantined: dict[int, Quarantined]
-) -> np.ndarray:
-    """`ok` (indices into `decoded`, listing order) minus exact duplicates, which are quarantined."""
-    keep = np.ones(len(ok), dtype=bool)
-    members = np.sort(np.concatenate(duplicate_groups(decoded.sha256[ok]) or [np.zeros(0, int)]))
-    if len(members):
-        cands = []
-        for j in members:
-            it = items[int(decoded.positions[ok[j]])]
-            cands.append((it.key, it.label or "", bytes(decoded.sha256[ok[j]])))
-        kept, dropped = resolve_duplicates(cands)
-        for m, (reason, detail) in dropped.items():
-            keep[members[m]] = False
-            pos = int(decoded.positions[ok[members[m]]])
-            quarantined[pos] = Quarantined(items[pos].key, reason, detail)
-    return ok[keep]
-
-
-@dataclass
-class _Selection:
-    """What the decode pass left usable: `used` indexes `decoded`, in content-hash order per
-    split after `_assign_splits`; every listed file is either used or quarantined."""
-
-    items: list[RawItem]
-    decoded: DecodedSet
-    classes: list[str]
-    used: np.ndarray  # indices into `decoded`
-    labels: np.ndarray  # class index of each `used` image
-    quarantined: dict[int, Quarantined]  # listing position -> reason
-
-    def report_entries(self) -> list[dict[str, str]]:
-        return sorted(
-            (q.as_dict() for q in self.quarantined.values()), key=lambda q: (q["key"], q["reason"])
-        )
-
-
-def _screen(
-    items: list[RawItem], cfg: PrepareConfig
-) -> tuple[list[tuple[int, RawItem]], dict[int, Quarantined]]:
-    """Files worth decoding, and those quarantined from their listing entry alone."""
-    quarantined: dict[int, Quarantined] = {}
-    wanted = set(cfg.classes)
-    entries: list[tuple[int, RawItem]] = []
-    for idx, it in enumerate(items):
-        if it.issue is not None:
-            reason, detail = it.issue
-        elif not has_image_extension(it.key):
-            reason, detail = "unknown_extension", "not .png/.jpg/.jpeg/.webp/.bmp"
-        elif wanted and it.label not in wanted:
-            reason, detail = "unknown_label", f"{it.label!r} is not in the class list"
-        elif it.size > cfg.max_file_bytes:
-            reason, detail = "too_large", f"{it.size} bytes > max_file_bytes {cfg.max_file_bytes}"
-        else:
-            entries.append((idx, it))
-            continue
-        quarantined[idx] = Quarantined(it.key, reason, detail)
-    return entries, quarantined
-
-
-def _select(
-    items: list[RawItem],
-    decoded: DecodedSet,
-    classes: list[str],
-    quarantined: dict[int, Quarantined],
-    cfg: PrepareConfig,
-) -> _Selection:
-    """Decoded images minus rejects and duplicates; refuses an input that is not a dataset."""
-    for pos, (reason, detail) in decoded.rejected.items():
-        quarantined[pos] = Quarantined(items[pos].key, reason, detail)
-    used = _dedupe(items, decoded, np.flatnonzero(decoded.rows >= 0), quarantined)
-    index_of = {c: i for i, c in enumerate(classes)}
-    labels = np.array(
-        [index_of[items[int(p)].label or ""] for p in decoded.positions[used]], dtype=np.int64
-    )
-    selection = _Selection(items, decoded, classes, used, labels, quarantined)
-    assert len(used) + len(quarantined) == len(items), "every input must be accounted for"
-    counts = dict(zip(classes, np.bincount(labels, minlength=len(classes)).tolist(), strict=True))
-    problems = class_problems(counts, cfg.min_images_per_class)
-    if problems:
-        raise PrepareError(
-            "not a valid dataset, nothing written to the output: "
-            + "; ".join(problems)
-            + f". Quarantined: {reason_counts(quarantined.values()) or 'none'}"
-        )
-    return selection
-
-
-def _assign_splits(sel: _Selection, cfg: PrepareConfig) -> dict[str, np.ndarray]:
-    """Split -> positions into `sel.used`, by content hash, sorted by content hash."""
-    hashes = sel.decoded.sha256[sel.used]
-    split_of = np.array(
-        [SPLITS.index(assign_split(bytes(h), cfg.split_fractions)) for h in hashes],
-        dtype=np.int64,
-    )
-    words = hashes.view(">u8")  # [n, 4]: lexsort by content hash, stable order
-    by_split: dict[str, np.ndarray] = {}
-    for k, split in enumerate(SPLITS):
-        members = np.flatnonzero(split_of == k)
-        order = np.lexsort(tuple(words[members, c] for c in range(3, -1, -1)))
-        by_split[split] = members[order]
-    return by_split
-
-
-def _class_counts(sel: _Selection, members: np.ndarray) -> dict[str, int]:
-    counts = np.bincount(sel.labels[members], minlength=len(sel.classes)).tolist()
-    return dict(zip(sel.classes, counts, strict=True))
-
-
 def _train_mean_std(
-    sel: _Selection, train: np.ndarray, cfg: PrepareConfig
+    sel: Selection, train: np.ndarray, cfg: PrepareConfig
 ) -> tuple[list[float], list[float]]:
     """Exact per-channel mean/std of the train split (0..1 scale), from integer sums."""
     h, w = cfg.image_size
@@ -322,7 +209,7 @@ def _train_mean_std(
 
 
 def _warnings(
-    sel: _Selection, split_counts: dict[str, dict[str, int]], cfg: PrepareConfig
+    sel: Selection, split_counts: dict[str, dict[str, int]], cfg: PrepareConfig
 ) -> list[str]:
     warnings = imbalance_warnings(
         split_counts, dict(zip(SPLITS, cfg.split_fractions, strict=True)), cfg.imbalance_ratio
@@ -342,7 +229,7 @@ def _warnings(
 
 
 def _write_shards(
-    sel: _Selection,
+    sel: Selection,
     by_split: dict[str, np.ndarray],
     dest: Destination,
     spills: str,
@@ -391,12 +278,12 @@ def _finish(
     """Select, split, then write (shards, report, manifest last) from a decode pass's results."""
     items = listing.items
     fingerprint = listing.fingerprint()
-    entries, quarantined = _screen(items, cfg)
+    entries, quarantined = screen(items, cfg)
     classes = list(cfg.classes) or sorted({it.label for _, it in entries if it.label})
     del entries
-    sel = _select(items, decoded, classes, quarantined, cfg)
-    by_split = _assign_splits(sel, cfg)
-    split_counts = {s: _class_counts(sel, m) for s, m in by_split.items()}
+    sel = select(items, decoded, classes, quarantined, cfg)
+    by_split = assign_splits(sel, cfg)
+    split_counts = {s: class_counts(sel, m) for s, m in by_split.items()}
     mean, std = _train_mean_std(sel, by_split["train"], cfg)
     warnings = _warnings(sel, split_counts, cfg)
     for warning in warnings:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from pipelines.prepare.config import PrepareConfig
-from pipelines.prepare.core import Log, PrepareResult, _finish, _screen, _spec
+from pipelines.prepare.core import Log, PrepareResult, _finish, _spec
 from pipelines.prepare.errors import PrepareError
 from pipelines.prepare.output import Destination
 from pipelines.prepare.parts import (
@@ -19,6 +19,7 @@ from pipelines.prepare.parts import (
     merge_parts,
     write_part,
 )
+from pipelines.prepare.selection import screen
 from pipelines.prepare.sources import Listing
 from pipelines.prepare.spill import run_decode_pass
 from pipelines.settings import Settings
@@ -56,7 +57,7 @@ def run_instance(
     exchange, prefix = Exchange(cfg.exchange, settings), job_name(cfg.resource_config)
     listing = _my_share(listing, cfg, cluster)
     spills = os.path.join(scratch, "spill")
-    entries, _ = _screen(listing.items, cfg)
+    entries, _ = screen(listing.items, cfg)
     log(f"{cluster.host}: {len(listing.items)} files in this instance's share")
     decoded, rate = run_decode_pass(
         entries, _spec(cfg, spills, settings), cfg.workers, cfg.chunk_size, log

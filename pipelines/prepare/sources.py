@@ -18,7 +18,7 @@ import multiprocessing as mp
 import os
 import sys
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -389,72 +389,3 @@ def read_item(item: RawItem, client: Any) -> bytes:
                 f"content hash was {item.etag[7:19]}… when listed, {now[7:19]}… when read"
             )
     return data
-
-
-def upload_files(
-    pairs: Iterable[tuple[str, bytes | str]],
-    dest_uri: str,
-    settings: Settings | None,
-    threads: int = 8,
-    progress: Callable[[int], None] | None = None,
-) -> int:
-    """Write (relative key, bytes or local path) pairs under a folder or s3:// prefix, in parallel."""
-    dest_is_s3 = is_s3_uri(dest_uri)
-    client: Any = make_client(settings) if dest_is_s3 else None
-    bucket, prefix = split_s3_uri(dest_uri) if dest_is_s3 else ("", "")
-    prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
-
-    def put(pair: tuple[str, bytes | str]) -> None:
-        rel, payload = pair
-        if any(p in ("", ".", "..") for p in rel.split("/")) or rel.startswith("/"):
-            raise ValueError(f"refusing unsafe relative key {rel!r}")
-        if dest_is_s3:
-            if isinstance(payload, bytes):
-                client.put_object(Bucket=bucket, Key=prefix + rel, Body=payload)
-            else:
-                client.upload_file(payload, bucket, prefix + rel)
-            return
-        target = Path(dest_uri) / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(payload if isinstance(payload, bytes) else Path(payload).read_bytes())
-
-    if dest_is_s3:
-        from pipelines.runner import fetch
-
-        endpoint = fetch.endpoint_of(client)
-        if endpoint is not None:  # the local object store: signed PUTs without boto3 (4x)
-            return _put_fast(endpoint, bucket, prefix, pairs, progress)
-    done = 0
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        for _ in pool.map(put, pairs):
-            done += 1
-            if progress is not None:
-                progress(done)
-    return done
-
-
-def _put_fast(
-    endpoint: Any,
-    bucket: str,
-    prefix: str,
-    pairs: Iterable[tuple[str, bytes | str]],
-    progress: Callable[[int], None] | None,
-    batch: int = 512,
-) -> int:
-    """upload_files to an explicit S3 endpoint through pipelines/runner/fetch.py, `batch` objects
-    at a time (bounded memory: local files are read per batch)."""
-    from pipelines.runner import fetch
-
-    done, pending = 0, []
-    for rel, payload in [*pairs, ("", b"")]:
-        if rel:
-            if any(p in ("", ".", "..") for p in rel.split("/")) or rel.startswith("/"):
-                raise ValueError(f"refusing unsafe relative key {rel!r}")
-            pending.append((prefix + rel, payload))
-        if pending and (len(pending) == batch or not rel):
-            loaded = [(k, v if isinstance(v, bytes) else Path(v).read_bytes()) for k, v in pending]
-            done += fetch.put_objects(endpoint, bucket, loaded)
-            pending = []
-            if progress is not None:
-                progress(done)
-    return done

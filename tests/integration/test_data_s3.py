@@ -213,7 +213,7 @@ def test_bad_credentials_and_unreadable_prefix(
 def test_upload_files_writes_bytes_and_files_and_refuses_unsafe_keys(
     s3_settings: Settings, tmp_path: Path
 ) -> None:
-    from pipelines.prepare.sources import upload_files
+    from pipelines.prepare.importers import upload_files
 
     local = tmp_path / "a.bin"
     local.write_bytes(b"from a file")
