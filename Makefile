@@ -31,7 +31,8 @@ setup: $(PY) ## create .venv (the project, pinned: constraints.txt) and the step
 	$(LEPTON) pipeline environment
 	@$(PY) -c "from importlib.metadata import version as v; print('installed: ' + ', '.join(p + ' ' + v(p) for p in ('sagemaker', 's3fs', 'torch', 'lightning', 'mlflow')))"
 
-TEST_WORKERS ?= 2  # test files run on this many processes, each with its own local services
+# test files run on this many processes, each with its own local services (0: serially)
+TEST_WORKERS ?= 2
 test: ## run the whole tiered suite (unit, integration, e2e incl. a real local pipeline run)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
