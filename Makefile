@@ -57,9 +57,9 @@ services-down: ## stop local services and the local endpoint (data is kept)
 services-status: ## show local services and their health
 	$(LEPTON) services status
 
-pipeline-run: ## run the whole pipeline locally (DATA=, EPOCHS=, NPROC=, THRESHOLD= override)
+pipeline-run: ## run the whole pipeline locally (DATA=, EPOCHS=, NPROC=, THRESHOLD=, ARGS="any flags")
 	$(LEPTON) pipeline run $(if $(DATA),--data $(DATA)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
-	  $(if $(NPROC),--nproc $(NPROC)) $(if $(THRESHOLD),--accuracy-threshold $(THRESHOLD))
+	  $(if $(NPROC),--nproc $(NPROC)) $(if $(THRESHOLD),--accuracy-threshold $(THRESHOLD)) $(ARGS)
 
 infra-validate: ## cfn-lint + checkov (zero failed checks) on infra/template.yaml
 	$(VENV)/bin/cfn-lint infra/template.yaml
