@@ -28,7 +28,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from training.shards import atomic_write
+from training.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.shards import atomic_write_bytes
+from training.atomic import atomic_write_bytes
 
 FORMAT_VERSION = 1
 ONNX_OPSET = 17

@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from training.atomic import atomic_write_bytes
 from training.config import as_dict
 from training.evaluation import evaluate_split
 from training.export import build_metadata, export_model, write_serving_code
 from training.job import Fitted, Job
-from training.shards import atomic_write_bytes
 from training.tracking import confusion_matrix_figure
 
 

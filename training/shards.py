@@ -16,14 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
 from training import shards_npz, wds
+from training.atomic import atomic_write_bytes
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 2
@@ -39,29 +39,6 @@ class DatasetError(RuntimeError):
 # ---------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------
-def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write(fh)`` on a temp file in ``path``'s folder, fsync, then ``os.replace``."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; artifacts are shared read-only
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (see ``atomic_write``)."""
-    atomic_write(path, lambda fh: fh.write(data))
-
-
 def sample_key(index: int) -> str:
     """The WebDataset key of the ``index``-th sample of a split (unique within the split)."""
     return f"{index:09d}"

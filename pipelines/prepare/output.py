@@ -20,7 +20,8 @@ from pipelines.prepare.errors import OutputError
 from pipelines.prepare.sources import make_client
 from pipelines.settings import Settings
 from pipelines.storage import is_s3_uri, split_s3_uri
-from training.shards import MANIFEST_NAME, atomic_write_bytes, write_manifest
+from training.atomic import atomic_write_bytes
+from training.shards import MANIFEST_NAME, write_manifest
 
 REPORT_NAME = "quality_report.json"
 _SHARD_RE = re.compile(r"^(train|val|test)-\d{5}\.(tar|npz)$")  # .npz: format_version 1
