@@ -159,9 +159,7 @@ def upload_files(
     prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
 
     def put(pair: tuple[str, bytes | str]) -> None:
-        rel, payload = pair
-        if any(p in ("", ".", "..") for p in rel.split("/")) or rel.startswith("/"):
-            raise ValueError(f"refusing unsafe relative key {rel!r}")
+        rel, payload = _safe(pair)
         if dest_is_s3:
             if isinstance(payload, bytes):
                 client.put_object(Bucket=bucket, Key=prefix + rel, Body=payload)
@@ -187,6 +185,13 @@ def upload_files(
     return done
 
 
+def _safe(pair: tuple[str, bytes | str]) -> tuple[str, bytes | str]:
+    rel = pair[0]
+    if any(p in ("", ".", "..") for p in rel.split("/")) or rel.startswith("/"):
+        raise ValueError(f"refusing unsafe relative key {rel!r}")
+    return pair
+
+
 def _put_fast(
     endpoint: Any,
     bucket: str,
@@ -199,16 +204,23 @@ def _put_fast(
     at a time (bounded memory: local files are read per batch)."""
     from pipelines.runner import fetch
 
-    done, pending = 0, []
-    for rel, payload in [*pairs, ("", b"")]:
-        if rel:
-            if any(p in ("", ".", "..") for p in rel.split("/")) or rel.startswith("/"):
-                raise ValueError(f"refusing unsafe relative key {rel!r}")
-            pending.append((prefix + rel, payload))
-        if pending and (len(pending) == batch or not rel):
-            loaded = [(k, v if isinstance(v, bytes) else Path(v).read_bytes()) for k, v in pending]
-            done += fetch.put_objects(endpoint, bucket, loaded)
-            pending = []
-            if progress is not None:
-                progress(done)
+    done = 0
+    pending: list[tuple[str, bytes | str]] = []
+
+    def flush() -> None:
+        nonlocal done
+        loaded = [
+            (prefix + k, v if isinstance(v, bytes) else Path(v).read_bytes()) for k, v in pending
+        ]
+        done += fetch.put_objects(endpoint, bucket, loaded)
+        pending.clear()
+        if progress is not None:
+            progress(done)
+
+    for pair in pairs:
+        pending.append(_safe(pair))
+        if len(pending) == batch:
+            flush()
+    if pending:
+        flush()
     return done

@@ -167,7 +167,7 @@ def fetch_objects(ep: Endpoint, bucket: str, pairs: Sequence[tuple[str, Path]]) 
 
 
 def put_objects(ep: Endpoint, bucket: str, items: Sequence[tuple[str, bytes]]) -> int:
-    """PUT every (key, bytes) pair on this process's threads (benchmarks seed data with it)."""
+    """PUT every (key, bytes) pair on this process's threads (imports and benchmarks use it)."""
     local = threading.local()
 
     def one(item: tuple[str, bytes]) -> None:
