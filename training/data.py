@@ -120,7 +120,7 @@ class RestoreLoaderPosition(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         loaders = trainer.train_dataloader
         loaders = loaders if isinstance(loaders, list | tuple) else [loaders]
-        stateful = [dl for dl in loaders if isinstance(dl, ResumableLoader | StreamLoader)]
+        stateful = [dl for dl in loaders if isinstance(dl, LoaderPosition)]
         for loader, state in zip(stateful, self._states, strict=False):
             loader.load_state_dict(state)
         self._states = []

@@ -6,8 +6,9 @@ it stays light: numpy, hashlib, json, training.wds and (lazily) s3fs for ``s3://
 A dataset (format_version 2) is WebDataset tar shards of encoded images plus ``manifest.json``
 (written last). Shards are written deterministically, so the same samples always produce the
 same bytes and sha256: that is what lets the pipeline cache steps and the manifest pin its data.
-Every read of a shard checks its sha256 and sample count against the manifest before any
-sample is used; a mismatch, a truncated or a malformed shard is a DatasetError naming it.
+Every read of a shard checks its sha256 against the manifest before any sample is used, and
+its sample count as it is read; a mismatch, a truncated or a malformed shard is a DatasetError
+naming it.
 Datasets of format_version 1 (``.npz`` of raw pixels) are still read (training.shards_npz).
 """
 

@@ -31,7 +31,14 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torch.utils.data.dataloader import _InfiniteConstantSampler
 
-from training.shards import Decoder, read_shard, s3_filesystem, shard_samples, split_shards
+from training.shards import (
+    Decoder,
+    is_s3,
+    read_shard,
+    s3_filesystem,
+    shard_samples,
+    split_shards,
+)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -70,13 +77,12 @@ class _Held:
     """What one worker holds right now, checked against its limit on every change."""
 
     def __init__(self, limit: int) -> None:
-        self.limit, self.shard, self.buffer, self.peak = limit, 0, 0, 0
+        self.limit, self.shard, self.buffer = limit, 0, 0
 
     def add(self, shard: int = 0, buffer: int = 0) -> None:
         self.shard += shard
         self.buffer += buffer
         now = self.shard + self.buffer
-        self.peak = max(self.peak, now)
         if self.limit and now > self.limit:
             raise MemoryError(
                 f"stream worker would hold {now} bytes (shard {self.shard}, buffer "
@@ -187,7 +193,7 @@ class ShardStream(IterableDataset[Batch]):
         self, pieces: list[tuple[int, int, int]], held: _Held
     ) -> Iterator[tuple[Any, str]]:
         """(sample, shard name) of each piece in order; each shard read and verified whole."""
-        fs = s3_filesystem() if self.spec.dataset_dir.startswith("s3://") and pieces else None
+        fs = s3_filesystem() if is_s3(self.spec.dataset_dir) and pieces else None
         for index, first, end in pieces:
             entry = self.entries[index]
             data = read_shard(self.spec.dataset_dir, entry, fs, self.spec.verify)

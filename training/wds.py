@@ -136,13 +136,14 @@ def decode_pixels(data: bytes, ext: str, channels: int) -> np.ndarray:
     formats = {"png": ["PNG"], "webp": ["WEBP"], "jpg": ["JPEG"], "jpeg": ["JPEG"]}.get(ext)
     if formats is None:
         raise ValueError(f"not an image member extension: {ext!r}")
+    from inference.preprocess import to_array  # the one conversion policy (alpha, 16-bit, ...)
+
     try:
         with Image.open(io.BytesIO(data), formats=formats) as img:
             img.load()
-            arr = np.asarray(img.convert("L" if channels == 1 else "RGB"))
+            return to_array(img, (img.height, img.width), channels)
     except (OSError, SyntaxError) as exc:
         raise ValueError(f"cannot decode {ext}: {exc}") from exc
-    return arr[..., None] if channels == 1 else arr
 
 
 # ---------------------------------------------------------------------------------------------

@@ -171,3 +171,20 @@ def test_shards_read_with_the_webdataset_library(tiny_dataset_dir: Path) -> None
     assert len(got) == len(labels)
     np.testing.assert_array_equal(np.stack([g[0] for g in got]), images[..., 0])
     assert [g[1] for g in got] == labels.tolist()
+
+
+def test_foreign_png_members_follow_the_preprocessing_policy() -> None:
+    """A PNG another tool wrote (here RGBA) decodes as serving would: alpha on black."""
+    from inference.preprocess import to_array
+    from training.wds import decode_pixels
+
+    rgba = np.zeros((4, 4, 4), dtype=np.uint8)
+    rgba[..., 0] = 255  # red, but fully transparent in one half
+    rgba[:, :2, 3] = 255
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
+    got = decode_pixels(buf.getvalue(), "png", 3)
+    with Image.open(io.BytesIO(buf.getvalue())) as img:
+        expected = to_array(img, (4, 4), 3)
+    assert np.array_equal(got, expected)
+    assert got[0, 3].tolist() == [0, 0, 0] and got[0, 0].tolist() == [255, 0, 0]
