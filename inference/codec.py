@@ -233,7 +233,7 @@ def _npy_header(body: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]
     return tuple(shape), bool(fortran), dtype, stream.tell()
 
 
-def _load_npy(body: bytes) -> np.ndarray:
+def load_npy(body: bytes) -> np.ndarray:
     """A ``.npy`` body as an array, read like ``np.load(allow_pickle=False)`` but with its
     header checked first (numeric dtype, declared size equal to the bytes sent), so no object
     array is ever unpickled and no absurd declared shape is ever allocated; the data is then
@@ -310,7 +310,7 @@ def decode_body(
     if kind in IMAGE_TYPES:
         return Decoded(_images(predictor, [("", body)], limits, cancelled)[""][None], single=True)
     if kind == NPY_TYPE:
-        return _check_pixels(predictor, _load_npy(body), limits.max_instances)
+        return _check_pixels(predictor, load_npy(body), limits.max_instances)
     return _decode_json(predictor, body, limits, cancelled)
 
 
@@ -330,7 +330,7 @@ def decode_inline(
     if len(body) > max_bytes or kind in IMAGE_TYPES:
         return None
     if kind == NPY_TYPE:
-        return _check_pixels(predictor, _load_npy(body), limits.max_instances)
+        return _check_pixels(predictor, load_npy(body), limits.max_instances)
     fast = fast_pixels(body, predictor.input_shape, limits.max_instances)
     if fast is None:
         return None

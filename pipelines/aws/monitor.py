@@ -16,9 +16,10 @@ from typing import Any
 
 CODE_DIR = "/opt/ml/processing/code"
 INPUT_DIR = "/opt/ml/processing/input/endpoint"
-BASELINE_DIR = "/opt/ml/processing/baseline/stats"
 OUTPUT_DIR = "/opt/ml/processing/resultdata"
 MONITOR_MODULE = "pipelines.monitor.step"
+HOURLY = "cron(0 * ? * * *)"
+INSTANCE_TYPE = "ml.m5.large"
 
 # Runs in the container before our code exists there: boto3 and the standard library only.
 BOOTSTRAP = f"""
@@ -47,8 +48,8 @@ def schedule_request(
     code_uri: str,
     baseline_uri: str,
     output_uri: str,
-    instance_type: str = "ml.m5.large",
-    cron: str = "cron(0 * ? * * *)",
+    instance_type: str = INSTANCE_TYPE,
+    cron: str = HOURLY,
     thresholds: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The CreateMonitoringSchedule request (botocore's shape; tests validate it)."""

@@ -7,6 +7,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from pipelines.aws.monitor import HOURLY, INSTANCE_TYPE
 from pipelines.settings import Settings, load_settings
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -60,9 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "baseline; reports go to s3://ARTIFACT_BUCKET/monitoring/<endpoint>/.",
     )
     s.add_argument("--endpoint", help="endpoint name (default: LEPTON_ENDPOINT_NAME)")
-    s.add_argument("--cron", default="cron(0 * ? * * *)", help="schedule expression [hourly]")
+    s.add_argument("--cron", default=HOURLY, help="schedule expression [hourly]")
     s.add_argument("--baseline", help="baseline.json s3:// URI (default: the package's)")
-    s.add_argument("--instance-type", default="ml.m5.large")
+    s.add_argument("--instance-type", default=INSTANCE_TYPE)
     add_config_options(s, MonitorConfig)
     s.set_defaults(func=_schedule)
 
@@ -107,14 +108,17 @@ def _run(args: argparse.Namespace) -> int:
     from inference.capture import VARIANT
     from pipelines.monitor.core import VIOLATIONS, MonitorConfig, check, summary_lines
     from pipelines.monitor.source import load_baseline, read_window
+    from pipelines.monitor.step import parse_time
     from pipelines.storage import s3_client
     from training.serialize import config_from_namespace
 
     settings = load_settings()
     cfg = config_from_namespace(MonitorConfig, args)
     endpoint = args.endpoint or settings.endpoint_name or "lepton-classifier"
-    end = datetime.fromisoformat(args.until) if args.until else datetime.now(UTC)
-    end = end if end.tzinfo else end.replace(tzinfo=UTC)
+    try:
+        end = parse_time(args.until) or datetime.now(UTC)
+    except ValueError:
+        raise SystemExit(f"--until: not an ISO time: {args.until!r}") from None
     start = end - args.since
     s3 = s3_client(settings)
     if args.baseline:
@@ -148,11 +152,10 @@ def _schedule(args: argparse.Namespace) -> int:
     from pipelines.aws.clients import sagemaker_client
     from pipelines.aws.monitor import schedule_request
     from pipelines.cli.pipeline_aws import with_recorded_image
-    from pipelines.definition.build import build_definition
     from pipelines.definition.bundle import code_bundle_uri
     from pipelines.definition.config import aws_from_settings
     from pipelines.monitor.core import MonitorConfig
-    from pipelines.storage import s3_client
+    from pipelines.runner.run import build_definition
     from training.serialize import config_from_namespace
 
     settings = load_settings()
@@ -163,15 +166,14 @@ def _schedule(args: argparse.Namespace) -> int:
             "--format env`, `lepton image build`)"
         )
     endpoint = args.endpoint or cfg.endpoint_name
-    built = build_definition(cfg, staging_root=settings.state_dir / "code")
-    built.bundle.upload(s3_client(settings))
+    definition = build_definition(settings, cfg)  # its code bundle uploaded
     thresholds = asdict(config_from_namespace(MonitorConfig, args))
     request = schedule_request(
         name=f"{endpoint}-drift",
         endpoint=endpoint,
         image_uri=cfg.image_uri,
         role_arn=cfg.role_arn,
-        code_uri=code_bundle_uri(built.parsed()),
+        code_uri=code_bundle_uri(definition),
         baseline_uri=args.baseline or package_baseline(settings),
         output_uri=f"s3://{settings.artifact_bucket}/monitoring/{endpoint}",
         instance_type=args.instance_type,

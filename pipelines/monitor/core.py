@@ -11,7 +11,6 @@ SageMaker Model Monitor's `constraint_violations.json`, a `monitoring_summary.js
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -64,29 +63,34 @@ class Window:
     events: int = 0
     unreadable: int = 0
 
+    def numeric(self) -> dict[str, np.ndarray]:
+        """Each numeric statistic over the window's images (what the baseline holds)."""
+        numeric = image_statistics(np.stack(self.pixels))
+        numeric["top1_confidence"] = np.asarray(self.confidence)
+        return numeric
 
-def _instances(body: bytes, content_type: str) -> list[bytes | np.ndarray]:
-    """The images of one request: encoded bytes or pixel arrays [H, W, C]."""
-    import base64
+    def known_classes(self) -> np.ndarray:
+        """Predicted class indices, answers naming a class the model does not have left out."""
+        return np.asarray([p for p in self.predicted if p >= 0], dtype=np.int64)
 
-    kind = content_type.split(";")[0].strip().lower()
-    if kind in ("image/png", "image/jpeg", "application/x-image"):
+
+def _instances(body: bytes, content_type: str, shape: tuple[int, int, int]) -> list[Any]:
+    """The images of one captured request, read by the endpoint's own parsers
+    (inference/codec.py, inference/jsonbody.py): encoded bytes or pixel arrays [H, W, C]."""
+    from inference.codec import IMAGE_TYPES, JSON_TYPE, NPY_TYPE, load_npy, media_type
+    from inference.config import ServerConfig
+    from inference.jsonbody import parse_json
+
+    kind = media_type(content_type)
+    if kind in IMAGE_TYPES:
         return [body]
-    if kind == "application/x-npy":
-        arr = np.load(io.BytesIO(body), allow_pickle=False)
+    if kind == NPY_TYPE:
+        arr = load_npy(body)
         return list(arr) if arr.ndim == 4 else [arr]
-    if kind == "application/json":
-        doc = json.loads(body)
-        items = doc.get("instances", doc.get("inputs")) if isinstance(doc, dict) else doc
-        if not isinstance(items, list):
-            raise ValueError("a JSON body without an instances list")
-        out: list[bytes | np.ndarray] = []
-        for item in items:
-            if isinstance(item, dict) and "b64" in item:
-                out.append(base64.b64decode(item["b64"]))
-            else:
-                out.append(np.asarray(item))
-        return out
+    if kind == JSON_TYPE:
+        cfg = ServerConfig()
+        doc = parse_json(body, shape, cfg.max_batch, cfg.max_parse_bytes)
+        return list(doc.batch) if doc.batch is not None else list(doc.instances)
     raise ValueError(f"content type {content_type!r} is not one the endpoint takes")
 
 
@@ -112,7 +116,7 @@ def collect(
             if isinstance(event, ValueError):
                 raise event
             answers = json.loads(event.output)["predictions"]
-            images = _instances(event.input, event.input_type)
+            images = _instances(event.input, event.input_type, (*size, channels))
             if len(answers) != len(images):
                 raise ValueError("answer count differs from the request's images")
             for image, answer in zip(images, answers, strict=True):
@@ -128,15 +132,19 @@ def collect(
     return window
 
 
-def monitor(baseline: dict[str, Any], window: Window, cfg: MonitorConfig) -> MonitorResult:
+def monitor(
+    baseline: dict[str, Any],
+    window: Window,
+    cfg: MonitorConfig,
+    numeric: dict[str, np.ndarray] | None = None,
+) -> MonitorResult:
+    """The window against the baseline; `numeric` is `window.numeric()` when already computed."""
     count = len(window.pixels)
     result = MonitorResult(NOT_ENOUGH_DATA, count, window.events, window.unreadable)
     if count < cfg.min_samples:
         return result
-    numeric = image_statistics(np.stack(window.pixels))
-    numeric["top1_confidence"] = np.asarray(window.confidence)
-    predicted = np.asarray([p for p in window.predicted if p >= 0], dtype=np.int64)
-    for c in compare(baseline, numeric, predicted):
+    numeric = window.numeric() if numeric is None else numeric
+    for c in compare(baseline, numeric, window.known_classes()):
         drifted = c.psi >= cfg.psi_threshold or (c.ks is not None and c.ks >= cfg.ks_threshold)
         result.checks.append({**asdict(c), "violation": drifted})
         if drifted:
@@ -159,7 +167,11 @@ def _violation(c: Comparison, cfg: MonitorConfig) -> dict[str, str]:
 
 
 def write_report(
-    result: MonitorResult, baseline: dict[str, Any], window: Window, output: Path
+    result: MonitorResult,
+    baseline: dict[str, Any],
+    window: Window,
+    output: Path,
+    numeric: dict[str, np.ndarray] | None = None,
 ) -> list[Path]:
     """constraint_violations.json, monitoring_summary.json and distributions.png."""
     from pipelines.monitor.plots import distributions_png
@@ -174,10 +186,9 @@ def write_report(
         (output / name).write_text(text)
         written.append(output / name)
     if window.pixels:
-        numeric = image_statistics(np.stack(window.pixels))
-        numeric["top1_confidence"] = np.asarray(window.confidence)
+        numeric = window.numeric() if numeric is None else numeric
         counts = np.bincount(
-            [p for p in window.predicted if p >= 0],
+            window.known_classes(),
             minlength=len(baseline["categorical"][PREDICTED_CLASS]["counts"]),
         )
         (output / PLOT_FILE).write_bytes(distributions_png(baseline, numeric, counts, result))
@@ -195,9 +206,10 @@ def check(
     """Collect the window, compare it with the baseline, write the report into `output`."""
     model = baseline["model"]
     seen = collect(events, model["classes"], model["image_size"], model["channels"], cfg.max_images)
-    result = monitor(baseline, seen, cfg)
+    numeric = seen.numeric() if seen.pixels else None  # computed once, for check and plot
+    result = monitor(baseline, seen, cfg, numeric)
     result.window = dict(window or {})
-    write_report(result, baseline, seen, output)
+    write_report(result, baseline, seen, output, numeric)
     return result
 
 

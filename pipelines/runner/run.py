@@ -61,8 +61,8 @@ def champion_floor(settings: Settings, cfg: PipelineConfig) -> float:
 
 
 def build_definition(settings: Settings, cfg: PipelineConfig) -> dict[str, Any]:
-    """The definition JSON, with its code bundle uploaded to the local S3 (what upsert does on
-    AWS): the steps run that bundle, as their containers would."""
+    """The definition JSON, with its code bundle uploaded to the settings' S3 (what upsert does
+    on AWS): the steps run that bundle, as their containers would."""
     from pipelines.definition.build import build_definition as build
 
     built = build(cfg, staging_root=settings.state_dir / "code")

@@ -145,3 +145,29 @@ def test_capture_writes_the_layout_and_never_blocks(tmp_path: Path) -> None:
     assert results.count(True) <= 3 and slow.dropped >= 7
     off = DataCapture("s3://b/c", ENDPOINT, 0, stuck)
     assert not off.offer(b"x", "image/png", b"{}", "application/json") and off.captured == 0
+
+
+def test_captured_bodies_are_read_as_the_endpoint_reads_them() -> None:
+    """Every body form the endpoint takes yields its images; what it refuses is unreadable."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    shape = (4, 4, 1)
+    png = io.BytesIO()
+    Image.fromarray(np.full((4, 4), 200, np.uint8)).save(png, format="PNG")
+    b64 = base64.b64encode(png.getvalue()).decode()
+    pixels = np.full(shape, 7, np.uint8).tolist()
+    assert core._instances(png.getvalue(), "image/webp; q=1", shape) == [png.getvalue()]
+    assert core._instances(json.dumps({"b64": b64}).encode(), "application/json", shape) == [
+        png.getvalue()
+    ]
+    (bare,) = core._instances(json.dumps(pixels).encode(), "application/json", shape)
+    assert bare.shape == shape and int(bare.max()) == 7
+    two = json.dumps({"instances": [{"b64": b64}, pixels]}).encode()
+    assert len(core._instances(two, "application/json", shape)) == 2
+    with pytest.raises(ValueError):
+        core._instances(json.dumps({"inputs": [pixels]}).encode(), "application/json", shape)
+    with pytest.raises(ValueError):
+        core._instances(b"x", "text/plain", shape)

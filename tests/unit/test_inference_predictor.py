@@ -248,11 +248,11 @@ def test_handler_shims(tiny_dir: Path, predictor: Predictor) -> None:
 )
 def test_npy_bodies_read_like_np_load(arr: np.ndarray) -> None:
     body = npy(arr)
-    got = codec._load_npy(body)
+    got = codec.load_npy(body)
     want = np.load(io.BytesIO(body), allow_pickle=False)
     assert got.shape == want.shape and got.dtype == want.dtype
     np.testing.assert_array_equal(got, want)
     # the same header through numpy's own reader (version 2.0 of the format): same answer
     v2 = io.BytesIO()
     np.lib.format.write_array(v2, arr, version=(2, 0))
-    np.testing.assert_array_equal(codec._load_npy(v2.getvalue()), want)
+    np.testing.assert_array_equal(codec.load_npy(v2.getvalue()), want)
