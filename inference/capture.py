@@ -16,7 +16,6 @@ writes the same layout, and `pipelines/monitor` reads either.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import queue
 import random
@@ -126,7 +125,8 @@ class DataCapture:
         self.max_bytes = max_bytes
         self.max_events = max_events
         # queued or being written: what the bounds count (the writer holds a batch a while)
-        self.queue: queue.Queue[tuple[dict[str, Any], int] | None] = queue.Queue()
+        # raw (body, content type, answer, answer type, time, size): encoded on the writer thread
+        self.queue: queue.Queue[tuple[bytes, str, bytes, str, datetime, int] | None] = queue.Queue()
         self.pending_events = self.pending_bytes = 0
         self.lock = threading.Lock()
         self.captured = self.dropped = self.failed = self.written = 0
@@ -146,20 +146,18 @@ class DataCapture:
             self.pending_events += 1
             self.pending_bytes += size
             self.captured += 1
-        event = encode_event(body, content_type, answer, answer_type, datetime.now(UTC))
-        self.queue.put_nowait((event, size))
+        self.queue.put_nowait((body, content_type, answer, answer_type, datetime.now(UTC), size))
         return True
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Write what is queued, then stop (the server's drain calls this)."""
-        with contextlib.suppress(queue.Full):
-            self.queue.put(None, timeout=timeout_s)
+        self.queue.put(None)  # unbounded: the bounds are counted in offer
         self.thread.join(timeout_s)
 
     def _run(self) -> None:
         stop = False
         while not stop:
-            batch: list[dict[str, Any]] = []
+            batch: list[tuple[str, dict[str, Any]]] = []
             held = 0
             deadline = time.monotonic() + self.flush_s
             while len(batch) < 1000:
@@ -170,22 +168,19 @@ class DataCapture:
                 if item is None:
                     stop = True
                     break
-                event, size = item
+                body, content_type, answer, answer_type, when, size = item
                 held += size
-                batch.append(event)
+                prefix = hour_prefix(self.destination, self.endpoint, self.variant, when)
+                batch.append((prefix, encode_event(body, content_type, answer, answer_type, when)))
             if batch:
                 self._write(batch)
                 with self.lock:
                     self.pending_events -= len(batch)
                     self.pending_bytes -= held
 
-    def _write(self, events: list[dict[str, Any]]) -> None:
+    def _write(self, events: list[tuple[str, dict[str, Any]]]) -> None:
         by_hour: dict[str, list[dict[str, Any]]] = {}
-        for event in events:
-            when = datetime.strptime(event["eventMetadata"]["inferenceTime"], TIME_FORMAT)
-            prefix = hour_prefix(
-                self.destination, self.endpoint, self.variant, when.replace(tzinfo=UTC)
-            )
+        for prefix, event in events:
             by_hour.setdefault(prefix, []).append(event)
         for prefix, group in by_hour.items():
             now = datetime.now(UTC)
