@@ -191,13 +191,14 @@ class Output:
                 p.relative_to(root).as_posix().removesuffix(OUT_SUFFIX)
                 for p in root.rglob(f"*{OUT_SUFFIX}")
             }
-        bucket, prefix = split_s3_uri(self.uri + "/")
-        keys: set[str] = set()
-        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                if obj["Key"].endswith(OUT_SUFFIX):
-                    keys.add(obj["Key"][len(prefix) :].removesuffix(OUT_SUFFIX))
-        return keys
+        from pipelines.runner.transfer import list_objects
+
+        prefix = split_s3_uri(self.uri + "/")[1]
+        return {
+            o["Key"][len(prefix) :].removesuffix(OUT_SUFFIX)
+            for o in list_objects(self.s3, self.uri + "/")
+            if o["Key"].endswith(OUT_SUFFIX)
+        }
 
     def put(self, rel: str, body: bytes) -> None:
         if self.s3 is None:

@@ -159,10 +159,6 @@ def results_uri(container_arguments: list[str]) -> str:
 def read_report(settings: Settings, output: str) -> dict[str, Any]:
     """The `_batch_report.json` under a Batch job's output prefix or folder."""
     from pipelines.batch.core import REPORT
+    from pipelines.prepare.sources import read_bytes_whole
 
-    uri = output.rstrip("/") + "/" + REPORT
-    if not is_s3_uri(uri):
-        return dict(json.loads(Path(uri).read_text()))
-    bucket, key = split_s3_uri(uri)
-    body = s3_client(settings).get_object(Bucket=bucket, Key=key)["Body"].read()
-    return dict(json.loads(body))
+    return dict(json.loads(read_bytes_whole(output.rstrip("/") + "/" + REPORT, settings)))

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from inference.capture import CapturedEvent, hour_prefix, iter_events
+from pipelines.runner.transfer import list_objects
 from pipelines.storage import is_s3_uri, split_s3_uri
 
 
@@ -26,10 +27,9 @@ def _files(
     for hour in hours(start, end):
         prefix = hour_prefix(root, endpoint, variant, hour)
         if is_s3_uri(root):
-            bucket, key = split_s3_uri(prefix)
-            pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
-            names = [o["Key"] for page in pages for o in page.get("Contents", [])]
-            yield from (f"s3://{bucket}/{k}" for k in sorted(names) if k.endswith(".jsonl"))
+            bucket = split_s3_uri(prefix)[0]
+            names = sorted(o["Key"] for o in list_objects(s3, prefix))
+            yield from (f"s3://{bucket}/{k}" for k in names if k.endswith(".jsonl"))
         else:
             folder = Path(prefix)
             if folder.is_dir():
