@@ -141,7 +141,7 @@ def resnet18_transfer() -> TrainConfig:
 def photos() -> TrainConfig:
     """Colour photos and textures of 64-224 px, no pretrained weights: a resnet18 trained from
     scratch (AdamW, one-cycle), with flips and mild zoom and shifts; what a run picks for
-    larger images (pipelines/prepare/profile.py)."""
+    larger images (pipelines/prepare/input_profile.py)."""
     return TrainConfig(
         arch="resnet18",
         epochs=12,

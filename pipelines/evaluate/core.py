@@ -9,7 +9,7 @@ evaluation sees exactly what the endpoint will serve. Files written into the out
     misclassified.png        most confidently misclassified test images
     saliency_<class>.png     input-gradient saliency of one sample per class
     baseline.json            the drift monitor's baseline: statistics of the split's images and
-                             of the model's answers (pipelines/monitor/statistics.py)
+                             of the model's answers (pipelines/monitor/prediction_stats.py)
 """
 
 from __future__ import annotations
@@ -212,7 +212,7 @@ def _figures(
 
 
 def _baseline(inputs: _Inputs, probs: np.ndarray, split: str) -> dict[str, Any]:
-    from pipelines.monitor.statistics import build_baseline
+    from pipelines.monitor.prediction_stats import build_baseline
 
     meta = inputs.predictor.metadata
     source = {

@@ -2,7 +2,7 @@
 
 `monitor(baseline, events, cfg)` decodes each captured request as the endpoint did
 (inference/preprocess.py), takes the served answers from the captured responses, computes the
-statistics of pipelines/monitor/statistics.py and compares them with the baseline Evaluate
+statistics of pipelines/monitor/prediction_stats.py and compares them with the baseline Evaluate
 wrote. A statistic violates when its PSI or its KS statistic reaches the configured threshold;
 fewer than `min_samples` images is "not enough data", never a crash. `write_report` writes
 SageMaker Model Monitor's `constraint_violations.json`, a `monitoring_summary.json` and
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from inference.capture import CapturedEvent
-from pipelines.monitor.statistics import (
+from pipelines.monitor.prediction_stats import (
     PREDICTED_CLASS,
     Comparison,
     compare,

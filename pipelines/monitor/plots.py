@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.evaluate.plots import pyplot, to_png
-from pipelines.monitor.statistics import PREDICTED_CLASS
+from pipelines.monitor.prediction_stats import PREDICTED_CLASS
 
 
 def distributions_png(

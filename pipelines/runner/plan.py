@@ -3,7 +3,7 @@
 - `--data` may be a local folder (imported into the data bucket first, with progress) or an
   s3:// prefix; the built-in data sets are imported when their default prefix is empty.
 - The data set is named after its input prefix, unless the user names it.
-- Image size, channels and training setup follow the data (pipelines/prepare/profile.py)
+- Image size, channels and training setup follow the data (pipelines/prepare/input_profile.py)
   where the user has not set them; the run prints what it chose and why.
 - The gate compares a challenger only with a champion of the same classes and input: when the
   registered model's champion was trained on other data, the run registers under a model name
@@ -87,7 +87,7 @@ def _given_config(cfg: PipelineConfig, config: Mapping[str, str]) -> PipelineCon
 
 
 def plan_run(settings: Settings, cfg: PipelineConfig, request: RunRequest, out: Printer) -> Plan:
-    from pipelines.prepare.profile import choose_settings, profile_input
+    from pipelines.prepare.input_profile import choose_settings, profile_input
     from pipelines.register import registry
 
     given = dict(request.parameters)

@@ -14,8 +14,8 @@ import pytest
 
 from inference.capture import DataCapture, encode_event, hour_prefix, parse_event
 from pipelines.monitor import core
+from pipelines.monitor.prediction_stats import build_baseline
 from pipelines.monitor.source import read_window
-from pipelines.monitor.statistics import build_baseline
 
 ENDPOINT, VARIANT = "ep", "AllTraffic"
 NOW = datetime(2026, 12, 1, 10, 30, tzinfo=UTC)

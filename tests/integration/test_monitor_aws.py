@@ -17,7 +17,7 @@ import pytest
 
 from inference.capture import encode_event, hour_prefix
 from pipelines.aws.monitor import BOOTSTRAP, schedule_request
-from pipelines.monitor.statistics import build_baseline
+from pipelines.monitor.prediction_stats import build_baseline
 from pipelines.settings import Settings
 
 CLASSES = ["dark", "light"]

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from pipelines.definition.config import PipelineConfig
-from pipelines.prepare.profile import InputProfile, choose_settings, profile_input
+from pipelines.prepare.input_profile import InputProfile, choose_settings, profile_input
 from pipelines.register import registry
 from pipelines.runner.plan import RunRequest, plan_run
 from pipelines.runner.run import local_config
