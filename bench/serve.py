@@ -424,7 +424,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--model", type=Path, help="model dir (default: a tiny contract model)")
     p.add_argument("--arch", choices=("tiny", "resnet18"), default="tiny", help="without --model")
-    p.add_argument("--duration", type=float, default=5.0, help="seconds measured per point")
+    p.add_argument(
+        "--duration",
+        type=float,
+        help="seconds measured per point (default 5; 20 with resnet18, whose answers come in "
+        "bursts of a whole ~1 s batch, so a short window miscounts by up to a batch)",
+    )
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--lepton-payloads", default="json,png,npy")
@@ -439,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.litserve_worker is not None:  # the LitServe server process (see litserve_main)
         litserve_main(args.model, args.litserve_worker)
         return 0
+    if args.duration is None:
+        args.duration = 20.0 if args.arch == "resnet18" and args.model is None else 5.0
     levels = [int(c) for c in args.concurrency.split(",")]
     python = sys.executable
     load_avg = {"start": os.getloadavg()}

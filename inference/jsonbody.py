@@ -11,7 +11,9 @@ Three steps, each bounded by the one before:
    the raw lists would first build a string array as wide as the longest string for every
    element: 330 KB of JSON strings became 1.3 GB that way.
 
-Numeric bodies of the model's exact shape take :func:`fast_pixels` instead, about twice as fast.
+Numeric bodies of the model's exact shape take :func:`fast_pixels` instead: integer pixels as
+``json.dumps`` writes them are read by vectorised numpy passes, about 7x faster than
+``json.loads`` alone (5.9 ms for a 224 x 224 x 3 image, where ``json.loads`` takes 43 ms).
 """
 
 from __future__ import annotations
@@ -168,23 +170,66 @@ def _skeleton(shape: tuple[int, ...]) -> bytes:
     return cached
 
 
-def _digits_only(compact: bytes, count: int) -> np.ndarray | None:
-    """``compact`` (only digits, commas and brackets) as ``count`` non-negative JSON integers,
-    the usual pixels, read by numpy's C parser: ~4x faster than ``json.loads`` +
-    ``np.asarray``. None if a number is missing or has JSON's forbidden leading zeros (then the
-    digits do not add up)."""
-    numbers = compact.translate(None, b"[]")
-    try:  # text mode (sep=","); an empty number fails, too long a one saturates
-        pixels = np.fromstring(numbers, dtype=np.int64, sep=",")
-    except ValueError:
+_WHITESPACE = b" \t\r\n"
+_BRACKETS_TO_SPACES = bytes.maketrans(b"[]", b"  ")
+_COMMA, _SPACE, _OPEN, _CLOSE = (ord(c) for c in ", []")
+
+
+def _small_integers(text: bytes, count: int) -> np.ndarray | None:
+    """The ``count`` numbers of ``text`` (an array whose skeleton of brackets and commas has
+    been checked, holding no other characters but digits and whitespace) when each is a
+    JSON integer of one to three digits written as ``json.dumps`` writes it, the usual pixels:
+    read with a few vectorised numpy passes, several times faster than ``np.fromstring``.
+    None otherwise (then ``json.loads`` decides).
+
+    Each digit run must touch a skeleton character on both sides (``[``, ``,`` or ``, ``
+    before it, ``,`` or ``]`` after it), which puts it in one number slot of the skeleton, and
+    there must be as many runs as slots: so no slot is empty or holds two numbers."""
+    chars = np.frombuffer(text, dtype=np.uint8)
+    digits = chars - np.uint8(ord("0"))  # other characters wrap round to >= 10
+    is_digit = digits < 10
+    ends = np.flatnonzero(is_digit[:-1] & ~is_digit[1:])  # last digits (text ends with "]")
+    if len(ends) != count:
         return None
-    if len(pixels) != count:
+    after = chars[ends + 1]
+    if not np.all((after == _COMMA) | (after == _CLOSE)):
         return None
-    if pixels.max() < 1000:  # larger values fail the 0..255 check anyway
-        digits = count + int(np.count_nonzero(pixels >= 10)) + int(np.count_nonzero(pixels >= 100))
-        if digits != len(numbers) - (count - 1):
-            return None  # some number has leading zeros ("007")
-    return pixels
+    two = is_digit[ends - 1]  # text starts with "[", so ends >= 1
+    three = two & is_digit[ends - 2]
+    if np.any(three & is_digit[ends - 3]):
+        return None  # four digits or more
+    starts = ends - two - three
+    before, before2 = chars[starts - 1], chars[starts - 2]
+    if not np.all(
+        (before == _OPEN) | (before == _COMMA) | ((before == _SPACE) & (before2 == _COMMA))
+    ):
+        return None
+    if np.any(two & (digits[starts] == 0)):
+        return None  # a leading zero: not JSON
+    values = digits[ends].astype(np.int64)
+    values += 10 * np.where(two, digits[ends - 1], 0)
+    values += 100 * np.where(three, digits[ends - 2], 0)
+    return values
+
+
+def _json_numbers(text: bytes, count: int) -> np.ndarray | None:
+    """The ``count`` numbers of ``text`` (an array whose skeleton of brackets and commas has
+    been checked) read by ``json.loads`` as one flat list, so their syntax is exactly JSON's;
+    None if that fails. Brackets become spaces, so "1]2" stays two tokens (and fails), and no
+    number may stand next to a bracket's outer side (``[[] 3, ...`` would read as a slot)."""
+    chars = np.frombuffer(text.translate(None, _WHITESPACE), dtype=np.uint8)
+    before_open = chars[np.flatnonzero(chars[1:] == _OPEN)]
+    after_close = chars[np.flatnonzero(chars[:-1] == _CLOSE) + 1]
+    if not (
+        np.all((before_open == _OPEN) | (before_open == _COMMA))
+        and np.all((after_close == _CLOSE) | (after_close == _COMMA))
+    ):
+        return None
+    try:
+        pixels = np.asarray(json.loads(b"[" + text.translate(_BRACKETS_TO_SPACES) + b"]"))
+    except (ValueError, TypeError):
+        return None
+    return pixels if pixels.shape == (count,) else None
 
 
 def fast_pixels(body: bytes, shape: Shape, max_instances: int) -> tuple[np.ndarray, bool] | None:
@@ -202,13 +247,14 @@ def fast_pixels(body: bytes, shape: Shape, max_instances: int) -> tuple[np.ndarr
             return None
         text = text[match.end() : -1].strip()
         single_allowed = False
-    if not text.startswith(b"["):
+    if not (text.startswith(b"[") and text.endswith(b"]")):
         return None
-    compact = text.translate(None, b" \t\r\n")
-    integers = not compact.translate(None, b"0123456789,[]")
-    if not integers and compact.translate(None, b"0123456789.eE+-,[]"):
-        return None  # strings, objects, literals: the general path
-    skeleton = compact.translate(None, b"0123456789.eE+-")
+    skeleton = text.translate(None, b"0123456789" + _WHITESPACE)
+    integers = not skeleton.translate(None, b",[]")
+    if not integers:
+        skeleton = skeleton.translate(None, b".eE+-")
+        if skeleton.translate(None, b",[]"):
+            return None  # strings, objects, literals: the general path
     depth = len(skeleton) - len(skeleton.lstrip(b"["))
     size = shape[0] * shape[1] * shape[2]
     count = skeleton.count(b",") + 1
@@ -220,11 +266,10 @@ def fast_pixels(body: bytes, shape: Shape, max_instances: int) -> tuple[np.ndarr
         return None
     if skeleton != _skeleton(full):
         return None
-    pixels = _digits_only(compact, count) if integers else None
+    pixels = _small_integers(text, count) if integers else None
     if pixels is None:
-        try:
-            pixels = np.asarray(json.loads(b"[" + compact.translate(None, b"[]") + b"]"))
-        except (ValueError, TypeError):
+        pixels = _json_numbers(text, count)  # floats, larger integers, unusual spacing
+        if pixels is None:
             return None
     if pixels.dtype.kind not in "iuf":
         return None

@@ -102,3 +102,31 @@ def test_fast_path_leaves_anything_unusual_to_the_general_path(body: bytes) -> N
     assert fast_pixels(body, SHAPE, 32) is None
     with pytest.raises(JsonError):
         parse_json(body, SHAPE, 32, 2**28)
+
+
+def _mutations(body: bytes) -> list[bytes]:
+    """Invalid JSON one edit away from a valid pixel body, each keeping the bracket-and-comma
+    skeleton the fast path compares (so only its number checks can refuse them)."""
+    first = body.index(b"[[[") + 3  # the first pixel's first digit
+    comma = body.index(b",", first)
+    close = body.index(b"]", first)
+    return [
+        body[:comma] + b" 7" + body[comma:],  # "12 7,": two numbers in one slot
+        body[: close + 1] + b"7" + body[close + 1 :],  # "]7": a number outside any slot
+        body[: close + 1] + b" 7" + body[close + 1 :],  # "] 7"
+        body[:first] + b"0" + body[first:],  # a leading zero
+        body[:first] + body[comma:],  # an empty slot
+        body + b"7",  # trailing garbage
+    ]
+
+
+@pytest.mark.parametrize("scale", [1, 255])  # integer pixels, float pixels
+def test_fast_path_refuses_what_json_refuses(scale: int) -> None:
+    pixels = _pixels(1)[0] if scale == 1 else _pixels(1)[0] / scale
+    for compact in (False, True):
+        body = json.dumps(pixels.tolist(), separators=(",", ":") if compact else None).encode()
+        assert fast_pixels(body, SHAPE, 32) is not None
+        for bad in _mutations(body):
+            with pytest.raises(ValueError):
+                json.loads(bad)
+            assert fast_pixels(bad, SHAPE, 32) is None, bad[:40]
