@@ -45,9 +45,13 @@ def quiet_sagemaker_header_plugin() -> None:
     Its request-header provider assumes the tracking URI is a SageMaker ARN and fails with
     "list index out of range" against any other server; MLflow logs that on every call.
     """
-    logging.getLogger("mlflow.tracking.request_header.registry").addFilter(
-        lambda record: "list index out of range" not in record.getMessage()
-    )
+    logger = logging.getLogger("mlflow.tracking.request_header.registry")
+    if _drop_plugin_warning not in logger.filters:
+        logger.addFilter(_drop_plugin_warning)
+
+
+def _drop_plugin_warning(record: logging.LogRecord) -> bool:
+    return "list index out of range" not in record.getMessage()
 
 
 def mlflow_client(uri: str) -> Any:
@@ -57,6 +61,7 @@ def mlflow_client(uri: str) -> Any:
     import mlflow
     from mlflow import MlflowClient
 
+    quiet_sagemaker_header_plugin()
     if uri.startswith("arn:"):
         mlflow.set_tracking_uri(uri)
     return MlflowClient(uri, registry_uri=uri)
@@ -142,7 +147,6 @@ class MlflowTracker(NullTracker):
     def __init__(
         self, uri: str, run_id: str, retry_window_s: float = TRACKING_RETRY_WINDOW_S
     ) -> None:
-        quiet_sagemaker_header_plugin()
         self.uri = uri
         self.run_id: str = run_id
         self.client = mlflow_client(uri)
