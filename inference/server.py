@@ -327,5 +327,7 @@ def _exec_without_secrets() -> None:
 
 
 if __name__ == "__main__":
+    from inference.quick_exit import quick_exit
+
     _exec_without_secrets()
-    raise SystemExit(main())
+    raise SystemExit(quick_exit(main()))

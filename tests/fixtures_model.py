@@ -7,7 +7,7 @@
 - ``trained_model_dir``: a model dir (model.onnx, model.pt, metadata.json) from a few seconds
   of real training (``python -m training.train --setup tiny`` in a subprocess, tracking
   disabled) on ``tiny_dataset_dir``; ~7 s. Test accuracy is typically > 0.95; do not rely on
-  more than 0.6. Treat it as read-only (pack it with ``training.export.pack_model_tar``).
+  more than 0.6. Treat it as read-only (pack it with ``training.model_tar.pack_model_tar``).
 
 Helpers: ``build_tiny_dataset(out_dir)`` (the same folder, anywhere) and
 ``train_subprocess_env(**extra)`` (an environment for ``training.train`` subprocesses with

@@ -7,21 +7,19 @@ a real batch; a mismatch raises :class:`ExportMismatch` and writes nothing.
 ``write_serving_code`` adds ``code/``: the serving package (``inference/``), the
 ``inference.py`` shim SageMaker's PyTorch inference toolkit loads, and ``requirements.txt``, so
 the artifact carries the server that fits it (the container image's ``serve`` runs
-``code/inference`` on ``PYTHONPATH``). ``pack_model_tar`` makes a byte-for-byte reproducible
-``model.tar.gz`` of that folder.
+``code/inference`` on ``PYTHONPATH``). training/model_tar.py packs that folder as a
+byte-for-byte reproducible ``model.tar.gz``.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
 import os
 import shutil
-import tarfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,41 +204,3 @@ def write_serving_code(model_dir: str | os.PathLike[str], code_root: Path = CODE
     if requirements.is_file():
         shutil.copy2(requirements, target / "requirements.txt")
     return target
-
-
-def pack_model_tar(
-    model_dir: str | os.PathLike[str],
-    out_path: str | os.PathLike[str],
-    names: Sequence[str] | None = None,
-) -> str:
-    """Write ``model.tar.gz`` of ``model_dir`` reproducibly; returns its sha256.
-
-    Members are the folder's regular files, subfolders included (or ``names``), in sorted order
-    with zeroed mtime/owner and mode 0644, and the gzip header has no timestamp or file name,
-    so the same files always give the same bytes.
-    """
-    src = Path(model_dir)
-    members = (
-        sorted(names)
-        if names is not None
-        else sorted(
-            p.relative_to(src).as_posix()
-            for p in src.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(src).parts)
-        )
-    )
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name in members:
-            data = (src / name).read_bytes()
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            tar.addfile(info, io.BytesIO(data))
-    packed = io.BytesIO()
-    with gzip.GzipFile(filename="", mode="wb", fileobj=packed, mtime=0) as gz:
-        gz.write(raw.getvalue())
-    data = packed.getvalue()
-    atomic_write_bytes(out_path, data)
-    return hashlib.sha256(data).hexdigest()

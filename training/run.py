@@ -295,4 +295,6 @@ def fit(job: Job, guard: _SigtermOutsideFit) -> Fitted:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from inference.quick_exit import quick_exit
+
+    sys.exit(quick_exit(main()))

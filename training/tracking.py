@@ -67,6 +67,17 @@ def mlflow_client(uri: str) -> Any:
     return MlflowClient(uri, registry_uri=uri)
 
 
+SERVING_DISTRIBUTIONS = ("numpy", "onnx", "onnxruntime")  # what the onnx flavour imports
+
+
+def serving_requirements() -> list[str]:
+    """The logged model's pip requirements: what loading it as pyfunc imports, pinned to the
+    versions this job ran (``mlflow`` itself MLflow adds)."""
+    from importlib.metadata import version
+
+    return [f"{dist}=={version(dist)}" for dist in SERVING_DISTRIBUTIONS]
+
+
 class TrackingUnavailable(RuntimeError):
     """The tracking server cannot be reached or used; raised at job start."""
 
@@ -200,6 +211,9 @@ class MlflowTracker(NullTracker):
 
         MLflow 3 links the run's metrics at ``step`` to the logged model (copying them into the
         history), so pass the step of the final metrics; the buffered metrics are sent first.
+        The model's requirements are named (:func:`serving_requirements`): MLflow would
+        otherwise infer them by loading the model in a subprocess and scanning every installed
+        distribution, 6 of the 7 s this call took.
         """
         import mlflow
         import mlflow.onnx
@@ -217,6 +231,7 @@ class MlflowTracker(NullTracker):
                 name="model",
                 signature=infer_signature(input_example, output_example),
                 input_example=input_example,
+                pip_requirements=serving_requirements(),
                 step=step,
                 run_id=self.run_id,  # no active run: setting the run's status is end()'s job
             )

@@ -85,7 +85,7 @@ def local_model(settings: Settings, ref: str, root: str, work: Path) -> tuple[st
     The artifact is repacked and stored content-addressed, so the same model is one object
     however often it is used, and the job reads it as the pipeline's Batch step reads Train's."""
     from pipelines.register.registry import download_model, resolve_version
-    from training.export import pack_model_tar
+    from training.model_tar import pack_model_tar
 
     version = ref
     if ref.startswith("models:/"):

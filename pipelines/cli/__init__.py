@@ -35,6 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``lepton`` command (the console script calls this and exits with its result, so the
+    heap is frozen here: inference/quick_exit.py)."""
+    from inference.quick_exit import quick_exit
+
+    return int(quick_exit(_run(argv)) or 0)
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from training.tracking import quiet_sagemaker_header_plugin
@@ -55,4 +63,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from inference.quick_exit import quick_exit
+
+    sys.exit(quick_exit(main()))

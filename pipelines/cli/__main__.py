@@ -2,6 +2,7 @@
 
 import sys
 
+from inference.quick_exit import quick_exit
 from pipelines.cli import main
 
-sys.exit(main())
+sys.exit(quick_exit(main()))

@@ -78,4 +78,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from inference.quick_exit import quick_exit
+
+    sys.exit(quick_exit(main()))

@@ -236,7 +236,7 @@ def _training_outputs(
     topology: dict[str, int],
 ) -> dict[str, Any]:
     """model.tar.gz of the first host's model folder to S3; DescribeTrainingJob-like properties."""
-    from training.export import pack_model_tar  # the one reproducible model.tar.gz writer
+    from training.model_tar import pack_model_tar  # the one reproducible model.tar.gz writer
 
     name_of_job = job_name(name, work)
     output_path = args["OutputDataConfig"]["S3OutputPath"].rstrip("/")
@@ -244,6 +244,7 @@ def _training_outputs(
     pack_model_tar(leader.path(f"{container.OPT_ML}/model"), tar_path)
     model_uri = f"{output_path}/{name_of_job}/output/model.tar.gz"
     transfer.put_file(job.s3, tar_path, model_uri)
+    job.echo(f"{name}: model -> {model_uri} ({tar_path.stat().st_size / 2**20:.1f} MiB)")
     summary_path = leader.path(f"{container.OPT_ML}/output/data/training.json")
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     metrics = summary.get("metrics", {})

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,10 @@ def test_mlflow_run_holds_params_metrics_tags_and_model(
     assert [m.source_run_id for m in models] == [run_id]
     loaded = mlflow.pyfunc.load_model(models[0].model_uri)
     assert loaded.metadata.signature is not None
+    local = Path(mlflow.artifacts.download_artifacts(models[0].model_uri, dst_path=str(tmp_path)))
+    pins = (local / "requirements.txt").read_text().split()
+    for dist in ("onnxruntime", "onnx", "numpy"):  # named, pinned to what trained it
+        assert f"{dist}=={version(dist)}" in pins, pins
     assert (tmp_path / "ckpt" / "mlflow_run_id").read_text().strip() == run_id
 
 

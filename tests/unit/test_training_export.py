@@ -14,8 +14,9 @@ import pytest
 import torch
 from torch import nn
 
-from training.export import ExportMismatch, build_metadata, export_model, pack_model_tar
+from training.export import ExportMismatch, build_metadata, export_model
 from training.model import build_model
+from training.model_tar import pack_model_tar
 from training.shards import load_split, read_manifest
 
 
