@@ -109,7 +109,7 @@ def run_local(
 ) -> dict[str, Any]:
     """Run the Batch step locally; returns the job's `_batch_report.json`."""
     from pipelines.runner import jobs
-    from pipelines.runner.engine import job_environment
+    from pipelines.runner.jobs import job_environment
     from pipelines.runner.run import build_definition, local_config, step_python
     from pipelines.services import control as services
 

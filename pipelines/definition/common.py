@@ -131,13 +131,16 @@ def processor(
     instance_count: Any,
     base_job_name: str,
     instance_type: Any = None,
+    tracking: bool = True,
 ) -> Any:
     """`python3 -m <module>` with the code bundle (the "code" input) on PYTHONPATH, on
-    `instance_type` (default: the ProcessingInstanceType parameter)."""
+    `instance_type` (default: the ProcessingInstanceType parameter); `tracking`: the job talks
+    to MLflow, so it is given MLFLOW_TRACKING_URI (the local runner also waits for the server
+    before such a step, and only then)."""
     from sagemaker.core.processing import Processor
 
     env = {"PYTHONUNBUFFERED": "1", "PYTHONPATH": n.CODE_DIR}
-    if ctx.cfg.tracking_uri:
+    if ctx.cfg.tracking_uri and tracking:
         env["MLFLOW_TRACKING_URI"] = ctx.cfg.tracking_uri
     return Processor(
         role=ctx.role,

@@ -77,7 +77,11 @@ def build_prepare_step(ctx: BuildContext) -> Any:
     from sagemaker.mlops.workflow import ProcessingStep
 
     proc = processor(
-        ctx, n.PREPARE_MODULE, ctx.params["processing_instance_count"], "lepton-prepare"
+        ctx,
+        n.PREPARE_MODULE,
+        ctx.params["processing_instance_count"],
+        "lepton-prepare",
+        tracking=False,  # Prepare never talks to MLflow
     )
     step_args = proc.run(
         inputs=[code_input(ctx), raw_input(ctx)],

@@ -114,25 +114,13 @@ def parameter_values(definition: Mapping[str, Any], overrides: Mapping[str, Any]
     return values
 
 
-def job_environment(settings: Settings, execution_id: str) -> dict[str, str]:
-    """What a job's container gets from outside: locally the S3 endpoint and keys stand in
-    for the execution role; the state folder and ports are for the local Deploy step."""
-    env = settings.s3_env()
-    env.update(
-        {
-            "LEPTON_STATE_DIR": str(settings.state_dir),
-            "LEPTON_MODE": settings.mode,
-            "MLFLOW_TRACKING_URI": settings.tracking_uri,
-            "MLFLOW_EXPERIMENT_NAME": settings.experiment_name,
-            "LEPTON_PIPELINE_EXECUTION": execution_id,
-            "LEPTON_ENDPOINT_PORT": str(settings.endpoint_port),
-            "LEPTON_MLFLOW_PORT": str(settings.mlflow_port),
-            "LEPTON_S3_PORT": str(settings.s3_port),
-            "LEPTON_CAPTURE_PERCENT": str(settings.capture_percent),  # the local Deploy's
-            "LEPTON_ARTIFACT_BUCKET": settings.artifact_bucket,
-        }
-    )
-    return env
+def uses_tracking(spec: StepSpec) -> bool:
+    """Whether a step may talk to MLflow: a job only when its definition gives it
+    MLFLOW_TRACKING_URI (pipelines/definition/common.processor), every other kind but a
+    Condition or Fail (Register writes the registry)."""
+    if spec.type in CACHEABLE:
+        return "MLFLOW_TRACKING_URI" in spec.body.get("Arguments", {}).get("Environment", {})
+    return spec.type not in ("Condition", "Fail")
 
 
 class LocalRunner:
@@ -144,8 +132,12 @@ class LocalRunner:
         python: Path,
         out: Printer = print,
         use_cache: bool = True,
+        tracking_ready: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
+        # waits for the MLflow server (started in the background); called before each step
+        # that tracks (uses_tracking), so the steps before it need not wait for it
+        self.tracking_ready = tracking_ready
         self.python = python  # the step environment (the container image's Python)
         self.definition = definition
         self.execution = execution
@@ -179,7 +171,7 @@ class LocalRunner:
         )
 
     def job_env(self) -> jobs.JobEnv:
-        env = job_environment(self.settings, self.execution.id)
+        env = jobs.job_environment(self.settings, self.execution.id)
         return jobs.JobEnv(env=env, s3=self.s3, echo=self.echo, python=self.python)
 
     # -- the loop -----------------------------------------------------------------------------
@@ -240,6 +232,8 @@ class LocalRunner:
         ex.save()
         self.echo(f"{spec.name} ({spec.type}): started")
         try:
+            if self.tracking_ready is not None and uses_tracking(spec):
+                self.tracking_ready()
             # A Condition resolves its own conditions; its branches are steps not yet run.
             args = (
                 {}

@@ -19,6 +19,7 @@ from typing import Any
 from pipelines.runner import container, transfer
 from pipelines.runner.checkpoints import CheckpointSync
 from pipelines.runner.processes import Command, JobFailed, run_commands
+from pipelines.settings import Settings
 
 __all__ = ["JobFailed", "JobEnv", "run_processing", "run_training"]
 SDK_CHANNELS = {"code", "sm_drivers"}  # the staged source and the SDK's driver scripts
@@ -33,6 +34,27 @@ class JobEnv:
     s3: Any  # boto3 S3 client
     echo: Callable[[str], None]  # progress printer
     python: Path  # the step environment's interpreter
+
+
+def job_environment(settings: Settings, execution_id: str) -> dict[str, str]:
+    """What a job's container gets from outside: locally the S3 endpoint and keys stand in
+    for the execution role; the state folder and ports are for the local Deploy step."""
+    env = settings.s3_env()
+    env.update(
+        {
+            "LEPTON_STATE_DIR": str(settings.state_dir),
+            "LEPTON_MODE": settings.mode,
+            "MLFLOW_TRACKING_URI": settings.tracking_uri,
+            "MLFLOW_EXPERIMENT_NAME": settings.experiment_name,
+            "LEPTON_PIPELINE_EXECUTION": execution_id,
+            "LEPTON_ENDPOINT_PORT": str(settings.endpoint_port),
+            "LEPTON_MLFLOW_PORT": str(settings.mlflow_port),
+            "LEPTON_S3_PORT": str(settings.s3_port),
+            "LEPTON_CAPTURE_PERCENT": str(settings.capture_percent),  # the local Deploy's
+            "LEPTON_ARTIFACT_BUCKET": settings.artifact_bucket,
+        }
+    )
+    return env
 
 
 def processing_entry(args: dict[str, Any]) -> tuple[str, list[str]]:

@@ -22,6 +22,7 @@ from pipelines.runner.record import RunRecord, StepSummary
 from pipelines.runner.samples import classify_samples
 from pipelines.runner.state import Execution
 from pipelines.services import control as services
+from pipelines.services.definitions import TRACKING_SERVICE
 from pipelines.services.process import http_ok
 from pipelines.settings import Settings
 from pipelines.storage import s3_client, split_s3_uri
@@ -87,7 +88,7 @@ def step_python(settings: Settings, definition: dict[str, Any], out: Printer) ->
 
 def run(settings: Settings, request: RunRequest, out: Printer = print) -> RunRecord:
     t0 = time.monotonic()
-    services.up(settings, out=out)
+    tracking_ready = _services_up(settings, out)
     plan = plan_run(settings, local_config(settings), request, out)
     cfg = plan.cfg
     parameters = execution_parameters(settings, cfg, request, plan.parameters)
@@ -100,17 +101,23 @@ def run(settings: Settings, request: RunRequest, out: Printer = print) -> RunRec
     (execution.folder / "definition.json").write_text(json.dumps(definition, indent=1))
     (execution.folder / "data.json").write_text(json.dumps(plan.data, indent=1))
     out(f"execution {execution.id} (state: {execution.folder})")
-    return _execute(settings, definition, execution, request.use_cache, out, t0)
+    return _execute(settings, definition, execution, request.use_cache, out, t0, tracking_ready)
+
+
+def _services_up(settings: Settings, out: Printer) -> Callable[[], None]:
+    """S3 up and healthy; MLflow started, and a function that waits for it (the runner calls
+    it before the first step that tracks, so its start overlaps the import and Prepare)."""
+    return services.up(settings, out=out, background=(TRACKING_SERVICE,))[TRACKING_SERVICE]
 
 
 def resume(settings: Settings, execution_id: str, out: Printer = print) -> RunRecord:
     t0 = time.monotonic()
-    services.up(settings, out=out)
+    tracking_ready = _services_up(settings, out)
     execution = Execution.load(settings.state_dir, execution_id)
     if execution.status == "Succeeded":
         out(f"execution {execution_id} already succeeded; nothing to resume")
     definition = json.loads((execution.folder / "definition.json").read_text())
-    return _execute(settings, definition, execution, True, out, t0)
+    return _execute(settings, definition, execution, True, out, t0, tracking_ready)
 
 
 def _execute(
@@ -120,9 +127,12 @@ def _execute(
     use_cache: bool,
     out: Printer,
     t0: float,
+    tracking_ready: Callable[[], None],
 ) -> RunRecord:
     python = step_python(settings, definition, out)
-    LocalRunner(settings, definition, execution, python, out=out, use_cache=use_cache).run()
+    LocalRunner(
+        settings, definition, execution, python, out, use_cache, tracking_ready=tracking_ready
+    ).run()
     record = summarize(settings, execution, time.monotonic() - t0, out)
     record.write(settings.state_dir)
     for line in record.text():

@@ -9,6 +9,7 @@ the state folder private: 0700, the services' files 0600.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from pipelines.services.definitions import Service, managed_services
@@ -50,16 +51,48 @@ def _wait_healthy(service: Service, settings: Settings, pid: int, timeout_s: flo
     )
 
 
-def up(settings: Settings, timeout_s: float = 90.0, out: Printer = print) -> None:
-    """Start every managed service that is not running; wait for health; create buckets."""
+def up(
+    settings: Settings,
+    timeout_s: float = 90.0,
+    out: Printer = print,
+    background: Collection[str] = (),
+) -> dict[str, Callable[[], None]]:
+    """Start every managed service that is not running; wait for health; create buckets.
+
+    Services named in ``background`` are started but not waited for: the result maps each to
+    a function that waits for its health (once; later calls return at once) and raises
+    ServiceError as ``up`` would. `lepton pipeline run` starts MLflow (12 s of imports) that
+    way and waits for it only before the first step that tracks.
+    """
     if settings.mode != "local":
         raise ServiceError("services run only in local mode (LEPTON_MODE=local)")
     private_dir(settings.state_dir)
+    waiters: dict[str, Callable[[], None]] = {}
     with services_lock(settings):
         services = managed_services(settings)  # creates credentials and keys on first use
         _make_private(settings, services)
         for service in services:
-            _up_one(settings, service, timeout_s, out)
+            pid = _start_one(settings, service, out)
+            if service.name in background:
+                waiters[service.name] = _waiter(settings, service, pid, timeout_s, out)
+            else:
+                _ready_one(settings, service, pid, timeout_s, out)
+    return waiters
+
+
+def _waiter(
+    settings: Settings, service: Service, pid: int, timeout_s: float, out: Printer
+) -> Callable[[], None]:
+    """Waits for the service's health the first time it is called; then returns at once."""
+    done = False
+
+    def wait_once() -> None:
+        nonlocal done
+        if not done:
+            _ready_one(settings, service, pid, timeout_s, out)
+            done = True
+
+    return wait_once
 
 
 def _make_private(settings: Settings, services: list[Service]) -> None:
@@ -70,18 +103,26 @@ def _make_private(settings: Settings, services: list[Service]) -> None:
     restrict_tree(settings.credentials_path)
 
 
-def _up_one(settings: Settings, service: Service, timeout_s: float, out: Printer) -> None:
+def _start_one(settings: Settings, service: Service, out: Printer) -> int:
+    """The service's pid: the running one, or a process started now."""
     pid = running_pid(settings, service.name, service.marker)
     if pid is not None:
         out(f"{service.name}: already running (pid {pid}) on {service.url}")
-    else:
-        if not port_free(settings.host, service.port):
-            raise ServiceError(
-                f"{service.name}: port {service.port} on {settings.host} is taken by another "
-                f"process; stop it or choose another port ({service.port_variable})"
-            )
-        pid = start_process(settings, service.name, service.command, service.env, service.cwd)
-        out(f"{service.name}: starting (pid {pid}), log {log_path(settings, service.name)}")
+        return pid
+    if not port_free(settings.host, service.port):
+        raise ServiceError(
+            f"{service.name}: port {service.port} on {settings.host} is taken by another "
+            f"process; stop it or choose another port ({service.port_variable})"
+        )
+    pid = start_process(settings, service.name, service.command, service.env, service.cwd)
+    out(f"{service.name}: starting (pid {pid}), log {log_path(settings, service.name)}")
+    return pid
+
+
+def _ready_one(
+    settings: Settings, service: Service, pid: int, timeout_s: float, out: Printer
+) -> None:
+    """Wait for health (a service that does not come up is stopped); S3 gets its buckets."""
     try:
         _wait_healthy(service, settings, pid, timeout_s)
     except ServiceError:

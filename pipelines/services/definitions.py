@@ -25,6 +25,9 @@ class Service:
     cwd: Path | None = None  # its working directory
 
 
+TRACKING_SERVICE = "mlflow"  # the MLflow server's service name (pid file, log, `up`)
+
+
 def _s3_ok(settings: Settings) -> bool:
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -119,7 +122,7 @@ def mlflow_server(settings: Settings) -> Service:
     }
     url = f"http://{settings.host}:{settings.mlflow_port}"
     return Service(
-        name="mlflow",
+        name=TRACKING_SERVICE,
         port=settings.mlflow_port,
         url=url,
         command=cmd,

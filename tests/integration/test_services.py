@@ -220,3 +220,19 @@ def test_two_concurrent_ups_start_each_service_once(private_stack: Settings) -> 
     cmdlines = [" ".join(p.cmdline()) for p in tree]
     assert not [c for c in cmdlines if "huey" in c or "mlflow.server.jobs" in c], cmdlines
     assert len(tree) == 2 and "uvicorn" in cmdlines[1], cmdlines
+
+
+def test_a_background_service_is_waited_for_only_when_asked(private_stack: Settings) -> None:
+    lines: list[str] = []
+    waiters = services.up(private_stack, out=lines.append, background=("mlflow",))
+    assert set(waiters) == {"mlflow"}
+    assert any(line.startswith("s3: healthy") for line in lines)
+    assert not any(line.startswith("mlflow: healthy") for line in lines)  # not waited for
+    assert any(line.startswith("mlflow: starting") for line in lines)  # but started
+    waiters["mlflow"]()
+    assert lines[-1].startswith("mlflow: healthy")
+    assert mlflow.MlflowClient(private_stack.tracking_uri).search_experiments() is not None
+    waiters["mlflow"]()  # a second call returns at once, printing nothing
+    assert (
+        lines[-1].startswith("mlflow: healthy") and sum("mlflow: healthy" in x for x in lines) == 1
+    )

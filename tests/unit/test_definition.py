@@ -623,3 +623,22 @@ def test_batch_job_is_the_definitions_batch_step_with_its_values(d: dict[str, An
     assert results_uri(args["AppSpecification"]["ContainerArguments"]) == (
         "s3://lepton-test-bucket/pipeline/executions/exec-7/Batch/predictions"
     )
+
+
+def test_only_the_steps_that_track_get_the_tracking_uri(
+    source_root: Path, cfg: PipelineConfig, tmp_path: Path
+) -> None:
+    """...which is also what the local runner waits for MLflow before (uses_tracking)."""
+    from pipelines.runner.engine import flatten_steps, uses_tracking
+
+    uri = "arn:aws:sagemaker:eu-west-1:123456789012:mlflow-tracking-server/lepton"
+    built = build_definition(
+        replace(cfg, tracking_uri=uri), source_root=source_root, staging_root=tmp_path
+    )
+    steps = all_steps(built.parsed())
+    jobs = {n for n, s in steps.items() if s["Type"] in ("Processing", "Training")}
+    env = {n: steps[n]["Arguments"].get("Environment", {}) for n in jobs}
+    assert {n for n in jobs if env[n].get("MLFLOW_TRACKING_URI") == uri} == jobs - {"Prepare"}
+    specs = flatten_steps(built.parsed())
+    tracking = {name for name, spec in specs.items() if uses_tracking(spec)}
+    assert tracking == set(steps) - {"Prepare", "QualityGate", "BatchRequested", "GateFailed"}
