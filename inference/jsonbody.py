@@ -207,8 +207,8 @@ def _small_integers(text: bytes, count: int) -> np.ndarray | None:
     if np.any(two & (digits[starts] == 0)):
         return None  # a leading zero: not JSON
     values = digits[ends].astype(np.int64)
-    values += 10 * np.where(two, digits[ends - 1], 0)
-    values += 100 * np.where(three, digits[ends - 2], 0)
+    values += 10 * np.where(two, digits[ends - 1], 0).astype(np.int64)  # uint8 would wrap
+    values += 100 * np.where(three, digits[ends - 2], 0).astype(np.int64)
     return values
 
 

@@ -104,6 +104,14 @@ def test_fast_path_leaves_anything_unusual_to_the_general_path(body: bytes) -> N
         parse_json(body, SHAPE, 32, 2**28)
 
 
+def test_fast_path_reads_every_integer_of_up_to_three_digits_exactly() -> None:
+    values = np.arange(1000).reshape(50, 4, 5)  # 0..999, as [N, H, W] pixels with C = 1
+    body = json.dumps(values[..., None].tolist()).encode()
+    fast = fast_pixels(body, (4, 5, 1), 50)
+    assert fast is not None
+    np.testing.assert_array_equal(fast[0][..., 0], values)
+
+
 def _mutations(body: bytes) -> list[bytes]:
     """Invalid JSON one edit away from a valid pixel body, each keeping the bracket-and-comma
     skeleton the fast path compares (so only its number checks can refuse them)."""
