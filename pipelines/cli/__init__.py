@@ -34,15 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The ``lepton`` command (the console script calls this and exits with its result, so the
-    heap is frozen here: inference/quick_exit.py)."""
+def console_main() -> int | None:
+    """The ``lepton`` console script: :func:`main`, then an exit without walking the heap
+    (inference/quick_exit.py). In-process callers (tests) use ``main`` and keep a normal heap."""
     from inference.quick_exit import quick_exit
 
-    return int(quick_exit(_run(argv)) or 0)
+    return quick_exit(main())
 
 
-def _run(argv: list[str] | None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from training.tracking import quiet_sagemaker_header_plugin

@@ -48,6 +48,9 @@ def test_every_entry_point_exits_through_quick_exit() -> None:
         if not any("quick_exit(main())" in ast.unparse(b) for b in blocks)
     ]
     assert not missing, f"end these with sys.exit(quick_exit(main())): {missing}"
+    # the console script too (pipelines.cli.main itself stays heap-neutral for in-process use)
+    assert 'lepton = "pipelines.cli:console_main"' in (ROOT / "pyproject.toml").read_text()
+    assert "quick_exit(main())" in (ROOT / "pipelines/cli/__init__.py").read_text()
 
 
 def test_quick_exit_still_runs_atexit_handlers_and_flushes_output() -> None:
