@@ -108,6 +108,31 @@ def test_exact_channel_stats_match_numpy() -> None:
     assert np.allclose(mean, ref_mean, atol=1e-12) and np.allclose(std, ref_std, atol=1e-12)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_worker_channel_stats_are_exact_per_image_across_batches(channels: int) -> None:
+    rng = np.random.default_rng(3)
+    stack = rng.integers(0, 256, (9, 6, 4, channels), dtype=np.uint8)
+    stack[0] = 255  # the largest squares
+    rows = np.array([0, -1, 1, 2, 3, -1, 4, 5, 6, 7, 8])  # two rejected items between kept ones
+    n = len(rows)
+    result = decode.ChunkResult(
+        chunk=0,
+        positions=np.arange(n),
+        sha256=np.zeros((n, 32), np.uint8),
+        rows=rows,
+        sizes=np.zeros(n, np.int64),
+        channel_sums=np.zeros((n, channels), np.int64),
+        channel_sumsqs=np.zeros((n, channels), np.int64),
+        rejected={},
+    )
+    decode._channel_stats(stack, result, batch_bytes=100)  # a few images per numpy call
+    flat = stack.reshape(9, -1, channels).astype(np.int64)
+    kept = rows >= 0
+    assert np.array_equal(result.channel_sums[kept], flat.sum(1))
+    assert np.array_equal(result.channel_sumsqs[kept], (flat * flat).sum(1))
+    assert not result.channel_sums[~kept].any() and not result.channel_sumsqs[~kept].any()
+
+
 @pytest.mark.parametrize(
     ("raw", "ok"),
     [
