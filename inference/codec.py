@@ -41,8 +41,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from inference.config import DEFAULT_MAX_PIXELS
 from inference.jsonbody import JsonError, fast_pixels, parse_json
-from inference.predictor import DEFAULT_MAX_PIXELS, Prediction, Predictor
+from inference.predictor import Prediction, Predictor
 from inference.preprocess import ACCEPTED_FORMATS, ImageRejected
 
 __all__ = [

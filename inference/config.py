@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from inference.predictor import DEFAULT_MAX_PIXELS
+__all__ = ["DEFAULT_MAX_PIXELS", "ServerConfig"]
 
-__all__ = ["ServerConfig"]
+# 25 megapixels (e.g. 5000 x 5000): above any camera photo a client should send to a
+# 64-pixel classifier, and a decoded RGB copy stays under 75 MB per concurrent decode.
+# Here, in a module that imports nothing heavy, so CLIs can show it without numpy or PIL.
+DEFAULT_MAX_PIXELS = 25_000_000
 
 
 @dataclass(frozen=True)

@@ -26,13 +26,10 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
+from inference.config import DEFAULT_MAX_PIXELS
 from inference.preprocess import PREPROCESSING_VERSION, load_array
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ModelMetadata", "Predictor", "Prediction"]
-
-# 25 megapixels (e.g. 5000 x 5000): above any camera photo a client should send to a
-# 64-pixel classifier, and a decoded RGB copy stays under 75 MB per concurrent decode.
-DEFAULT_MAX_PIXELS = 25_000_000
+__all__ = ["ModelMetadata", "Predictor", "Prediction"]
 
 Backend = Literal["onnx", "torchscript"]
 Prediction = list[tuple[str, float]]  # top-k (label, probability), best first

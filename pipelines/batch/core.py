@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from inference.predictor import DEFAULT_MAX_PIXELS
+from pipelines.batch.config import BatchConfig
 from pipelines.prepare.sources import (
     RawItem,
     has_image_extension,
@@ -39,7 +39,6 @@ from pipelines.prepare.sources import (
 )
 from pipelines.settings import Settings
 from pipelines.storage import is_s3_uri, split_s3_uri
-from training.serialize import option
 
 Log = Callable[[str], None]
 OUT_SUFFIX = ".out"
@@ -48,23 +47,6 @@ REPORT = "_batch_report.json"
 
 class BatchError(RuntimeError):
     """The job did not write every result; the message says how many and what to do."""
-
-
-@dataclass(frozen=True)
-class BatchConfig:
-    input: str  # folder or s3:// prefix of images (any layout)
-    output: str  # folder or s3:// prefix: <key>.out per input object ("" = default_output)
-    model: str  # model folder or model.tar.gz
-    default_output: str = ""  # where results go when output is "" (the pipeline's prefix)
-    model_version: str = ""  # what the results name as their model (a registry reference)
-    top_k: int = 3  # labels per answer
-    batch_size: int = option(64, help="images per model call")
-    workers: int = option(0, help="decode processes; 0 = every core")
-    max_pixels: int = DEFAULT_MAX_PIXELS  # width*height above this -> too_large
-
-    def __post_init__(self) -> None:
-        if self.top_k < 1 or self.batch_size < 1 or self.workers < 0:
-            raise ValueError("top_k and batch_size must be >= 1, workers >= 0")
 
 
 @dataclass

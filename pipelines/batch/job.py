@@ -50,7 +50,7 @@ def job_arguments(
     options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The CreateProcessingJob request of the definition's Batch step for these values;
-    `options` are further BatchConfig fields (top_k, batch_size, workers) for this job."""
+    `options` are further BatchConfig fields for this job (name -> value, None: the default)."""
     from pipelines.runner.engine import flatten_steps, parameter_values
     from pipelines.runner.expressions import Context, resolve
 
@@ -70,7 +70,9 @@ def job_arguments(
         },
     )
     args = dict(resolve(spec.body["Arguments"], ctx))
-    extra = [f"--{k}={v}" for k, v in (options or {}).items() if v is not None]
+    from pipelines.batch.config import option_flags
+
+    extra = option_flags(options)
     args["AppSpecification"] = {
         **args["AppSpecification"],
         "ContainerArguments": [*args["AppSpecification"]["ContainerArguments"], *extra],
@@ -149,7 +151,7 @@ def _local_uri(uri: str) -> str:
 
 def results_uri(container_arguments: list[str]) -> str:
     """Where a Batch job with these arguments writes its results."""
-    from pipelines.batch.core import BatchConfig
+    from pipelines.batch.config import BatchConfig
     from training.serialize import from_args
 
     cfg = from_args(BatchConfig, [str(a) for a in container_arguments])

@@ -18,7 +18,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from pipelines.batch.core import BatchConfig, BatchError, run_batch
+from pipelines.batch.config import BatchConfig
+from pipelines.batch.core import BatchError, run_batch
 from training.serialize import describe, from_args
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Any
 
+from pipelines.batch.config import JOB_FIELDS, BatchConfig, option_flags
 from pipelines.settings import load_settings
+from training.serialize import add_config_options, from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,15 +29,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="locally models:/NAME@champion (default), models:/NAME/VERSION, s3://... or a "
         "folder; on AWS a model package ARN (default: the group's newest Approved)",
     )
-    p.add_argument("--top-k", type=int, help="labels per answer [3]")
-    p.add_argument("--batch-size", type=int, help="images per model call [64]")
-    p.add_argument("--workers", type=int, help="decode processes; 0 = every core [0]")
     p.add_argument("--no-wait", action="store_true", help="AWS: start the job and return")
+    add_config_options(p, BatchConfig, skip=JOB_FIELDS)
     p.set_defaults(func=_predict)
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    return {"top_k": args.top_k, "batch_size": args.batch_size, "workers": args.workers}
+    """The BatchConfig fields given on the command line, checked here (the job parses them
+    again), so a bad value fails before anything starts."""
+    given = {
+        f.name: getattr(args, f"config_{f.name}")
+        for f in dataclasses.fields(BatchConfig)
+        if f.name not in JOB_FIELDS and getattr(args, f"config_{f.name}") is not None
+    }
+    from_args(BatchConfig, ["--input=x", "--output=x", "--model=x", *option_flags(given)])
+    return given
 
 
 def _predict(args: argparse.Namespace) -> int:

@@ -102,7 +102,7 @@ def collect(
     max_images: int,
 ) -> Window:
     """Pixels (as the model saw them) and answers of the captured requests."""
-    from inference.predictor import DEFAULT_MAX_PIXELS
+    from inference.config import DEFAULT_MAX_PIXELS
     from inference.preprocess import load_array
 
     index = {c: i for i, c in enumerate(classes)}

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.batch.core import OUT_SUFFIX, REPORT, BatchConfig, run_batch
+from pipelines.batch.config import BatchConfig
+from pipelines.batch.core import OUT_SUFFIX, REPORT, run_batch
 from pipelines.settings import Settings
 from pipelines.storage import s3_client
 
