@@ -27,19 +27,19 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from pipelines.definition import names
 from pipelines.imports import PROJECT_PACKAGES, SOURCE_ROOT, import_closure
 
 IMAGE_DIR = SOURCE_ROOT / "infra" / "image"
 REQUIREMENTS_PATH = IMAGE_DIR / "requirements.txt"
 CONSTRAINTS_PATH = SOURCE_ROOT / "constraints.txt"
 
-# What a container runs: the processing steps (`python3 -m ...`), training (torchrun) and serving
-# (the image's `serve` command). pipelines/definition/names.py names the step modules.
+# What a container runs: the processing steps (`python3 -m ...`) and the drift monitor, named in
+# pipelines/definition/names.py, training (torchrun) and serving (the image's `serve` command).
 ENTRY_MODULES = (
-    "pipelines.prepare.step",
+    *names.PROCESSING_MODULES,
+    names.MONITOR_MODULE,
     "training.train",
-    "pipelines.evaluate.step",
-    "pipelines.deploy.step",
     "inference.server",
 )
 # Loaded through entry points, never imported by name, so no import scan can find them.

@@ -14,10 +14,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pipelines.definition import names as n
+
 CODE_DIR = "/opt/ml/processing/code"
 INPUT_DIR = "/opt/ml/processing/input/endpoint"
 OUTPUT_DIR = "/opt/ml/processing/resultdata"
-MONITOR_MODULE = "pipelines.monitor.step"
+MONITOR_MODULE = n.MONITOR_MODULE
 HOURLY = "cron(0 * ? * * *)"
 INSTANCE_TYPE = "ml.m5.large"
 

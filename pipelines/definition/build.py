@@ -43,7 +43,7 @@ from pipelines.imports import SOURCE_ROOT, module_file
 # Used when the config has no role (local runs): the local runner ignores RoleArn, and
 # `pipelines.aws.pipeline.upsert` refuses a config without a real role.
 PLACEHOLDER_ROLE_ARN = "arn:aws:iam::000000000000:role/lepton-local-placeholder"
-ENTRY_MODULES = (n.PREPARE_MODULE, n.EVALUATE_MODULE, n.DEPLOY_MODULE, n.BATCH_MODULE)
+ENTRY_MODULES = n.PROCESSING_MODULES
 
 
 class NoImageError(ValueError):

@@ -26,6 +26,9 @@ PREPARE_MODULE = "pipelines.prepare.step"
 EVALUATE_MODULE = "pipelines.evaluate.step"
 DEPLOY_MODULE = "pipelines.deploy.step"
 BATCH_MODULE = "pipelines.batch.step"
+PROCESSING_MODULES = (PREPARE_MODULE, EVALUATE_MODULE, DEPLOY_MODULE, BATCH_MODULE)
+# The drift monitor's schedule job (pipelines/aws/monitor.py), on the same image
+MONITOR_MODULE = "pipelines.monitor.step"
 
 IMAGE_REQUIREMENTS = "infra/image/requirements.txt"  # in the code bundle (definition/bundle.py)
 

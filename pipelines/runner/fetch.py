@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote_plus, urlsplit
+from xml.etree import ElementTree
 
 CONNECTIONS = 32  # requests in flight (16: 3,200/s, 32: 3,600/s, 64: no better)
 ATTEMPTS = 3  # per request, on connection errors (an HTTP error answer is not retried)
@@ -73,16 +74,17 @@ def _signing_key(secret: str, day: str, region: str) -> bytes:
 
 
 def signed_headers(
-    ep: Endpoint, path: str, now: dt.datetime, key: bytes, method: str = "GET"
+    ep: Endpoint, path: str, now: dt.datetime, key: bytes, method: str = "GET", query: str = ""
 ) -> dict[str, str]:
-    """SigV4 headers of ``METHOD path`` (path already URI-encoded, no query)."""
+    """SigV4 headers of ``METHOD path?query`` (path URI-encoded; query canonical: sorted,
+    every name and value URI-encoded)."""
     stamp, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
     headers = {"host": ep.host, "x-amz-content-sha256": _UNSIGNED, "x-amz-date": stamp}
     if ep.token:
         headers["x-amz-security-token"] = ep.token
     names = ";".join(sorted(headers))
     canonical = "\n".join(
-        [method, path, "", *(f"{k}:{headers[k]}" for k in sorted(headers)), "", names, _UNSIGNED]
+        [method, path, query, *(f"{k}:{headers[k]}" for k in sorted(headers)), "", names, _UNSIGNED]
     )
     scope = f"{day}/{ep.region}/s3/aws4_request"
     to_sign = "\n".join(
@@ -110,12 +112,12 @@ class _Signer:
     def __init__(self, ep: Endpoint) -> None:
         self.ep, self.day, self.key = ep, "", b""
 
-    def headers(self, method: str, path: str) -> list[str]:
+    def headers(self, method: str, path: str, query: str = "") -> list[str]:
         now = dt.datetime.now(dt.UTC)
         if now.strftime("%Y%m%d") != self.day:
             self.day = now.strftime("%Y%m%d")
             self.key = _signing_key(self.ep.secret_key, self.day, self.ep.region)
-        signed = signed_headers(self.ep, path, now, self.key, method)
+        signed = signed_headers(self.ep, path, now, self.key, method, query)
         # curl sends Host itself (the same host[:port]); "Expect:" turns off 100-continue
         return [f"{k}: {v}" for k, v in signed.items() if k != "host"] + ["Expect:"]
 
@@ -197,6 +199,55 @@ def _transfer(ep: Endpoint, bucket: str, requests: Iterable[_Request]) -> int:
         for handle in [*idle, *active]:
             handle.close()
         multi.close()
+
+
+def list_objects(ep: Endpoint, bucket: str, prefix: str, page: int = 1000) -> list[dict[str, Any]]:
+    """Every object under `prefix` as ListObjectsV2 names them (``Key``, ``Size``, ``ETag``),
+    in key order. boto3 spends ~55 us of CPU per listed key parsing pages (100,000 keys: 5.5 s);
+    here one connection and ElementTree. Keys come URL-encoded and are decoded as botocore
+    decodes them, so no key can break the XML."""
+    import pycurl
+
+    signer, path = _Signer(ep), "/" + quote(bucket, safe="")
+    handle = pycurl.Curl()
+    objects: list[dict[str, Any]] = []
+    params = {"list-type": "2", "prefix": prefix, "max-keys": str(page), "encoding-type": "url"}
+    try:
+        while True:
+            query = "&".join(
+                f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}"
+                for k, v in sorted(params.items())
+            )
+            answer = io.BytesIO()
+            handle.setopt(pycurl.URL, f"{ep.scheme}://{ep.host}{path}?{query}")
+            handle.setopt(pycurl.HTTPHEADER, signer.headers("GET", path, query))
+            handle.setopt(pycurl.WRITEFUNCTION, answer.write)
+            handle.setopt(pycurl.CONNECTTIMEOUT, 10)
+            try:
+                handle.perform()
+            except pycurl.error as exc:
+                raise OSError(f"listing s3://{bucket}/{prefix}: {exc.args[-1]}") from None
+            status = handle.getinfo(pycurl.RESPONSE_CODE)
+            if status != 200:
+                raise OSError(
+                    f"listing s3://{bucket}/{prefix}: HTTP {status} {answer.getvalue()[:200]!r}"
+                )
+            root = ElementTree.fromstring(answer.getvalue())
+            ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+            for item in root.iter(ns + "Contents"):
+                objects.append(
+                    {
+                        "Key": unquote_plus(item.findtext(ns + "Key") or ""),
+                        "Size": int(item.findtext(ns + "Size") or 0),
+                        "ETag": item.findtext(ns + "ETag") or "",
+                    }
+                )
+            token = root.findtext(ns + "NextContinuationToken")
+            if root.findtext(ns + "IsTruncated") != "true" or not token:
+                return objects
+            params["continuation-token"] = token
+    finally:
+        handle.close()
 
 
 def _write(target: str, data: bytes) -> None:

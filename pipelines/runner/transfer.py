@@ -30,8 +30,11 @@ def safe_relative(key: str, prefix: str) -> PurePosixPath:
 
 
 def list_objects(client: Any, uri: str) -> list[dict[str, Any]]:
-    """Every object under an s3:// prefix (all pages)."""
+    """Every object under an s3:// prefix (all pages): ``Key``, ``Size``, ``ETag`` at least."""
     bucket, prefix = split_s3_uri(uri)
+    endpoint = fetch.endpoint_of(client)
+    if endpoint is not None:  # the local object store: 5x less CPU than boto3's pages
+        return fetch.list_objects(endpoint, bucket, prefix)
     objects: list[dict[str, Any]] = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         objects.extend(page.get("Contents", []))

@@ -31,8 +31,16 @@ def test_put_then_fetch_round_trips_more_objects_than_connections(
     names += [f"many/{i:04d}.png" for i in range(3 * fetch.CONNECTIONS)]
     items = [(f"fetch-test/{run}/{name}", name.encode() * (i % 7)) for i, name in enumerate(names)]
     assert fetch.put_objects(ep, bucket, items) == len(items)
-    listed = s3_client(s3_settings).list_objects_v2(Bucket=bucket, Prefix=f"fetch-test/{run}/")
-    assert listed["KeyCount"] == len(items)
+    pages = s3_client(s3_settings).get_paginator("list_objects_v2")
+    by_boto3 = [
+        {k: o[k] for k in ("Key", "Size", "ETag")}
+        for page in pages.paginate(Bucket=bucket, Prefix=f"fetch-test/{run}/")
+        for o in page["Contents"]
+    ]
+    assert sorted(o["Key"] for o in by_boto3) == sorted(key for key, _ in items)
+    # the fast listing reads the same, over many pages, awkward keys included
+    assert fetch.list_objects(ep, bucket, f"fetch-test/{run}/", page=7) == by_boto3
+    assert fetch.list_objects(ep, bucket, f"fetch-test/{run}/nothing-here/") == []
 
     (tmp_path / "many").mkdir()
     pairs = [(key, tmp_path / key.split("/", 2)[2]) for key, _ in items]
@@ -59,9 +67,13 @@ def test_wrong_keys_are_refused_and_a_dead_endpoint_fails_after_its_attempts(
     forged = dataclasses.replace(ep, secret_key="not-the-secret")
     with pytest.raises(OSError, match="HTTP 403"):
         fetch.put_objects(forged, bucket, [(f"fetch-test/{uuid.uuid4().hex}", b"x")])
+    with pytest.raises(OSError, match="listing .*HTTP 403"):
+        fetch.list_objects(forged, bucket, "fetch-test/")
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         dead = dataclasses.replace(ep, host=f"127.0.0.1:{sock.getsockname()[1]}")
     with pytest.raises(OSError, match="s3://.*/k"):
         fetch.fetch_objects(dead, bucket, [("k", tmp_path / "k")])
+    with pytest.raises(OSError, match="listing s3://"):
+        fetch.list_objects(dead, bucket, "k")
     assert not list(tmp_path.iterdir())

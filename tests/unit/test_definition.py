@@ -557,11 +557,15 @@ def test_an_aws_definition_needs_an_image(source_root: Path, tmp_path: Path) -> 
 
 
 def test_every_container_runs_the_project_image(d: dict[str, Any]) -> None:
+    from pipelines.aws.image_lock import ENTRY_MODULES
+
     for name, step in all_steps(d).items():
         a = step.get("Arguments", {})
         if step["Type"] == "Processing":
             assert a["AppSpecification"]["ImageUri"] == IMAGE, name
             assert a["AppSpecification"]["ContainerEntrypoint"][:2] == ["python3", "-m"], name
+            # the image's requirements are derived from this module's imports
+            assert a["AppSpecification"]["ContainerEntrypoint"][2] in ENTRY_MODULES, name
         elif step["Type"] == "Training":
             assert a["AlgorithmSpecification"]["TrainingImage"] == IMAGE
         elif step["Type"] == "RegisterModel":
