@@ -138,3 +138,29 @@ def test_fast_path_refuses_what_json_refuses(scale: int) -> None:
             with pytest.raises(ValueError):
                 json.loads(bad)
             assert fast_pixels(bad, SHAPE, 32) is None, bad[:40]
+
+
+def test_fast_path_never_reads_a_random_edit_differently_from_json() -> None:
+    """Random edits of a valid body (characters the fast path handles itself): whatever it
+    accepts, json.loads accepts too, with the same numbers."""
+    rng = np.random.default_rng(7)
+    body = json.dumps(_pixels(1)[0].tolist()).encode()
+    alphabet = list(b"0123456789, []\n")
+    accepted = 0
+    for _ in range(3000):
+        edited = bytearray(body)
+        for _ in range(int(rng.integers(1, 4))):
+            at = int(rng.integers(0, len(edited)))
+            kind = rng.integers(0, 3)
+            if kind == 0:
+                edited.insert(at, int(rng.choice(alphabet)))
+            elif kind == 1:
+                del edited[at]
+            else:
+                edited[at] = int(rng.choice(alphabet))
+        fast = fast_pixels(bytes(edited), SHAPE, 32)
+        if fast is None:
+            continue
+        accepted += 1
+        np.testing.assert_array_equal(fast[0][0], np.asarray(json.loads(bytes(edited))))
+    assert accepted > 0  # some edits (a digit for a digit) keep the body valid
