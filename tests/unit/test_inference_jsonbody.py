@@ -164,3 +164,19 @@ def test_fast_path_never_reads_a_random_edit_differently_from_json() -> None:
         accepted += 1
         np.testing.assert_array_equal(fast[0][0], np.asarray(json.loads(bytes(edited))))
     assert accepted > 0  # some edits (a digit for a digit) keep the body valid
+
+
+def test_integer_pixels_arrive_as_uint8_and_out_of_range_ones_do_not() -> None:
+    pixels = _pixels(2)
+    for body in (
+        json.dumps(pixels.tolist()).encode(),
+        json.dumps(pixels.tolist(), indent=1).encode(),
+    ):
+        fast = fast_pixels(body, SHAPE, 32)  # the numpy reader, then json.loads's (indented)
+        general = parse_json(body, SHAPE, 32, 2**28).batch
+        assert fast is not None and general is not None
+        assert fast[0].dtype == general.dtype == np.uint8
+        np.testing.assert_array_equal(fast[0], pixels)
+    pixels[0, 0, 0, 0] = 300  # kept wide, so the predictor's range check refuses it
+    fast = fast_pixels(json.dumps(pixels.tolist()).encode(), SHAPE, 32)
+    assert fast is not None and fast[0].dtype == np.int64 and fast[0].max() == 300
