@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.register import registry
 from pipelines.settings import Settings, load_settings
 
 
@@ -50,6 +49,8 @@ def model_settings(args: argparse.Namespace) -> Settings:
 
 def _package_arn(settings: Settings, version: str) -> str | None:
     """The SageMaker model package registered beside this MLflow version (AWS mode)."""
+    from pipelines.register import registry
+
     if settings.mode != "aws":
         return None
     for row in registry.list_versions(settings):
@@ -74,6 +75,7 @@ def _set_package_status(settings: Settings, version: str, status: str) -> str | 
 
 def _list(args: argparse.Namespace) -> int:
     from pipelines.deploy.local import deployed_info
+    from pipelines.register import registry
 
     settings = model_settings(args)
     rows = registry.list_versions(settings)
@@ -97,6 +99,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _approve(args: argparse.Namespace) -> int:
+    from pipelines.register import registry
+
     settings = model_settings(args)
     ref = registry.approve(settings, args.version)
     print(f"{ref.uri}: Approved; alias {registry.CHAMPION} -> version {ref.version}")
@@ -115,6 +119,8 @@ def _approve(args: argparse.Namespace) -> int:
 
 
 def _reject(args: argparse.Namespace) -> int:
+    from pipelines.register import registry
+
     settings = model_settings(args)
     ref = registry.reject(settings, args.version)
     print(f"{ref.uri}: Rejected (never deployed)")

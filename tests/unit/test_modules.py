@@ -65,3 +65,14 @@ def test_quick_exit_still_runs_atexit_handlers_and_flushes_output() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert (done.returncode, done.stdout) == (3, "buffered atexit ran\n")
+
+
+def test_the_lepton_command_imports_no_heavy_library_to_start() -> None:
+    """`lepton --help` and argument errors answer at once: the command modules import boto3,
+    numpy, torch, MLflow, the SageMaker SDK and Pillow only inside the commands that use them."""
+    heavy = ("boto3", "botocore", "numpy", "torch", "mlflow", "sagemaker", "PIL")
+    code = f"import sys, pipelines.cli; print([m for m in {heavy!r} if m in sys.modules])"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout.strip()
+    assert loaded == "[]"
