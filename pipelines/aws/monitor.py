@@ -19,7 +19,6 @@ from pipelines.definition import names as n
 CODE_DIR = "/opt/ml/processing/code"
 INPUT_DIR = "/opt/ml/processing/input/endpoint"
 OUTPUT_DIR = "/opt/ml/processing/resultdata"
-MONITOR_MODULE = n.MONITOR_MODULE
 HOURLY = "cron(0 * ? * * *)"
 INSTANCE_TYPE = "ml.m5.large"
 
@@ -36,8 +35,8 @@ for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=p
         os.makedirs(os.path.dirname(path), exist_ok=True)
         s3.download_file(bucket, obj["Key"], path)
 sys.path.insert(0, root)
-sys.argv = ["{MONITOR_MODULE}", *sys.argv[1:]]  # python3 -c CODE ARGS...: the step's ARGS
-runpy.run_module("{MONITOR_MODULE}", run_name="__main__")
+sys.argv = ["{n.MONITOR_MODULE}", *sys.argv[1:]]  # python3 -c CODE ARGS...: the step's ARGS
+runpy.run_module("{n.MONITOR_MODULE}", run_name="__main__")
 """
 
 

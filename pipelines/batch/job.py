@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pipelines.batch.config import option_flags
 from pipelines.definition import names as n
 from pipelines.definition.parameters import BY_FIELD
 from pipelines.settings import Settings
@@ -70,8 +71,6 @@ def job_arguments(
         },
     )
     args = dict(resolve(spec.body["Arguments"], ctx))
-    from pipelines.batch.config import option_flags
-
     extra = option_flags(options)
     args["AppSpecification"] = {
         **args["AppSpecification"],

@@ -7,9 +7,9 @@ import dataclasses
 import sys
 from typing import Any
 
-from pipelines.batch.config import JOB_FIELDS, BatchConfig, option_flags
+from pipelines.batch.config import JOB_FIELDS, BatchConfig
 from pipelines.settings import load_settings
-from training.serialize import add_config_options, from_args
+from training.serialize import add_config_options, config_from_namespace
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,7 +42,8 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         for f in dataclasses.fields(BatchConfig)
         if f.name not in JOB_FIELDS and getattr(args, f"config_{f.name}") is not None
     }
-    from_args(BatchConfig, ["--input=x", "--output=x", "--model=x", *option_flags(given)])
+    jobs_own = {"input": args.input, "output": args.output, "model": args.model or "-"}
+    config_from_namespace(BatchConfig, args, given=jobs_own)  # raises ValueError
     return given
 
 

@@ -122,6 +122,18 @@ class _Signer:
         return [f"{k}: {v}" for k, v in signed.items() if k != "host"] + ["Expect:"]
 
 
+def _handle() -> Any:
+    """A curl handle with the options every request shares."""
+    import pycurl
+
+    handle = pycurl.Curl()
+    handle.setopt(pycurl.NOSIGNAL, 1)
+    handle.setopt(pycurl.CONNECTTIMEOUT, 10)
+    handle.setopt(pycurl.LOW_SPEED_LIMIT, 1)  # stalled for a minute: a connection error
+    handle.setopt(pycurl.LOW_SPEED_TIME, 60)
+    return handle
+
+
 def _transfer(ep: Endpoint, bucket: str, requests: Iterable[_Request]) -> int:
     """Run every request with at most CONNECTIONS in flight, on this thread; returns the count.
     The first HTTP error (or a connection failing ATTEMPTS times) is raised as OSError."""
@@ -129,7 +141,7 @@ def _transfer(ep: Endpoint, bucket: str, requests: Iterable[_Request]) -> int:
 
     signer = _Signer(ep)
     multi = pycurl.CurlMulti()
-    idle = [pycurl.Curl() for _ in range(CONNECTIONS)]
+    idle = [_handle() for _ in range(CONNECTIONS)]
     active: dict[Any, tuple[_Request, io.BytesIO]] = {}
     todo, retry = iter(requests), list[_Request]()
     count = 0
@@ -141,10 +153,6 @@ def _transfer(ep: Endpoint, bucket: str, requests: Iterable[_Request]) -> int:
         handle.setopt(pycurl.URL, f"{ep.scheme}://{ep.host}{path}")
         handle.setopt(pycurl.HTTPHEADER, signer.headers(method, path))
         handle.setopt(pycurl.WRITEFUNCTION, answer.write)
-        handle.setopt(pycurl.NOSIGNAL, 1)
-        handle.setopt(pycurl.CONNECTTIMEOUT, 10)
-        handle.setopt(pycurl.LOW_SPEED_LIMIT, 1)  # stalled for a minute: a connection error
-        handle.setopt(pycurl.LOW_SPEED_TIME, 60)
         if req.body is None:
             handle.setopt(pycurl.HTTPGET, 1)
         else:
@@ -209,7 +217,7 @@ def list_objects(ep: Endpoint, bucket: str, prefix: str, page: int = 1000) -> li
     import pycurl
 
     signer, path = _Signer(ep), "/" + quote(bucket, safe="")
-    handle = pycurl.Curl()
+    handle = _handle()
     objects: list[dict[str, Any]] = []
     params = {"list-type": "2", "prefix": prefix, "max-keys": str(page), "encoding-type": "url"}
     try:
@@ -222,7 +230,6 @@ def list_objects(ep: Endpoint, bucket: str, prefix: str, page: int = 1000) -> li
             handle.setopt(pycurl.URL, f"{ep.scheme}://{ep.host}{path}?{query}")
             handle.setopt(pycurl.HTTPHEADER, signer.headers("GET", path, query))
             handle.setopt(pycurl.WRITEFUNCTION, answer.write)
-            handle.setopt(pycurl.CONNECTTIMEOUT, 10)
             try:
                 handle.perform()
             except pycurl.error as exc:
