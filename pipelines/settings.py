@@ -47,6 +47,8 @@ class Settings:
     mlflow_port: int = 5001  # moto's server owns 5000
     endpoint_port: int = 8080  # SageMaker container contract
     capture_percent: float = 0.0  # LEPTON_CAPTURE_PERCENT: requests the local endpoint captures
+    # LEPTON_S3_ISOLATION=0: SeaweedFS without its own network namespace (services.netns)
+    s3_isolation: bool = True
     s3_endpoint_url_override: str | None = None
     tracking_uri_override: str | None = None
     data_bucket: str = "lepton-data"
@@ -228,7 +230,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     LEPTON_MLFLOW_PORT, LEPTON_ENDPOINT_PORT, LEPTON_DATA_BUCKET, LEPTON_ARTIFACT_BUCKET,
     LEPTON_MLFLOW_BUCKET, LEPTON_EXPERIMENT (or MLFLOW_EXPERIMENT_NAME), LEPTON_MODEL_NAME, LEPTON_SAGEMAKER_ROLE_ARN,
     LEPTON_PIPELINE_NAME, LEPTON_ENDPOINT_NAME, LEPTON_RAW_DATA_URI, LEPTON_IMAGE_URI,
-    LEPTON_IMAGE_PARAMETER, LEPTON_ENV_DIR, LEPTON_CAPTURE_PERCENT, AWS_REGION / AWS_DEFAULT_REGION,
+    LEPTON_IMAGE_PARAMETER, LEPTON_ENV_DIR, LEPTON_CAPTURE_PERCENT, LEPTON_S3_ISOLATION, AWS_REGION / AWS_DEFAULT_REGION,
     AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, MLFLOW_TRACKING_URI.
     """
     env = os.environ if env is None else env
@@ -247,6 +249,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         mlflow_port=_int(env, "LEPTON_MLFLOW_PORT", defaults.mlflow_port),
         endpoint_port=_int(env, "LEPTON_ENDPOINT_PORT", defaults.endpoint_port),
         capture_percent=_percent(env.get("LEPTON_CAPTURE_PERCENT", "0")),
+        s3_isolation=env.get("LEPTON_S3_ISOLATION", "1") not in ("0", "false", "off"),
         s3_endpoint_url_override=env.get("AWS_ENDPOINT_URL_S3")
         or env.get("AWS_ENDPOINT_URL")
         or None,

@@ -56,13 +56,15 @@ def up(
     timeout_s: float = 90.0,
     out: Printer = print,
     background: Collection[str] = (),
+    only: Collection[str] | None = None,
 ) -> dict[str, Callable[[], None]]:
     """Start every managed service that is not running; wait for health; create buckets.
 
     Services named in ``background`` are started but not waited for: the result maps each to
     a function that waits for its health (once; later calls return at once) and raises
     ServiceError as ``up`` would. `lepton pipeline run` starts MLflow (12 s of imports) that
-    way and waits for it only before the first step that tracks.
+    way and waits for it only before the first step that tracks. ``only`` names the services
+    to start (default: all).
     """
     if settings.mode != "local":
         raise ServiceError("services run only in local mode (LEPTON_MODE=local)")
@@ -70,6 +72,7 @@ def up(
     waiters: dict[str, Callable[[], None]] = {}
     with services_lock(settings):
         services = managed_services(settings)  # creates credentials and keys on first use
+        services = [s for s in services if only is None or s.name in only]
         _make_private(settings, services)
         for service in services:
             pid = _start_one(settings, service, out)
@@ -115,7 +118,8 @@ def _start_one(settings: Settings, service: Service, out: Printer) -> int:
             f"process; stop it or choose another port ({service.port_variable})"
         )
     pid = start_process(settings, service.name, service.command, service.env, service.cwd)
-    out(f"{service.name}: starting (pid {pid}), log {log_path(settings, service.name)}")
+    note = f", {service.note}" if service.note else ""
+    out(f"{service.name}: starting (pid {pid}){note}, log {log_path(settings, service.name)}")
     return pid
 
 

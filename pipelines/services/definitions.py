@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipelines.services import netns
 from pipelines.services.process import console_script, http_ok
 from pipelines.services.seaweedfs_security import ensure_security, security_dir
 from pipelines.settings import Settings
@@ -23,6 +25,7 @@ class Service:
     port_variable: str = ""  # the environment variable that moves it to another port
     data: tuple[Path, ...] = ()  # what it writes in the state folder (kept private, 0700)
     cwd: Path | None = None  # its working directory
+    note: str = ""  # printed when it starts
 
 
 TRACKING_SERVICE = "mlflow"  # the MLflow server's service name (pid file, log, `up`)
@@ -46,8 +49,10 @@ def seaweedfs(settings: Settings) -> Service:
     p = settings.s3_port
     data_dir = settings.state_dir / "s3"
     config_dir = ensure_security(settings)
-    # Every port weed mini opens is derived from the S3 port, so two state folders with
-    # different LEPTON_S3_PORT never collide (gRPC ports are http + 10000 by SeaweedFS rule).
+    # weed runs in a network namespace of its own where the machine allows it (netns): then
+    # only the S3 port is reachable from the host, forwarded into it. Every port weed mini
+    # opens is derived from the S3 port, so two state folders with different LEPTON_S3_PORT
+    # never collide (gRPC ports are http + 10000 by SeaweedFS rule) where it runs unisolated.
     # Only S3 answers without the keys in config_dir/security.toml (seaweedfs_security);
     # -disableHttp removes the master's and filer's HTTP APIs, which no key can close (the
     # master's /dir/assign hands out write tokens) and which S3 does not use; the Iceberg and
@@ -72,6 +77,13 @@ def seaweedfs(settings: Settings) -> Service:
         "-master.telemetry=false",
         "-disableHttp",
     ]
+    note = "its other ports reachable on the host (no user namespaces here)"
+    if not settings.s3_isolation:
+        note = "its other ports reachable on the host (LEPTON_S3_ISOLATION=0)"
+    elif netns.available():
+        forward = ["--host", settings.host, "--port", str(p), "--"]
+        cmd = [sys.executable, "-m", "pipelines.services.netns", *forward, *cmd]
+        note = "in a private network namespace: only S3 is reachable"
     env = {
         "AWS_ACCESS_KEY_ID": creds.access_key_id,
         "AWS_SECRET_ACCESS_KEY": creds.secret_access_key,
@@ -87,6 +99,7 @@ def seaweedfs(settings: Settings) -> Service:
         port_variable="LEPTON_S3_PORT",
         data=(data_dir, security_dir(settings)),
         cwd=config_dir,  # weed also reads ./security.toml, ./filer.toml...: only ours
+        note=note,
     )
 
 

@@ -1,6 +1,9 @@
 """SeaweedFS's internal security for `weed mini`: JWT signing keys and gRPC mutual TLS.
 
-SeaweedFS checks the project's credentials on its S3 port only. Out of the box its master,
+SeaweedFS checks the project's credentials on its S3 port only. Where the machine allows it,
+`weed` runs in a network namespace of its own (services/netns.py) and only S3 reaches the
+host; these keys are the second wall, and the only one where it runs on the host. Out of the
+box its master,
 volume, filer and admin ports (HTTP, and gRPC on HTTP + 10000) answer anyone who can reach
 127.0.0.1: the filer lists and writes `/buckets/`, the master hands out file ids, the volume
 server stores and serves blobs, and the filer's gRPC API does all of that too. What closes them
