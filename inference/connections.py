@@ -48,6 +48,11 @@ class ConnectionPolicy:
     idle: collections.OrderedDict[LeptonProtocol, None] = field(
         default_factory=collections.OrderedDict
     )
+    connections: set[Any] = field(default_factory=set)  # uvicorn's, once one is made
+
+    def requests_in_progress(self) -> int:
+        """Connections with a request dispatched and not yet answered."""
+        return len(self.connections) - len(self.fresh) - len(self.idle)
 
 
 class _Refused(Exception):
@@ -74,6 +79,7 @@ class LeptonProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         policy = self.policy
+        policy.connections = self.connections  # the server's set of open connections
         if len(self.connections) > policy.max_connections and not self._evict_one():
             self._refuse(503, "too many connections in use, retry shortly")
             return

@@ -128,6 +128,8 @@ class InferenceServer:
         self._decode_pool = DecodePool(config.decode_threads, config.decode_queue)
         self._batcher: MicroBatcher | None = None
         self._uvicorn: _Uvicorn | None = None
+        # connections with a request dispatched and not yet answered (set by start)
+        self.requests_in_progress: Callable[[], int] = lambda: 0
         self._serving: asyncio.Task[None] | None = None
 
     @property
@@ -146,17 +148,6 @@ class InferenceServer:
         check_bind(
             cfg.host, cfg.allow_remote, cfg.auth_token, cfg.sagemaker_hosting
         )  # also for programmatic use
-        self._batcher = MicroBatcher(
-            self._predict,
-            self._infer_pool,
-            workers=cfg.workers,
-            max_batch=cfg.max_batch,
-            max_wait_s=cfg.max_wait_ms / 1000,
-            max_queued_images=cfg.max_queued_images,
-            on_batch=self.metrics.batch_size.observe,
-        )
-        self._batcher.start()
-        self.app.batcher, self.app.decode_pool = self._batcher, self._decode_pool
         policy = ConnectionPolicy(
             header_timeout_s=cfg.header_timeout_s,
             max_header_bytes=cfg.max_header_bytes,
@@ -165,6 +156,19 @@ class InferenceServer:
             on_refused=self._refused,
             on_evicted=self.metrics.evicted_connections.inc,
         )
+        self._batcher = MicroBatcher(
+            self._predict,
+            self._infer_pool,
+            workers=cfg.workers,
+            max_batch=cfg.max_batch,
+            max_wait_s=cfg.max_wait_ms / 1000,
+            max_queued_images=cfg.max_queued_images,
+            on_batch=self.metrics.batch_size.observe,
+            in_progress=policy.requests_in_progress,
+        )
+        self.requests_in_progress = policy.requests_in_progress
+        self._batcher.start()
+        self.app.batcher, self.app.decode_pool = self._batcher, self._decode_pool
         server = _Uvicorn(
             uvicorn.Config(
                 self.app,

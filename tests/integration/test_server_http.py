@@ -400,3 +400,29 @@ def test_body_budget_bounds_memory_held_for_uploads(predictor: Predictor) -> Non
         holder.sendall(b"\0" * 900)
         assert holder.recv(65536).startswith(b"HTTP/1.1 400 ")  # garbage image, budget released
         assert post(handle.port, b"\0" * 200, "image/png")[0] == 400
+
+
+def test_requests_in_progress_counts_dispatched_requests_only(server: ServerHandle) -> None:
+    """What lets a lone request run the model on the loop (batcher): heads received, not
+    answered. Silent connections and finished requests do not count."""
+
+    def count_becomes(n: int) -> bool:
+        deadline = time.monotonic() + 5
+        while server.server.requests_in_progress() != n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return server.server.requests_in_progress() == n
+
+    head = (
+        b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        b"Content-Length: 100\r\n\r\n"
+    )
+    silent = socket.create_connection(("127.0.0.1", server.port))
+    waiting = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
+    for sock in waiting:
+        sock.sendall(head)  # the head only: the body never comes
+    assert count_becomes(3)
+    assert post(server.port, b"", content_type="application/json")[0] == 400
+    assert count_becomes(3)  # a finished request leaves the count as it was
+    for sock in [silent, *waiting]:
+        sock.close()
+    assert count_becomes(0)
