@@ -58,7 +58,7 @@ def test_a_fast_model_runs_on_the_loop_once_measured() -> None:
             assert probs[0, 0] == value
         threads = [thread for thread, _ in model.calls]
         assert threads[0] != loop_thread  # not measured yet: a worker
-        assert threads[1:] == [loop_thread] * 4
+        assert threads[2:] == [loop_thread] * 3  # (the 2nd too, unless the 1st was preempted)
 
     _run(model, scenario)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -180,3 +181,39 @@ def test_integer_pixels_arrive_as_uint8_and_out_of_range_ones_do_not() -> None:
     pixels[0, 0, 0, 0] = 300  # kept wide, so the predictor's range check refuses it
     fast = fast_pixels(json.dumps(pixels.tolist()).encode(), SHAPE, 32)
     assert fast is not None and fast[0].dtype == np.int64 and fast[0].max() == 300
+
+
+def test_fast_path_never_reads_a_random_edit_of_floats_differently_from_json() -> None:
+    """As above for a body of floats, with the characters numbers are made of."""
+    rng = np.random.default_rng(11)
+    body = json.dumps((_pixels(1)[0] / 7).tolist()).encode()
+    alphabet = list(b"0123456789.eE+-, []")
+    accepted = 0
+    for _ in range(2000):
+        edited = bytearray(body)
+        for _ in range(int(rng.integers(1, 3))):
+            at = int(rng.integers(0, len(edited)))
+            edited[at] = int(rng.choice(alphabet))
+        fast = fast_pixels(bytes(edited), SHAPE, 32)
+        if fast is None:
+            continue
+        accepted += 1
+        np.testing.assert_array_equal(fast[0][0], np.asarray(json.loads(bytes(edited))))
+    assert accepted > 0
+
+
+def test_fast_path_reads_alike_from_many_threads() -> None:
+    """Each thread keeps its own parser: bodies read at once never mix."""
+    bodies = [
+        (json.dumps(_pixels(2, seed).tolist()).encode(), _pixels(2, seed)) for seed in range(4)
+    ]
+
+    def read(body: bytes, want: np.ndarray) -> bool:
+        for _ in range(200):
+            fast = fast_pixels(body, SHAPE, 32)
+            if fast is None or not np.array_equal(fast[0], want):
+                return False
+        return True
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(lambda pair: read(*pair), bodies))
