@@ -57,3 +57,20 @@ def test_restrict_tree_takes_group_and_other_bits_off(tmp_path: Path) -> None:
     }
     assert modes == {"s3": 0o700, "s3/sub": 0o700, "s3/sub/data.dat": 0o600, "s3/tool": 0o700}
     restrict_tree(tmp_path / "missing")  # nothing to do, no error
+
+
+def test_seaweedfs_runs_in_its_namespace_unless_told_not_to(tmp_path: Path) -> None:
+    from pipelines.services import netns
+    from pipelines.services.definitions import seaweedfs
+
+    env = {"LEPTON_STATE_DIR": str(tmp_path)}
+    isolated = seaweedfs(load_settings(env))
+    direct = seaweedfs(load_settings({**env, "LEPTON_S3_ISOLATION": "0"}))
+    assert Path(direct.command[0]).name == "weed" and "LEPTON_S3_ISOLATION=0" in direct.note
+    weed_args = direct.command[1:]
+    if netns.available():
+        launcher = ["-m", "pipelines.services.netns", "--host", "127.0.0.1", "--port", "8333"]
+        assert isolated.command[1:7] == launcher and isolated.command[8:] == direct.command
+        assert "only S3 is reachable" in isolated.note
+    else:
+        assert isolated.command[1:] == weed_args and "no user namespaces" in isolated.note
