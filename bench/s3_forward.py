@@ -4,8 +4,9 @@
 the host by pipelines/services/netns.py, so every S3 byte passes through that forwarder. This
 starts two S3-only stacks in temporary state folders, one forwarded and one direct
 (LEPTON_S3_ISOLATION=0), loads the same objects into both, and measures, alternating rounds
-on the two: small-object download with the runner's fetch (objects/s) and large-object
-download with boto3 (MB/s). Ratios are forwarded / direct. Progress on stderr, JSON last.
+on the two: small-object download with the runner's fetch over TCP (objects/s; the runner
+itself uses weed's Unix socket, reported too) and large-object download with boto3 (MB/s).
+Ratios are forwarded / direct. Progress on stderr, JSON last.
 
     .venv/bin/python bench/s3_forward.py [--objects 20000] [--rounds 3]
 """
@@ -13,6 +14,7 @@ download with boto3 (MB/s). Ratios are forwarded / direct. Progress on stderr, J
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -62,9 +64,11 @@ def load(settings: Settings, n: int) -> None:
     )
 
 
-def small_rate(settings: Settings, n: int, work: Path) -> float:
+def small_rate(settings: Settings, n: int, work: Path, unix_socket: bool = False) -> float:
     ep = fetch.endpoint_of(s3_client(settings))
     assert ep is not None
+    if not unix_socket:
+        ep = dataclasses.replace(ep, unix_socket=None)
     pairs = [(f"small/{i:07d}.bin", work / f"{i:07d}.bin") for i in range(n)]
     t0 = time.perf_counter()
     got = fetch.fetch_objects(ep, settings.data_bucket, pairs)
@@ -97,13 +101,16 @@ def main(argv: list[str] | None = None) -> int:
         for name, settings in stacks.items():
             load(settings, args.objects)
             log(f"{name}: loaded {args.objects} small objects and one of {LARGE_BYTES >> 20} MB")
-        small: dict[str, list[float]] = {name: [] for name in stacks}
+        small: dict[str, list[float]] = {name: [] for name in (*stacks, "forwarded_unix_socket")}
         large: dict[str, list[float]] = {name: [] for name in stacks}
         work = tmp / "work"
         work.mkdir()
         for r in range(args.rounds):
             for name, settings in stacks.items():
                 small[name].append(small_rate(settings, args.objects, work))
+                if name == "forwarded":
+                    rate = small_rate(settings, args.objects, work, unix_socket=True)
+                    small["forwarded_unix_socket"].append(rate)
                 large[name].append(large_rate(settings))
                 log(
                     f"round {r + 1} {name}: {small[name][-1]:.0f} objects/s, {large[name][-1]:.0f} MB/s"
@@ -123,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         "large_mb_per_s": {n: round(v, 1) for n, v in med["large"].items()},
         "ratio_small_forwarded_to_direct": round(
             med["small"]["forwarded"] / med["small"]["direct"], 3
+        ),
+        "ratio_small_unix_socket_to_direct": round(
+            med["small"]["forwarded_unix_socket"] / med["small"]["direct"], 3
         ),
         "ratio_large_forwarded_to_direct": round(
             med["large"]["forwarded"] / med["large"]["direct"], 3

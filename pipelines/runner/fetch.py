@@ -10,7 +10,10 @@ small objects from SeaweedFS: 3,600-3,800 objects/s and 0.2 ms of client CPU an 
 against 2,000/s and 0.6 ms for the forked processes x threads over ``http.client`` this
 replaced (bench/data_scale.py reports it at 100,000). Used for S3-compatible endpoints given
 explicitly (the local object store); objects over a few MB, or any other endpoint, go through
-boto3.
+boto3. The local SeaweedFS also serves S3 on a Unix socket (`local_s3_socket`), which runs in
+its own network namespace behind a forwarder (services/netns.py): when that socket is there,
+live and this user's, requests go through it, skipping TCP and the forwarder (100,000
+objects: 4,268 objects/s, against 3,379 through the forwarder).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import hashlib
 import hmac
 import io
 import os
+import socket
+import stat
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +48,26 @@ class Endpoint:
     access_key: str
     secret_key: str
     token: str | None
+    unix_socket: str | None = None  # the same server on a Unix socket: no TCP, no forwarder
+
+
+def local_s3_socket(port: int) -> str:
+    """The Unix socket the local SeaweedFS also serves S3 on, for the S3 port ``port``
+    (services/definitions.py passes it as ``-s3.localSocket``; owner-only, as weed makes it)."""
+    return f"/tmp/seaweedfs-s3-{port}.sock"
+
+
+def _own_socket(path: str) -> bool:
+    """A live Unix socket of this user's (weed leaves its socket behind when it stops)."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.getuid():
+            return False
+        with socket.socket(socket.AF_UNIX) as probe:
+            probe.connect(path)
+    except OSError:
+        return False
+    return True
 
 
 def endpoint_of(client: Any) -> Endpoint | None:
@@ -56,6 +81,10 @@ def endpoint_of(client: Any) -> Endpoint | None:
         return None
     frozen = credentials.get_frozen_credentials()
     parts = urlsplit(url)
+    socket_path = None
+    if parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost") and parts.port:
+        socket_path = local_s3_socket(parts.port)
+        socket_path = socket_path if _own_socket(socket_path) else None
     return Endpoint(
         parts.scheme,
         parts.netloc,
@@ -63,6 +92,7 @@ def endpoint_of(client: Any) -> Endpoint | None:
         frozen.access_key,
         frozen.secret_key,
         frozen.token,
+        socket_path,
     )
 
 
@@ -122,11 +152,13 @@ class _Signer:
         return [f"{k}: {v}" for k, v in signed.items() if k != "host"] + ["Expect:"]
 
 
-def _handle() -> Any:
-    """A curl handle with the options every request shares."""
+def _handle(ep: Endpoint) -> Any:
+    """A curl handle with the options every request to ``ep`` shares."""
     import pycurl
 
     handle = pycurl.Curl()
+    if ep.unix_socket:
+        handle.setopt(pycurl.UNIX_SOCKET_PATH, ep.unix_socket)
     handle.setopt(pycurl.NOSIGNAL, 1)
     handle.setopt(pycurl.CONNECTTIMEOUT, 10)
     handle.setopt(pycurl.LOW_SPEED_LIMIT, 1)  # stalled for a minute: a connection error
@@ -141,7 +173,7 @@ def _transfer(ep: Endpoint, bucket: str, requests: Iterable[_Request]) -> int:
 
     signer = _Signer(ep)
     multi = pycurl.CurlMulti()
-    idle = [_handle() for _ in range(CONNECTIONS)]
+    idle = [_handle(ep) for _ in range(CONNECTIONS)]
     active: dict[Any, tuple[_Request, io.BytesIO]] = {}
     todo, retry = iter(requests), list[_Request]()
     count = 0
@@ -217,7 +249,7 @@ def list_objects(ep: Endpoint, bucket: str, prefix: str, page: int = 1000) -> li
     import pycurl
 
     signer, path = _Signer(ep), "/" + quote(bucket, safe="")
-    handle = _handle()
+    handle = _handle(ep)
     objects: list[dict[str, Any]] = []
     params = {"list-type": "2", "prefix": prefix, "max-keys": str(page), "encoding-type": "url"}
     try:

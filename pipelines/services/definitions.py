@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipelines.runner.fetch import local_s3_socket
 from pipelines.services import netns
 from pipelines.services.process import console_script, http_ok
 from pipelines.services.seaweedfs_security import ensure_security, security_dir
@@ -65,6 +66,7 @@ def seaweedfs(settings: Settings) -> Service:
         f"-ip={settings.host}",
         f"-ip.bind={settings.host}",
         f"-s3.port={p}",
+        f"-s3.localSocket={local_s3_socket(p)}",  # S3 on a Unix socket too: fetch.py uses it
         f"-master.port={p + 1}",
         f"-volume.port={p + 2}",
         f"-filer.port={p + 3}",

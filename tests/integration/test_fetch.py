@@ -16,16 +16,31 @@ from pipelines.settings import Settings
 from pipelines.storage import s3_client
 
 
-def _endpoint(settings: Settings) -> fetch.Endpoint:
+def _endpoint(settings: Settings, via: str = "socket") -> fetch.Endpoint:
     ep = fetch.endpoint_of(s3_client(settings))
     assert ep is not None  # the local store has an explicit endpoint and static keys
-    return ep
+    # the local SeaweedFS also serves S3 on its Unix socket, which the fast path then uses
+    assert ep.unix_socket == fetch.local_s3_socket(settings.s3_port)
+    return ep if via == "socket" else dataclasses.replace(ep, unix_socket=None)
 
 
+def test_the_socket_is_used_only_when_it_is_ours(tmp_path: Path) -> None:
+    plain = tmp_path / "not-a-socket"
+    plain.write_bytes(b"")
+    assert not fetch._own_socket(str(plain)) and not fetch._own_socket(str(tmp_path / "none"))
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "s.sock"))
+        assert not fetch._own_socket(str(tmp_path / "s.sock"))  # bound, nobody listening
+        sock.listen()
+        assert fetch._own_socket(str(tmp_path / "s.sock"))
+    assert not fetch._own_socket(str(tmp_path / "s.sock"))  # left behind, as weed leaves it
+
+
+@pytest.mark.parametrize("via", ["socket", "tcp"])
 def test_put_then_fetch_round_trips_more_objects_than_connections(
-    s3_settings: Settings, tmp_path: Path
+    s3_settings: Settings, tmp_path: Path, via: str
 ) -> None:
-    ep, bucket = _endpoint(s3_settings), s3_settings.data_bucket
+    ep, bucket = _endpoint(s3_settings, via), s3_settings.data_bucket
     run = uuid.uuid4().hex[:8]
     names = ["plain.png", "with space.png", "ünï cødé.png", "a+b=c&d.png", "empty.bin"]
     names += [f"many/{i:04d}.png" for i in range(3 * fetch.CONNECTIONS)]
@@ -71,7 +86,8 @@ def test_wrong_keys_are_refused_and_a_dead_endpoint_fails_after_its_attempts(
         fetch.list_objects(forged, bucket, "fetch-test/")
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
-        dead = dataclasses.replace(ep, host=f"127.0.0.1:{sock.getsockname()[1]}")
+        port = sock.getsockname()[1]
+        dead = dataclasses.replace(ep, host=f"127.0.0.1:{port}", unix_socket=None)
     with pytest.raises(OSError, match="s3://.*/k"):
         fetch.fetch_objects(dead, bucket, [("k", tmp_path / "k")])
     with pytest.raises(OSError, match="listing s3://"):
