@@ -10,8 +10,9 @@ ONNX Runtime releases the GIL, so workers overlap with the event loop's parsing.
 
 A model known to be fast (its last call took under ``INLINE_MAX_S`` for as many images) runs
 on the event loop itself when the server is otherwise idle (nothing queued, running or on its
-way, and no other request received): a lone client then skips the two thread hand-offs, which cost a tiny model more than its
-own call. Anything else, and any model not yet measured, goes through the workers.
+way, and no other request received): a lone client then skips the two thread hand-offs,
+which cost a tiny model more than its own call. Anything else, and any model not yet
+measured, goes through the workers.
 
 Work that cannot be batched (saliency maps) queues in the same line with :meth:`call`: it
 counts against the same queue limit, waits its turn and takes a worker like a batch does.
@@ -41,7 +42,7 @@ __all__ = ["MicroBatcher", "Overloaded"]
 EXPECT_SHARE = 0.1
 EXPECT_MAX_S = 0.1
 # A model call this short runs on the loop when nothing else is in flight: the tiny test model
-# (~0.1 ms) at concurrency 1 went from about 1,080 to 1,400 requests/s (bench/serve.py);
+# (~0.1 ms) at concurrency 1 went from about 1,080 to 1,630 requests/s (bench/serve.py);
 # a request that arrives meanwhile waits at most this long for the loop.
 INLINE_MAX_S = 0.001
 

@@ -8,9 +8,9 @@ namespace (a socket stays in the namespace it was made in), then unshares, bring
 loopback up, starts the service there on the same address and port, and forwards each accepted
 connection to it: two threads per connection move the bytes with splice(2), kernel to kernel
 (bench/s3_forward.py: 0.82-0.90x a direct connection's throughput for small S3 objects,
-0.73-0.84x for large; an asyncio forwarder did 0.75x, and uvloop's crashed). It needs no privileges, only unprivileged user namespaces (Linux); where
-those are refused (`available()` is False: macOS, some hardened kernels) the caller runs the
-service directly.
+0.73-0.84x for large; an asyncio forwarder did 0.75x, and uvloop's crashed). It needs no
+privileges, only unprivileged user namespaces (Linux); where those are refused (`available()`
+is False: macOS, some hardened kernels) the caller runs the service directly.
 
     python -m pipelines.services.netns --host 127.0.0.1 --port 8333 -- weed mini ...
 
