@@ -90,7 +90,6 @@ class MicroBatcher:
         self._running: set[asyncio.Task[None]] = set()
         self._last_rows = 0  # images in the last model call
         self._last_call_s = 0.0  # its duration
-        self._per_image_s = math.inf  # the last call's duration per image (inf: none yet)
         self._busy = 0  # model calls taken from the queue and not yet answered
 
     def start(self) -> None:
@@ -108,10 +107,14 @@ class MicroBatcher:
         """Queue ``[n, H, W, C]`` pixels; returns their ``[n, K]`` probabilities."""
         if announced:
             self.withdraw()
-        if self._idle() and self._per_image_s * len(pixels) < INLINE_MAX_S:
+        if self._idle() and self._expected_s(len(pixels)) < INLINE_MAX_S:
             return self._run_inline(pixels)
         result: np.ndarray = await self._enqueue(pixels, None, len(pixels))
         return result
+
+    def _expected_s(self, rows: int) -> float:
+        """A model call's duration for ``rows`` images, as the last call went (inf: none yet)."""
+        return self._last_call_s / self._last_rows * rows if self._last_rows else math.inf
 
     def _idle(self) -> bool:
         if self._queue or self._busy or self._announced:
@@ -123,12 +126,8 @@ class MicroBatcher:
             self._on_batch(len(batch))
         started = time.perf_counter()
         probs = self._predict(batch)
-        self._measured(len(batch), time.perf_counter() - started)
+        self._last_rows, self._last_call_s = len(batch), time.perf_counter() - started
         return probs
-
-    def _measured(self, rows: int, seconds: float) -> None:
-        self._last_rows, self._last_call_s = rows, seconds
-        self._per_image_s = seconds / max(rows, 1)
 
     async def call(self, fn: Callable[[], Any], weight: int) -> Any:
         """Run ``fn()`` on a worker in queue order, alone; ``weight`` images of queue limit."""
@@ -238,7 +237,7 @@ class MicroBatcher:
         if self._on_batch is not None:
             self._on_batch(len(batch))
         probs, seconds = await loop.run_in_executor(self._executor, self._timed, batch)
-        self._measured(len(batch), seconds)
+        self._last_rows, self._last_call_s = len(batch), seconds
         return probs
 
     def _timed(self, batch: np.ndarray) -> tuple[np.ndarray, float]:

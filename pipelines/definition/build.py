@@ -43,7 +43,6 @@ from pipelines.imports import SOURCE_ROOT, module_file
 # Used when the config has no role (local runs): the local runner ignores RoleArn, and
 # `pipelines.aws.pipeline.upsert` refuses a config without a real role.
 PLACEHOLDER_ROLE_ARN = "arn:aws:iam::000000000000:role/lepton-local-placeholder"
-ENTRY_MODULES = n.PROCESSING_MODULES
 
 
 class NoImageError(ValueError):
@@ -86,7 +85,7 @@ def resolve_images(cfg: PipelineConfig) -> Images:
 
 def _check_entry_points(code_dir: Path, cfg: PipelineConfig, source_root: Path) -> None:
     """Caught here rather than by SageMaker, hours later."""
-    missing = [m for m in ENTRY_MODULES if module_file(m, code_dir) is None]
+    missing = [m for m in n.PROCESSING_MODULES if module_file(m, code_dir) is None]
     if not (code_dir / cfg.train_entry_script).is_file():
         missing.append(cfg.train_entry_script)
     if missing:

@@ -80,7 +80,7 @@ def test_a_request_too_big_for_the_loop_goes_to_a_worker() -> None:
     async def scenario(batcher: MicroBatcher, loop_thread: int) -> None:
         await batcher.submit(_pixels(0), announced=False)
         await batcher.submit(_pixels(1), announced=False)
-        per_image = batcher._per_image_s
+        per_image = batcher._expected_s(1)
         rows = int(INLINE_MAX_S / per_image) + 1 if per_image > 0 else 10**9
         await batcher.submit(_pixels(2, min(rows, 100_000)), announced=False)
         assert model.calls[1][0] == loop_thread and model.calls[2][0] != loop_thread
