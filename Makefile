@@ -27,6 +27,11 @@ $(PY):
 
 setup: $(PY) ## create .venv (the project, pinned: constraints.txt) and the step environment
 	$(PY) -m pip install -c constraints.txt -e '.[dev]'
+	@# the endpoint's JSON pixel reader (C, infra/image/native); without a C compiler the
+	@# endpoint takes its pure path (same answers, slower)
+	$(PY) -m pip install --no-deps --force-reinstall ./infra/image/native || \
+	  echo "warning: lepton-native not built (no C compiler?): JSON pixel bodies take the slower path"
+	@rm -rf infra/image/native/build infra/image/native/*.egg-info
 	@# the local runner's step environment: infra/image/requirements.txt alone, built once
 	$(LEPTON) pipeline environment
 	@$(PY) -c "from importlib.metadata import version as v; print('installed: ' + ', '.join(p + ' ' + v(p) for p in ('sagemaker', 's3fs', 'torch', 'lightning', 'mlflow')))"

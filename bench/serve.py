@@ -13,6 +13,9 @@ Payloads: lepton and LitServe get the same pixels as the same JSON document
 (``{"instances": [[H][W][C] ints]}``); MLflow gets them as the model's tensor
 (``{"inputs": [[C][H][W] floats]}``), its only way to take pixels. lepton is also measured with
 the PNG and ``.npy`` forms a client would normally send. Every answer's status is checked.
+``--lepton-payloads json,json-pure,...``: ``json-pure`` is the same JSON sent to a second lepton
+server whose C pixel reader (infra/image/native) is off (``LEPTON_JSON_NATIVE=0``): the gain of
+that reader, measured side by side.
 
 ``--arch resnet18`` measures the other end: a resnet18 at 224 x 224 px built and exported by the
 project's own training code (random weights, nothing downloaded), where the model dominates.
@@ -466,18 +469,34 @@ def main(argv: list[str] | None = None) -> int:
         # drift in the machine's background load hits all alike (an idle server costs ~0 CPU).
         with contextlib.ExitStack() as stack:
             targets: list[tuple[str, str, int, bytes]] = []
+
+            def lepton_cmd(port: int) -> list[str]:
+                return [
+                    python, "-m", "inference.server", "--model", str(model_dir),
+                    "--port", str(port), *args.lepton_args.split(),
+                ]  # fmt: skip
+
             port = free_port()
-            cmd = [
-                python, "-m", "inference.server", "--model", str(model_dir), "--port", str(port),
-                *args.lepton_args.split(),
-            ]  # fmt: skip
             lepton = stack.enter_context(
-                process(cmd, f"http://127.0.0.1:{port}/ping", log=work / "lepton.log")
+                process(lepton_cmd(port), f"http://127.0.0.1:{port}/ping", log=work / "lepton.log")
             )
+            pids = {port: lepton.pid}  # the server each lepton target's CPU time is read from
             for name in args.lepton_payloads.split(","):
-                targets.append(
-                    ("lepton", name, port, http_request(port, "/invocations", *ours[name]))
-                )
+                target_port = port
+                if name == "json-pure":  # JSON with the C reader off (LEPTON_JSON_NATIVE=0)
+                    target_port = free_port()
+                    pure = stack.enter_context(
+                        process(
+                            lepton_cmd(target_port),
+                            f"http://127.0.0.1:{target_port}/ping",
+                            env=os.environ | {"LEPTON_JSON_NATIVE": "0"},
+                            log=work / "lepton-pure.log",
+                        )
+                    )
+                    pids[target_port] = pure.pid
+                body = ours["json" if name == "json-pure" else name]
+                request = http_request(target_port, "/invocations", *body)
+                targets.append(("lepton", name, target_port, request))
             if not args.skip_litserve:
                 port = free_port()
                 cmd = [python, str(Path(__file__).resolve()), "--model", str(model_dir)]
@@ -514,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
                     for server, name, port, request in targets:
                         if measure_raw and server == "lepton":
                             measure_limit()
-                        pid = lepton.pid if measure_raw and server == "lepton" else None
+                        pid = pids[port] if measure_raw and server == "lepton" else None
                         r = load(port, request, c, args.duration, args.warmup, cpu_pid=pid)
                         rows.append({"server": server, "payload": name, **r})
                         if pid is not None:
@@ -526,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
                     load_avg[f"after_c{c}" + (f"_rep{rep}" if rep else "")] = os.getloadavg()
             if measure_raw:
                 measure_limit()
-            batches = lepton_batches(targets[0][2])
+            batches = lepton_batches(targets[0][2])  # the first lepton server's
 
     print()
     print(

@@ -11,11 +11,13 @@ Three steps, each bounded by the one before:
    the raw lists would first build a string array as wide as the longest string for every
    element: 330 KB of JSON strings became 1.3 GB that way.
 
-Numeric bodies of the model's exact shape take :func:`fast_pixels` instead: the bracket
-structure is compared with the shape's, then simdjson (a validating C++ parser) reads the
-numbers straight into an array, about 11x faster than ``json.loads`` alone (3.8 ms for a
-224 x 224 x 3 image of integers, where ``json.loads`` takes 43 ms; as floats, a 3.1 MB body,
-7 ms against 39 ms).
+Numeric bodies of the model's exact shape take :func:`fast_pixels` instead. Integer pixels
+0..255 written plainly go through ``lepton_pixels`` (infra/image/native, C: structure and
+numbers in one pass, 2.0 ms for a 224 x 224 x 3 image). Other numbers, or where that module is
+not built: the bracket structure is compared with the shape's, then simdjson (a validating C++
+parser) reads the numbers straight into an array (7 ms for the same image, where ``json.loads``
+alone takes 43 ms; as floats, a 3.1 MB body, 7 ms against 39 ms). Both only ever accept a
+valid body; anything they do not take goes the general way.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 import re
 import threading
 from dataclasses import dataclass
@@ -30,6 +33,13 @@ from typing import Any, Literal
 
 import numpy as np
 import simdjson
+
+try:  # infra/image/native: built into the image and the step environment (needs a C compiler)
+    import lepton_pixels
+except ImportError:  # the pure path below: same answers, ~3.5x slower for integer pixels
+    lepton_pixels = None
+if os.environ.get("LEPTON_JSON_NATIVE") == "0":  # the pure path on purpose (bench/serve.py)
+    lepton_pixels = None
 
 __all__ = ["JsonBody", "JsonError", "fast_pixels", "parse_cost_bytes", "parse_json"]
 
@@ -234,6 +244,22 @@ def _full_shape(
     return None
 
 
+def _native_pixels(
+    text: bytes | memoryview, shape: Shape, single_allowed: bool, max_instances: int
+) -> tuple[np.ndarray, bool] | None:
+    """Integer pixels 0..255 written plainly (as ``json.dumps`` writes them), structure and
+    numbers checked in one C pass with the GIL released: 2.0 ms for a 224 x 224 x 3 body where
+    the path below takes 7 ms. None for any other body (floats, larger integers, ...)."""
+    size = shape[0] * shape[1] * shape[2]
+    out = np.empty(size * max(1, max_instances), dtype=np.uint8)
+    found = lepton_pixels.read_uint8(text, out, shape, single_allowed, max_instances)
+    if found == 0:
+        return None
+    if found < 0:
+        return out[:size].reshape(1, *shape), True
+    return out[: found * size].reshape(found, *shape), False
+
+
 def fast_pixels(body: bytes, shape: Shape, max_instances: int) -> tuple[np.ndarray, bool] | None:
     """A body that is a rectangular array of numbers of the model's shape (bare, or as
     ``{"instances": ...}``) -> (``[N, H, W, C]`` array, single), several times faster than the
@@ -246,8 +272,16 @@ def fast_pixels(body: bytes, shape: Shape, max_instances: int) -> tuple[np.ndarr
     if match is not None:
         if not text.endswith(b"}"):
             return None
+        if lepton_pixels is not None:
+            native = _native_pixels(memoryview(text)[match.end() : -1], shape, False, max_instances)
+            if native is not None:
+                return native
         text = text[match.end() : -1].strip()
         single_allowed = False
+    elif lepton_pixels is not None:
+        native = _native_pixels(text, shape, True, max_instances)
+        if native is not None:
+            return native
     if not (text.startswith(b"[") and text.endswith(b"]")):
         return None
     skeleton = text.translate(None, _NUMBER_CHARS)

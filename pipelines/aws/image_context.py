@@ -1,7 +1,8 @@
 """The image's build context (infra/image/): its files, its digest, its tag, its zip.
 
-The context is exactly the files Docker needs (Dockerfile, requirements.txt, serve) and the
-CodeBuild recipe (buildspec.yml), nothing else from the folder. Its digest covers names, modes
+The context is exactly the files Docker needs (Dockerfile, requirements.txt, serve, the
+sources of native/) and the CodeBuild recipe (buildspec.yml), nothing else from the folder (no
+build output of native/). Its digest covers names, modes
 and bytes, so the tag `<flavour>-<digest>` names the image a context builds: an unchanged
 context is not built again, and an image's tag says which context it came from. The zip is
 byte-for-byte reproducible (sorted entries, fixed timestamps and modes), so the same context
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.aws.image_lock import IMAGE_DIR
+from pipelines.runner.environment import native_sources
 
 CONTEXT_FILES = {
     "Dockerfile": 0o644,
@@ -24,6 +26,7 @@ CONTEXT_FILES = {
     "serve": 0o755,
     "buildspec.yml": 0o644,
 }
+NATIVE = "native"  # a folder of the context: the sources `native_sources` names
 FLAVOURS = ("gpu", "cpu")  # gpu first: the AWS default training instance is a GPU instance
 DEFAULT_FLAVOUR = "gpu"
 BUILD_PREFIX = "image-build/"  # in the artifact bucket; the CodeBuild role reads only this
@@ -70,6 +73,7 @@ class BuildContext:
         folder.mkdir(parents=True, exist_ok=True)
         for name, mode, data in self.files:
             path = folder / name
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
             path.chmod(mode)
         return folder
@@ -78,11 +82,12 @@ class BuildContext:
 def load_context(folder: Path = IMAGE_DIR) -> BuildContext:
     """The build context in `folder`; a missing file is an error naming it."""
     missing = [name for name in CONTEXT_FILES if not (folder / name).is_file()]
+    native = native_sources(folder / NATIVE) if (folder / NATIVE).is_dir() else []
+    if not native:
+        missing.append(f"{NATIVE}/")
     if missing:
         raise FileNotFoundError(f"build context {folder} lacks {', '.join(missing)}")
+    files = dict(CONTEXT_FILES) | {f"{NATIVE}/{p.name}": 0o644 for p in native}
     return BuildContext(
-        tuple(
-            (name, mode, (folder / name).read_bytes())
-            for name, mode in sorted(CONTEXT_FILES.items())
-        )
+        tuple((name, mode, (folder / name).read_bytes()) for name, mode in sorted(files.items()))
     )

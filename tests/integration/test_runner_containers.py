@@ -24,7 +24,12 @@ from pipelines.definition.names import IMAGE_REQUIREMENTS
 from pipelines.imports import SOURCE_ROOT
 from pipelines.runner import container, jobs
 from pipelines.runner.engine import flatten_steps, parameter_values
-from pipelines.runner.environment import ensure_environment, read_pins
+from pipelines.runner.environment import (
+    ensure_environment,
+    native_sources,
+    read_pins,
+    requirements_digest,
+)
 from pipelines.runner.expressions import Context, resolve
 from pipelines.settings import load_settings
 
@@ -194,3 +199,40 @@ def test_a_package_missing_from_the_requirements_fails_the_step_that_imports_it(
     ok.mkdir(parents=True)
     jobs.run_processing("Prepare", args, ok, full)
     assert (tmp_path / "dataset" / "manifest.json").is_file()
+
+
+def test_the_step_environment_holds_the_native_reader_and_survives_one_that_cannot_build(
+    step_python: Path, tmp_path: Path
+) -> None:
+    """infra/image/native is built into the step environment as into the image; sources that
+    do not compile leave a working environment, a warning and a record saying so."""
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler here: the native reader cannot be built")
+    probe = "import lepton_pixels, numpy as np; print(lepton_pixels.read_uint8(b'[[[7]]]', np.zeros(1, np.uint8), (1, 1, 1), True, 0))"
+    run = subprocess.run([str(step_python), "-c", probe], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == "-1", run.stderr
+
+    envs = tmp_path / "envs"
+    envs.mkdir()
+    subprocess.run(["cp", "-al", str(step_python.parents[1]), str(envs / "base")], check=True)
+    broken = tmp_path / "native"
+    broken.mkdir()
+    for path in native_sources():
+        shutil.copy2(path, broken)
+    (broken / "lepton_pixels.c").write_text("this is not C\n")
+    requirements = SOURCE_ROOT / IMAGE_REQUIREMENTS
+    assert requirements_digest(requirements, broken) != requirements_digest(requirements)
+    said: list[str] = []
+    python = ensure_environment(requirements, envs, out=said.append, native=broken)
+    assert any("could not be built" in line for line in said), said
+    record = json.loads((python.parents[1] / "lepton-env.json").read_text())
+    assert record["native"] is False
+    run = subprocess.run([str(python), "-c", "import lepton_pixels"], capture_output=True)
+    assert run.returncode != 0  # the base's copy was replaced, not kept
+    imports = subprocess.run(
+        [str(python), "-c", "import inference.jsonbody as j; print(j.lepton_pixels)"],
+        capture_output=True,
+        text=True,
+        cwd=SOURCE_ROOT,
+    )
+    assert imports.returncode == 0 and imports.stdout.strip() == "None", imports.stderr

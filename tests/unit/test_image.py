@@ -41,6 +41,7 @@ from pipelines.aws.image_lock import (
     third_party_imports,
 )
 from pipelines.definition import names
+from pipelines.runner.environment import native_sources
 from pipelines.settings import load_settings
 
 DOCKERFILE = IMAGE_DIR / "Dockerfile"
@@ -206,10 +207,19 @@ def _instructions() -> list[tuple[str, str]]:
 
 
 def test_the_image_holds_no_project_code() -> None:
+    """Only requirements, serve and the native sources are copied in, and the native sources
+    only into the build stage: the image gets the wheel they make, never the sources."""
     copied = [rest for keyword, rest in _instructions() if keyword in ("COPY", "ADD")]
     sources = {part for rest in copied for part in rest.split()[:-1] if not part.startswith("--")}
-    assert sources == {"requirements.txt", "serve"}, sources
+    assert sources == {"requirements.txt", "serve", "native/", "/wheels"}, sources
     assert set(CONTEXT_FILES) == {"Dockerfile", "requirements.txt", "serve", "buildspec.yml"}
+    stage = ""
+    for keyword, rest in _instructions():
+        stage = rest.split(" AS ")[-1] if keyword == "FROM" else stage
+        if keyword == "COPY" and "native/" in rest.split():
+            assert stage == "native", stage
+        if keyword == "COPY" and "/wheels" in rest.split():
+            assert "--from=native" in rest.split() and stage == "image", stage
 
 
 def test_container_conventions() -> None:
@@ -243,7 +253,8 @@ def test_context_zip_is_reproducible_and_complete() -> None:
     assert first.zip_bytes() == second.zip_bytes()
     with zipfile.ZipFile(BytesIO(first.zip_bytes())) as archive:
         infos = {i.filename: i for i in archive.infolist()}
-        assert set(infos) == set(CONTEXT_FILES)
+        native = {f"native/{p.name}" for p in native_sources(IMAGE_DIR / "native")}
+        assert set(infos) == set(CONTEXT_FILES) | native and native
         for name, mode in CONTEXT_FILES.items():
             assert (infos[name].external_attr >> 16) & 0o777 == mode
             assert archive.read(name) == (IMAGE_DIR / name).read_bytes()
@@ -261,15 +272,29 @@ def test_tag_names_the_context_and_the_flavour(tmp_path: Path) -> None:
     assert load_context(copy).digest == context.digest
     (copy / "requirements.txt").write_text(REQUIREMENTS_PATH.read_text() + "extra==1\n")
     assert load_context(copy).digest != context.digest
+    digest = load_context(copy).digest
+    (copy / "native" / "build").mkdir()  # what a local build leaves: not part of it
+    (copy / "native" / "build" / "x.o").write_bytes(b"object")
+    (copy / "native" / "lepton_native.egg-info").write_text("")
+    assert load_context(copy).digest == digest
+    (copy / "native" / "lepton_pixels.c").write_text("/* changed */")
+    assert load_context(copy).digest != digest
     (copy / "serve").unlink()
     with pytest.raises(FileNotFoundError, match="serve"):
+        load_context(copy)
+    shutil.rmtree(copy / "native")
+    with pytest.raises(FileNotFoundError, match="native/"):
         load_context(copy)
 
 
 def test_write_to_keeps_modes(tmp_path: Path) -> None:
     folder = load_context().write_to(tmp_path / "ctx")
     assert (folder / "serve").stat().st_mode & 0o777 == 0o755
-    assert sorted(p.name for p in folder.iterdir()) == sorted(CONTEXT_FILES)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*CONTEXT_FILES, "native"])
+    assert sorted(p.name for p in (folder / "native").iterdir()) == [
+        "lepton_pixels.c",
+        "pyproject.toml",
+    ]
 
 
 # ------------------------------------------------------------------ settings

@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import json
+import shutil
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
+import inference.jsonbody as jsonbody
 from inference.jsonbody import JsonError, fast_pixels, parse_cost_bytes, parse_json
 
 SHAPE = (4, 5, 3)
+
+
+@pytest.fixture(params=["native", "pure"])
+def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each fast-path test runs twice: with infra/image/native's C reader (built by `make
+    setup`; skipped only where no C compiler exists) and with the pure simdjson path."""
+    if request.param == "pure":
+        monkeypatch.setattr(jsonbody, "lepton_pixels", None)
+    elif jsonbody.lepton_pixels is None:
+        if shutil.which("cc") is not None:
+            pytest.fail("lepton_pixels is not built: run `make setup`")
+        pytest.skip("no C compiler: lepton_pixels cannot be built here")
+    return str(request.param)
 
 
 def _pixels(n: int, seed: int = 0) -> np.ndarray:
@@ -72,6 +87,7 @@ def test_refused_bodies(doc: object, status: int) -> None:
     assert info.value.status == status
 
 
+@pytest.mark.usefixtures("reader")
 def test_fast_path_equals_general_path() -> None:
     for batch in (_pixels(3), _pixels(2) / 2, -_pixels(1) / 255):
         for doc in ({"instances": batch.tolist()}, batch.tolist(), batch[0].tolist()):
@@ -85,6 +101,7 @@ def test_fast_path_equals_general_path() -> None:
             assert fast[1] == general.single
 
 
+@pytest.mark.usefixtures("reader")
 @pytest.mark.parametrize(
     "body",
     [
@@ -105,6 +122,7 @@ def test_fast_path_leaves_anything_unusual_to_the_general_path(body: bytes) -> N
         parse_json(body, SHAPE, 32, 2**28)
 
 
+@pytest.mark.usefixtures("reader")
 def test_fast_path_reads_every_integer_of_up_to_three_digits_exactly() -> None:
     values = np.arange(1000).reshape(50, 4, 5)  # 0..999, as [N, H, W] pixels with C = 1
     body = json.dumps(values[..., None].tolist()).encode()
@@ -129,6 +147,7 @@ def _mutations(body: bytes) -> list[bytes]:
     ]
 
 
+@pytest.mark.usefixtures("reader")
 @pytest.mark.parametrize("scale", [1, 255])  # integer pixels, float pixels
 def test_fast_path_refuses_what_json_refuses(scale: int) -> None:
     pixels = _pixels(1)[0] if scale == 1 else _pixels(1)[0] / scale
@@ -141,6 +160,7 @@ def test_fast_path_refuses_what_json_refuses(scale: int) -> None:
             assert fast_pixels(bad, SHAPE, 32) is None, bad[:40]
 
 
+@pytest.mark.usefixtures("reader")
 @pytest.mark.parametrize(
     ("divisor", "alphabet", "seed"),
     [(1, b"0123456789, []\n", 7), (7, b"0123456789.eE+-, []", 11)],
@@ -176,6 +196,7 @@ def test_fast_path_never_reads_a_random_edit_differently_from_json(
     assert accepted > 0  # some edits (a digit for a digit) keep the body valid
 
 
+@pytest.mark.usefixtures("reader")
 def test_integer_pixels_arrive_as_uint8_and_out_of_range_ones_do_not() -> None:
     pixels = _pixels(2)
     for body in (
@@ -192,6 +213,7 @@ def test_integer_pixels_arrive_as_uint8_and_out_of_range_ones_do_not() -> None:
     assert fast is not None and fast[0].dtype == np.int64 and fast[0].max() == 300
 
 
+@pytest.mark.usefixtures("reader")
 def test_fast_path_reads_alike_from_many_threads() -> None:
     """Each thread keeps its own parser: bodies read at once never mix."""
     bodies = [
@@ -207,3 +229,40 @@ def test_fast_path_reads_alike_from_many_threads() -> None:
 
     with ThreadPoolExecutor(4) as pool:
         assert all(pool.map(lambda pair: read(*pair), bodies))
+
+
+@pytest.mark.usefixtures("reader")
+def test_batches_whitespace_and_instance_counts() -> None:
+    pixels = _pixels(3)
+    spaced = json.dumps(pixels.tolist(), indent=2).replace("[", "[ \t\r\n").encode()
+    for body in (spaced, b" \n" + json.dumps({"instances": pixels.tolist()}).encode() + b"\n "):
+        fast = fast_pixels(body, SHAPE, 32)
+        assert fast is not None and not fast[1]
+        np.testing.assert_array_equal(fast[0], pixels)
+    body = json.dumps(pixels.tolist()).encode()
+    assert fast_pixels(body, SHAPE, 2) is None  # more instances than allowed
+    single = fast_pixels(json.dumps(pixels[0].tolist()).encode(), SHAPE, 32)
+    assert single is not None and single[1] and single[0].shape == (1, *SHAPE)
+    # an {"instances": ...} body holds a list of instances, never one bare instance
+    assert fast_pixels(json.dumps({"instances": pixels[0].tolist()}).encode(), SHAPE, 32) is None
+    for shape in ((4, 5, 1), (5, 4, 3), (4, 15, 1)):
+        assert fast_pixels(body, shape, 32) is None
+
+
+def test_native_reader_takes_plain_integer_bodies_and_checks_its_arguments() -> None:
+    native = jsonbody.lepton_pixels
+    if native is None:
+        pytest.skip("lepton_pixels is not built (the reader fixture says why)")
+    pixels = _pixels(2)
+    out = np.zeros(2 * pixels[0].size, dtype=np.uint8)
+    assert native.read_uint8(json.dumps(pixels.tolist()).encode(), out, SHAPE, True, 2) == 2
+    np.testing.assert_array_equal(out.reshape(pixels.shape), pixels)
+    assert native.read_uint8(json.dumps(pixels[0].tolist()).encode(), out, SHAPE, True, 2) == -1
+    assert native.read_uint8(json.dumps(pixels[0].tolist()).encode(), out, SHAPE, False, 2) == 0
+    assert native.read_uint8(json.dumps((pixels / 2).tolist()).encode(), out, SHAPE, True, 2) == 0
+    with pytest.raises(ValueError, match="needed"):
+        native.read_uint8(b"[]", out[:10], SHAPE, True, 2)
+    with pytest.raises(ValueError, match="positive"):
+        native.read_uint8(b"[]", out, (4, 0, 3), True, 2)
+    with pytest.raises(TypeError):
+        native.read_uint8(b"[]", b"read-only", SHAPE, True, 2)
