@@ -46,7 +46,7 @@ from pipelines.aws.image import (
     recorded_uri,
     resolve_image_uri,
 )
-from pipelines.aws.image_context import CONTEXT_FILES, BuildContext, load_context
+from pipelines.aws.image_context import CONTEXT_FILES, NATIVE, BuildContext, load_context
 from pipelines.aws.image_docker import DockerUnavailable, build_with_docker, check_engine
 from pipelines.aws.image_lock import IMAGE_DIR
 from pipelines.aws.stack import deploy_stack
@@ -256,7 +256,10 @@ def test_build_uploads_starts_streams_and_records(aws: dict[str, Any], tmp_path:
         "IMAGE_TAG": f"gpu-{context.digest}",
         "FLAVOUR": "gpu",
     }
-    assert agent.sources == [set(CONTEXT_FILES)]
+    # The zip CodeBuild unpacks holds the context's files: the fixed ones and native/'s sources.
+    uploaded = {name for name, _, _ in context.files}
+    assert agent.sources == [uploaded]
+    assert set(CONTEXT_FILES) < uploaded and f"{NATIVE}/lepton_pixels.c" in uploaded
     stored = _client("s3").get_object(Bucket=stack.bucket, Key=context.key)["Body"].read()
     assert stored == context.zip_bytes()
     # Every log line, in order, exactly once, though they arrived over several polls.
