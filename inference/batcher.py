@@ -4,7 +4,7 @@ Requests queue their ``[n, H, W, C]`` pixels; a dispatcher takes a free worker, 
 queued requests (whole requests only, at most ``max_batch`` images) and runs one model call.
 It waits up to ``max_wait_s`` for more images only while other requests are known to be on
 their way (announced but not yet queued), and, while fewer images are queued than the last
-batch had, up to 10% of that batch's model time (<= 100 ms): under steady load they are about
+batch had, up to 10% of that batch's model time (<= 300 ms): under steady load they are about
 to come back. So a lone client pays no batching delay while a busy server fills its batches.
 ONNX Runtime releases the GIL, so workers overlap with the event loop's parsing.
 
@@ -37,10 +37,13 @@ __all__ = ["MicroBatcher", "Overloaded"]
 # Waiting for the rest of the last batch's images: at most this share of its model time, and
 # at most this long. resnet18 at 224 px, 32 clients (bench/serve.py --arch resnet18): batches of
 # 1 and 31 alternated without it; with 5% / 50 ms a straggler still missed its batch now and
-# then (p99 ~2.2 full batches); with 10% / 100 ms p99 was 1.4-1.7 batches. A 1 ms model waits
-# <= 100 us; a lone client sending same-size requests never waits (none fewer than last).
+# then (p99 ~2.2 full batches); with 10% / 100 ms p99 was 1.4-1.7 batches. On a host where the
+# model took ~2 s a batch (raw ONNX Runtime 14-18 images/s), 32 JSON bodies took longer than
+# 100 ms to come back: 22.9 images per call, p99 1.95-2.56 batches; with a 300 ms cap 31.4
+# images per call, p99 1.42-1.51. A 1 ms model waits <= 100 us; a lone client sending
+# same-size requests never waits (none fewer than last).
 EXPECT_SHARE = 0.1
-EXPECT_MAX_S = 0.1
+EXPECT_MAX_S = 0.3
 # A model call this short runs on the loop when nothing else is in flight: the tiny test model
 # (~0.1 ms) at concurrency 1 went from about 1,080 to 1,630 requests/s (bench/serve.py);
 # a request that arrives meanwhile waits at most this long for the loop.
