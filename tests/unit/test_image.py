@@ -222,6 +222,20 @@ def test_the_image_holds_no_project_code() -> None:
             assert "--from=native" in rest.split() and stage == "image", stage
 
 
+def test_the_native_wheel_is_built_for_the_python_that_runs_it() -> None:
+    """The wheel stage `native` makes is installed into the runtime image: both must be the
+    same CPython minor version (the wheel's ABI tag) and Debian release (its glibc), and that
+    Python the one the project is tested on."""
+    args = dict(
+        rest.split("=", 1) for keyword, rest in _instructions() if keyword == "ARG" and "=" in rest
+    )
+    tag = re.compile(r"/python:(\d+\.\d+)-(?:slim-)?([a-z]+)$")
+    build, runtime = tag.search(args["BUILD_IMAGE"]), tag.search(args["PYTHON_IMAGE"])
+    assert build and runtime, (args["BUILD_IMAGE"], args["PYTHON_IMAGE"])
+    assert build.groups() == runtime.groups()
+    assert runtime.group(1) == f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
 def test_container_conventions() -> None:
     instructions = _instructions()
     keywords = [k for k, _ in instructions]
