@@ -122,6 +122,14 @@ def test_deploy_rules_and_endpoint_lifecycle(
 
     # Approved: served, /ping answers 200, and predictions come back.
     registry.approve(settings, pending.version)
+    # The approval checked is that of the model the reference names: version 1 of another
+    # model, pending, is not deployed because this model's version 1 is approved.
+    other = settings.with_overrides(registered_model_name=f"{name}-other")
+    other_pending = registry.register_model(other, trained_model_dir, None, TAGS, 0.9)
+    assert other_pending.version == pending.version and other_pending.uri != pending.uri
+    assert deploy.main(["--model-package-arn", other_pending.uri]) == 0
+    assert messages.PENDING_MESSAGE in capsys.readouterr().out
+    assert services.running_pid(settings, "endpoint", "inference") is None
     assert deploy.main(["--model-package-arn", pending.uri]) == 0
     assert f"serving at {settings.endpoint_url}" in capsys.readouterr().out
     assert _get(settings.endpoint_url + "/ping") == 200
