@@ -16,6 +16,7 @@ from pipelines.prepare.parts import (
     Exchange,
     gather_parts,
     job_name,
+    local_part,
     merge_parts,
     write_part,
 )
@@ -63,13 +64,16 @@ def run_instance(
         entries, _spec(cfg, spills, settings), cfg.workers, cfg.chunk_size, log
     )
     del entries
-    write_part(exchange, f"{prefix}/{cluster.host}", listing, decoded, spills, log)
     if not cluster.leader:
+        write_part(exchange, f"{prefix}/{cluster.host}", listing, decoded, spills, log)
         log(f"{cluster.host}: part done; {cluster.hosts[0]} writes the dataset")
         return PrepareResult(cfg.output, False, {}, seconds=time.perf_counter() - t_start)
-    parts = gather_parts(
-        exchange, prefix, cluster.hosts, Path(scratch) / "parts", cfg.exchange_timeout_s, log
+    # the first instance's own part stays here; only the others' travel through the exchange
+    own = local_part(listing, decoded, spills)
+    others = gather_parts(
+        exchange, prefix, cluster.hosts[1:], Path(scratch) / "parts", cfg.exchange_timeout_s, log
     )
+    parts = [own, *others]
     merged_spills = os.path.join(scratch, "merged")
     os.makedirs(merged_spills)
     merged, decoded = merge_parts(parts, merged_spills, cfg.channels)

@@ -2,10 +2,11 @@
 
 SageMaker gives each instance a disjoint part of the input (ShardedByS3Key) and
 ``/opt/ml/config/resourceconfig.json`` naming it (``current_host``) and all instances
-(``hosts``). Every instance lists, screens and decodes its part (the expensive work) and
-writes the result, a *part*, under the exchange prefix: its listing, per-image records
-(content hash, exact channel sums, quarantine reasons) and its spill files of encoded images,
-then a marker with every file's sha256, last. The first host waits for every marker, merges
+(``hosts``). Every instance lists, screens and decodes its part (the expensive work); each
+but the first writes the result, a *part*, under the exchange prefix: its listing, per-image
+records (content hash, exact channel sums, quarantine reasons) and its spill files of encoded
+images, then a marker with every file's sha256, last. The first host keeps its own part where
+it is, waits for the others' markers, merges
 the parts into one listing in key order and finishes as a single instance would: global
 dedupe, content-hash splits, shards, report and manifest. So the output is byte-identical for
 any number of instances.
@@ -122,10 +123,9 @@ def _sha(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def write_part(
-    exchange: Exchange, where: str, listing: Listing, decoded: DecodedSet, spills: str, log: Log
-) -> None:
-    """This instance's listing, decode records and spill files; the marker last."""
+def stage_part(listing: Listing, decoded: DecodedSet, spills: str) -> dict[str, Path]:
+    """This instance's part as local files (name in the part -> path): its listing, decode
+    records (beside `spills`, in ``part/``) and the spill files it used."""
     staging = Path(spills).parent / "part"
     staging.mkdir(exist_ok=True)
     items = [[it.key, it.label, it.size, it.etag, list(it.issue or ())] for it in listing.items]
@@ -138,6 +138,23 @@ def write_part(
     for chunk in sorted({int(c) for c in decoded.chunks[decoded.rows >= 0]}):
         for path in (Path(spill_path(spills, chunk)), Path(ends_path(spills, chunk))):
             files[f"spill/{path.name}"] = path
+    return files
+
+
+def local_part(listing: Listing, decoded: DecodedSet, spills: str) -> Path:
+    """The first instance's own part as a folder `merge_parts` reads, without a round trip
+    through the exchange: the staged records, with the spill folder moved in."""
+    staging = stage_part(listing, decoded, spills)["listing.json"].parent
+    os.replace(spills, staging / "spill")
+    return staging
+
+
+def write_part(
+    exchange: Exchange, where: str, listing: Listing, decoded: DecodedSet, spills: str, log: Log
+) -> None:
+    """This instance's listing, decode records and spill files; the marker last."""
+    files = stage_part(listing, decoded, spills)
+    staging = files["listing.json"].parent
     digests = {}
     for name, path in files.items():
         digests[name] = _sha(path)

@@ -8,8 +8,11 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from pipelines.prepare.config import PrepareConfig
 from pipelines.prepare.core import prepare
+from pipelines.prepare.parts import Exchange
 from tests.fixtures_data import PLANT_MAX_PIXELS, PLANT_MIN_SIDE, plant_bad_files
 
 
@@ -36,7 +39,9 @@ def _config(root: Path, host: str, hosts: list[str]) -> str:
     return str(root / "resourceconfig.json")
 
 
-def test_two_instances_write_what_one_writes(raw_mnist_copy: Path, tmp_path: Path) -> None:
+def test_two_instances_write_what_one_writes(
+    raw_mnist_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     plant_bad_files(raw_mnist_copy, tmp_path / "outside")
     (raw_mnist_copy / "3" / "link-outside.png").unlink()  # a share holds copies, not links
     (raw_mnist_copy / "8-linked-folder").unlink()
@@ -55,6 +60,14 @@ def test_two_instances_write_what_one_writes(raw_mnist_copy: Path, tmp_path: Pat
     )
     hosts = ["algo-1", "algo-2", "algo-3"]  # algo-3's share is empty: more hosts than needed
     exchange = tmp_path / "exchange"
+    uploaded: list[str] = []
+    put = Exchange.put
+
+    def recorded_put(self: Exchange, rel: str, path: Path) -> None:
+        uploaded.append(rel)
+        put(self, rel, path)
+
+    monkeypatch.setattr(Exchange, "put", recorded_put)
     results = {}
     for i in (2, 1, 0):  # the others finish first; the first then merges
         share = tmp_path / f"share-{i}"
@@ -79,3 +92,6 @@ def test_two_instances_write_what_one_writes(raw_mnist_copy: Path, tmp_path: Pat
     reasons = {q["reason"] for q in report["quarantined"]}
     assert {"duplicate", "duplicate_conflicting_labels", "truncated"} <= reasons
     assert not (exchange / "prep-1").exists()  # the parts are cleaned up
+    # the others' parts went through the exchange, markers included; the first kept its own
+    assert {rel.split("/")[1] for rel in uploaded} == {"algo-2", "algo-3"}
+    assert {f"prep-1/{h}/part.json" for h in ("algo-2", "algo-3")} <= set(uploaded)
