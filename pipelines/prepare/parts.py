@@ -6,9 +6,9 @@ SageMaker gives each instance a disjoint part of the input (ShardedByS3Key) and
 but the first writes the result, a *part*, under the exchange prefix: its listing, per-image
 records (content hash, exact channel sums, quarantine reasons) and its spill files of encoded
 images, then a marker with every file's sha256, last. The first host keeps its own part where
-it is, waits for the others' markers, merges
-the parts into one listing in key order and finishes as a single instance would: global
-dedupe, content-hash splits, shards, report and manifest. So the output is byte-identical for
+it is, waits for the others' markers, merges the parts into one listing in key order and
+finishes as a single instance would: global dedupe, content-hash splits, shards, report and
+manifest. So the output is byte-identical for
 any number of instances.
 
 Why the first instance finishes, within the same job, rather than a second step: processing
@@ -123,9 +123,10 @@ def _sha(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def stage_part(listing: Listing, decoded: DecodedSet, spills: str) -> dict[str, Path]:
-    """This instance's part as local files (name in the part -> path): its listing, decode
-    records (beside `spills`, in ``part/``) and the spill files it used."""
+def stage_part(listing: Listing, decoded: DecodedSet, spills: str) -> tuple[Path, dict[str, Path]]:
+    """This instance's part as local files: the folder its listing and decode records were
+    written to (``part/`` beside `spills`), and every file of the part (name -> path), the
+    spill files it used included."""
     staging = Path(spills).parent / "part"
     staging.mkdir(exist_ok=True)
     items = [[it.key, it.label, it.size, it.etag, list(it.issue or ())] for it in listing.items]
@@ -138,13 +139,13 @@ def stage_part(listing: Listing, decoded: DecodedSet, spills: str) -> dict[str, 
     for chunk in sorted({int(c) for c in decoded.chunks[decoded.rows >= 0]}):
         for path in (Path(spill_path(spills, chunk)), Path(ends_path(spills, chunk))):
             files[f"spill/{path.name}"] = path
-    return files
+    return staging, files
 
 
 def local_part(listing: Listing, decoded: DecodedSet, spills: str) -> Path:
     """The first instance's own part as a folder `merge_parts` reads, without a round trip
     through the exchange: the staged records, with the spill folder moved in."""
-    staging = stage_part(listing, decoded, spills)["listing.json"].parent
+    staging, _ = stage_part(listing, decoded, spills)
     os.replace(spills, staging / "spill")
     return staging
 
@@ -153,8 +154,7 @@ def write_part(
     exchange: Exchange, where: str, listing: Listing, decoded: DecodedSet, spills: str, log: Log
 ) -> None:
     """This instance's listing, decode records and spill files; the marker last."""
-    files = stage_part(listing, decoded, spills)
-    staging = files["listing.json"].parent
+    staging, files = stage_part(listing, decoded, spills)
     digests = {}
     for name, path in files.items():
         digests[name] = _sha(path)
