@@ -14,6 +14,7 @@ from inference.preprocess import (
     PREPROCESSING_VERSION,
     REASONS,
     ImageRejected,
+    _convert_pixels,
     decode_image,
     load_array,
     to_array,
@@ -175,6 +176,23 @@ def test_gray_to_rgb_replicates() -> None:
     out = to_array(Image.fromarray(gray), (6, 6), 3)
     for c in range(3):
         np.testing.assert_array_equal(out[..., c], gray)
+
+
+def test_plain_images_take_the_short_path_to_the_same_pixels() -> None:
+    """8-bit L and RGB skip the numpy round trips (`_convert_plain`); every size and channel
+    count must give exactly what the general path (`_convert_pixels`) gives."""
+    rng = np.random.default_rng(5)
+    for trial in range(120):
+        h, w = (int(v) for v in rng.integers(1, 48, 2))
+        gray = trial % 2 == 0
+        arr = rng.integers(0, 256, (h, w, 1) if gray else (h, w, 3), dtype=np.uint8)
+        img = Image.fromarray(arr[..., 0] if gray else arr)
+        for size in ((h, w), (int(rng.integers(1, 64)), int(rng.integers(1, 64)))):
+            for channels in (1, 3):
+                fast = to_array(img, size, channels)
+                general = _convert_pixels(arr, gray, size[0], size[1], channels)
+                assert fast.shape == general.shape == (*size, channels)
+                np.testing.assert_array_equal(fast, general)
 
 
 def test_extreme_aspect_ratio() -> None:
