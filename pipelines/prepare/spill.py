@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import mmap
 import multiprocessing as mp
 import os
 import time
@@ -120,11 +121,12 @@ def run_decode_pass(
 
 class SpillReader:
     """Random access to spilled encoded images, a bounded number of files mapped at once
-    (mapped pages count as resident memory)."""
+    (mapped pages count as resident memory). Slices of a plain `mmap` with the end offsets as
+    Python ints: a numpy memmap's slicing costs ~20 us an image, a third of the writing."""
 
     def __init__(self, work_dir: str, max_open: int = 16) -> None:
         self.work_dir, self.max_open = work_dir, max_open
-        self.open: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.open: dict[int, tuple[mmap.mmap, list[int]]] = {}
 
     def gather(self, chunks: np.ndarray, rows: np.ndarray) -> list[bytes]:
         """Encoded image i is row rows[i] of spill file chunks[i]."""
@@ -133,17 +135,21 @@ class SpillReader:
         bounds = np.flatnonzero(np.diff(chunks[order])) + 1
         for group in np.split(order, bounds) if len(order) else []:
             data, ends = self._map(int(chunks[group[0]]))
-            for i in group:
-                row = int(rows[i])
-                start = int(ends[row - 1]) if row else 0
-                out[int(i)] = data[start : int(ends[row])].tobytes()
+            for i, row in zip(group.tolist(), rows[group].tolist(), strict=True):
+                out[i] = data[ends[row - 1] if row else 0 : ends[row]]
         return out
 
-    def _map(self, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    def _map(self, chunk: int) -> tuple[mmap.mmap, list[int]]:
         if chunk not in self.open:
             if len(self.open) >= self.max_open:
-                self.open.pop(next(iter(self.open)))
-            ends = np.load(ends_path(self.work_dir, chunk), allow_pickle=False)
-            data = np.memmap(spill_path(self.work_dir, chunk), dtype=np.uint8, mode="r")
+                self.open.pop(next(iter(self.open)))[0].close()
+            ends = np.load(ends_path(self.work_dir, chunk), allow_pickle=False).tolist()
+            with open(spill_path(self.work_dir, chunk), "rb") as fh:
+                data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
             self.open[chunk] = (data, ends)
         return self.open[chunk]
+
+    def close(self) -> None:
+        for data, _ in self.open.values():
+            data.close()
+        self.open.clear()

@@ -22,6 +22,7 @@ from training.shards import (
     write_dataset,
     write_shard,
 )
+from training.wds import _header
 
 
 def _arrays(n: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -50,6 +51,16 @@ def test_write_shard_is_deterministic_and_round_trips(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.stack(got), images)  # lossless PNG
     np.testing.assert_array_equal(got_labels, labels)
     assert not list(tmp_path.glob("*.tmp")), "temp files left behind"
+
+
+@pytest.mark.parametrize(
+    ("name", "size"), [("000000001.png", 1800), ("a/\u00e9.cls", 1), ("x" * 100, 8**11 - 1)]
+)
+def test_member_headers_are_byte_for_byte_what_tarfile_writes(name: str, size: int) -> None:
+    """`_header` builds from precomputed parts; tarfile's own ustar header is the reference."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uname, info.gname = size, 0, 0o644, "", ""
+    assert _header(name, size) == info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
 
 
 def test_write_shard_rejects_bad_dtypes(tmp_path: Path) -> None:
