@@ -199,3 +199,29 @@ def test_foreign_png_members_follow_the_preprocessing_policy() -> None:
         expected = to_array(img, (4, 4), 3)
     assert np.array_equal(got, expected)
     assert got[0, 3].tolist() == [0, 0, 0] and got[0, 0].tolist() == [255, 0, 0]
+
+
+def test_own_pngs_round_trip_and_a_corrupt_stream_is_an_error() -> None:
+    """encode_png's files decode on the fast path (libdeflate into a buffer of the declared
+    size); a stream whose checksum fails, or one that inflates past the declared size, is not
+    read as pixels: Pillow is asked instead and refuses the corrupt one."""
+    import struct
+    import zlib
+
+    from training.wds import _png_chunk, decode_pixels, encode_png
+
+    pixels = np.random.default_rng(2).integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    png = encode_png(pixels)
+    np.testing.assert_array_equal(decode_pixels(png, "png", 3), pixels)
+    (length,) = struct.unpack(">I", png[33:37])
+    idat = bytearray(png[41 : 41 + length])
+    idat[-1] ^= 1  # the zlib stream's Adler-32
+    corrupt = png[:33] + _png_chunk(b"IDAT", bytes(idat)) + png[45 + length :]
+    with pytest.raises(ValueError, match="cannot decode png"):
+        decode_pixels(corrupt, "png", 3)
+    raw = zlib.decompress(png[41 : 41 + length]) + b"\0" * 22  # one row too many
+    longer = png[:33] + _png_chunk(b"IDAT", zlib.compress(raw)) + png[45 + length :]
+    with Image.open(io.BytesIO(longer)) as img:  # what Pillow makes of it, the fallback
+        img.load()
+        np.testing.assert_array_equal(np.asarray(img), pixels)
+    np.testing.assert_array_equal(decode_pixels(longer, "png", 3), pixels)
