@@ -10,7 +10,8 @@ the last line of stdout.
    process, its process tree's resident memory sampled every 50 ms, beside the plain
    single-process loop over the same files (same page cache) and a one-process loop doing each
    image's share of Prepare's work (read, hash, decode, resize, encode): Prepare's parallel
-   efficiency. Load average recorded.
+   efficiency. Its listing, decode pass and writing are reported apart (from the step's log).
+   Load average recorded.
 
     .venv/bin/python bench/prepare.py [--synthetic-images 100000] [--workers 0]
 """
@@ -23,6 +24,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -143,6 +145,20 @@ def prepare_command(
     ]
 
 
+def phases(stderr: str) -> dict[str, float]:
+    """Listing seconds, decode-pass images/s and writing seconds, from the step's own log lines
+    ("N files listed, ... (Xs)", "decoded N/N ..., R images/s", "... (Ys writing)")."""
+    found = {
+        "listing_seconds": re.findall(r"files listed, fingerprint \w+ \(([\d.]+)s\)", stderr),
+        "decode_pass_images_per_s": re.findall(r"decoded (?:\d+)/\d+ .*?, (\d+) images/s", stderr),
+        "writing_seconds": re.findall(r"\(([\d.]+)s writing\)", stderr),
+    }
+    missing = [name for name, values in found.items() if not values]
+    if missing:
+        raise SystemExit(f"the prepare log no longer says {missing}; update bench/prepare.py")
+    return {name: float(values[-1]) for name, values in found.items()}
+
+
 def bench_memory(work: Path, n_images: int, workers: int) -> dict[str, object]:
     raw = work / "synthetic"
     for c in range(10):
@@ -209,6 +225,7 @@ def bench_memory(work: Path, n_images: int, workers: int) -> dict[str, object]:
         "peak_rss_main_bytes": peak_main,
         "peak_pss_process_tree_bytes": peak_tree_pss,
         "peak_rss_sum_process_tree_bytes": peak_tree_rss,
+        **phases(stderr),
     }
 
 
