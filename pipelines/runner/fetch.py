@@ -27,7 +27,7 @@ import os
 import socket
 import stat
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote_plus, urlsplit
@@ -46,8 +46,8 @@ class Endpoint:
     host: str  # host[:port]
     region: str
     access_key: str
-    secret_key: str
-    token: str | None
+    secret_key: str = field(repr=False)  # never in a traceback's or a log's repr
+    token: str | None = field(repr=False)
     unix_socket: str | None = None  # the same server on a Unix socket: no TCP, no forwarder
 
 

@@ -36,6 +36,13 @@ def test_the_socket_is_used_only_when_it_is_ours(tmp_path: Path) -> None:
     assert not fetch._own_socket(str(tmp_path / "s.sock"))  # left behind, as weed leaves it
 
 
+def test_an_endpoint_never_shows_its_secret() -> None:
+    ep = fetch.Endpoint("http", "127.0.0.1:1", "us-east-1", "AKIDPUBLIC", "s3cr3t-key", "t0ken")
+    shown = f"{ep!r} {ep} {[ep]}"
+    assert "AKIDPUBLIC" in shown and "s3cr3t-key" not in shown and "t0ken" not in shown
+    assert ep.secret_key == "s3cr3t-key"  # still there for signing
+
+
 @pytest.mark.parametrize("via", ["socket", "tcp"])
 def test_put_then_fetch_round_trips_more_objects_than_connections(
     s3_settings: Settings, tmp_path: Path, via: str
