@@ -240,28 +240,25 @@ def _write_shards(
     reader = SpillReader(spills)
     ext = EXTENSIONS[cfg.encoding]
     shards: list[dict[str, Any]] = []
-    try:
-        for split in SPLITS:
-            members = by_split[split]
-            n_shards = _shard_count(sel.decoded.sizes[sel.used[members]], cfg)
-            first = 0
-            for i, part in enumerate(np.array_split(members, n_shards) if n_shards else []):
-                picked = sel.used[part]
-                images = reader.gather(sel.decoded.chunks[picked], sel.decoded.rows[picked])
-                samples = (
-                    Sample(sample_key(first + j), ext, image, int(label))
-                    for j, (image, label) in enumerate(zip(images, sel.labels[part], strict=True))
-                )
-                data = tar_bytes(samples)
-                del images
-                name = shard_name(split, i)
-                dest.put_shard(name, data)
-                shards.append(shard_entry(name, split, len(part), data))
-                first += len(part)
-                log(f"wrote {name}: {len(part)} images, sha256 {shards[-1]['sha256'][:12]}")
-                del data
-    finally:
-        reader.close()
+    for split in SPLITS:
+        members = by_split[split]
+        n_shards = _shard_count(sel.decoded.sizes[sel.used[members]], cfg)
+        first = 0
+        for i, part in enumerate(np.array_split(members, n_shards) if n_shards else []):
+            picked = sel.used[part]
+            images = reader.gather(sel.decoded.chunks[picked], sel.decoded.rows[picked])
+            samples = (
+                Sample(sample_key(first + j), ext, image, int(label))
+                for j, (image, label) in enumerate(zip(images, sel.labels[part], strict=True))
+            )
+            data = tar_bytes(samples)
+            del images
+            name = shard_name(split, i)
+            dest.put_shard(name, data)
+            shards.append(shard_entry(name, split, len(part), data))
+            first += len(part)
+            log(f"wrote {name}: {len(part)} images, sha256 {shards[-1]['sha256'][:12]}")
+            del data
     stale = dest.remove_stale_shards({s["file"] for s in shards})
     if stale:
         log(f"removed {len(stale)} stale shard(s) of an earlier run")

@@ -122,7 +122,8 @@ def run_decode_pass(
 class SpillReader:
     """Random access to spilled encoded images, a bounded number of files mapped at once
     (mapped pages count as resident memory). Slices of a plain `mmap` with the end offsets as
-    Python ints: a numpy memmap's slicing costs ~20 us an image, a third of the writing."""
+    Python ints: a numpy memmap's slicing costs ~20 us an image, a third of the writing. Slices
+    are copies, so a map dropped from `open` (or with the reader) is unmapped at once."""
 
     def __init__(self, work_dir: str, max_open: int = 16) -> None:
         self.work_dir, self.max_open = work_dir, max_open
@@ -142,14 +143,9 @@ class SpillReader:
     def _map(self, chunk: int) -> tuple[mmap.mmap, list[int]]:
         if chunk not in self.open:
             if len(self.open) >= self.max_open:
-                self.open.pop(next(iter(self.open)))[0].close()
+                self.open.pop(next(iter(self.open)))
             ends = np.load(ends_path(self.work_dir, chunk), allow_pickle=False).tolist()
             with open(spill_path(self.work_dir, chunk), "rb") as fh:
                 data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
             self.open[chunk] = (data, ends)
         return self.open[chunk]
-
-    def close(self) -> None:
-        for data, _ in self.open.values():
-            data.close()
-        self.open.clear()
