@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 
 from inference.preprocess import ImageRejected, decode_image, to_array
-from pipelines.prepare.sources import ObjectChanged, RawItem, make_client, read_item
+from pipelines.prepare.sources import (
+    ObjectChanged,
+    RawItem,
+    checked_sha256,
+    make_client,
+    read_item,
+)
 from pipelines.settings import Settings
 from training.wds import encode_image
 
@@ -145,7 +151,8 @@ def decode_chunk(task: tuple[int, list[tuple[int, RawItem]]]) -> ChunkResult:
             reason = "changed" if isinstance(data, ObjectChanged) else "unreadable"
             result.rejected[index] = (reason, str(data))
             continue
-        result.sha256[i] = np.frombuffer(hashlib.sha256(data).digest(), dtype=np.uint8)
+        digest = checked_sha256(entries[i][1]) or hashlib.sha256(data).digest()
+        result.sha256[i] = np.frombuffer(digest, dtype=np.uint8)
         try:
             pixels, stored = decode_one(data, spec)
         except ImageRejected as exc:

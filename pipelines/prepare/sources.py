@@ -369,6 +369,14 @@ def read_bytes_whole(uri: str, settings: Settings | None) -> bytes:
         raise SourceError(f"cannot read {uri}: {_client_error_text(exc)}") from exc
 
 
+def checked_sha256(item: RawItem) -> bytes | None:
+    """The sha256 `read_item` checks a local file's bytes against (its listing hashed them),
+    so a caller holding the bytes it returned need not hash them again; None for S3 objects."""
+    if is_s3_uri(item.location) or not item.etag.startswith("sha256:"):
+        return None
+    return bytes.fromhex(item.etag[len("sha256:") :])
+
+
 def read_item(item: RawItem, client: Any) -> bytes:
     """The item's bytes; ObjectChanged if they are not what the listing saw, OSError if gone."""
     if is_s3_uri(item.location):

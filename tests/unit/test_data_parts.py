@@ -314,3 +314,15 @@ def test_parallel_local_listing_matches_the_sequential_one(
     monkeypatch.setattr(sources, "PARALLEL_LISTING", 10)  # 300 files: the process pool path
     parallel = list_source(str(raw_mnist_dir), None)
     assert parallel.items == sequential.items and len(parallel.items) == 300
+
+
+def test_a_local_files_listed_hash_is_what_its_bytes_hash_to(tmp_path: Path) -> None:
+    """decode_chunk takes a local file's sha256 from its listing (read_item has checked the
+    bytes against it) instead of hashing them again; S3 objects have no such hash."""
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "a.png").write_bytes(b"some bytes")
+    (item,) = list_source(str(tmp_path), None).items
+    assert sources.checked_sha256(item) == hashlib.sha256(b"some bytes").digest()
+    assert sources.read_item(item, None) == b"some bytes"
+    s3 = sources.RawItem("cat/a.png", "cat", "s3://b/cat/a.png", 10, "0123abcd")
+    assert sources.checked_sha256(s3) is None
