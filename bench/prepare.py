@@ -150,7 +150,7 @@ def phases(stderr: str) -> dict[str, float]:
     ("N files listed, ... (Xs)", "decoded N/N ..., R images/s", "... (Ys writing)")."""
     found = {
         "listing_seconds": re.findall(r"files listed, fingerprint \w+ \(([\d.]+)s\)", stderr),
-        "decode_pass_images_per_s": re.findall(r"decoded (?:\d+)/\d+ .*?, (\d+) images/s", stderr),
+        "decode_pass_images_per_s": re.findall(r"decoded \d+/\d+ .*?, (\d+) images/s", stderr),
         "writing_seconds": re.findall(r"\(([\d.]+)s writing\)", stderr),
     }
     missing = [name for name, values in found.items() if not values]

@@ -8,8 +8,7 @@ records (content hash, exact channel sums, quarantine reasons) and its spill fil
 images, then a marker with every file's sha256, last. The first host keeps its own part where
 it is, waits for the others' markers, merges the parts into one listing in key order and
 finishes as a single instance would: global dedupe, content-hash splits, shards, report and
-manifest. So the output is byte-identical for
-any number of instances.
+manifest. So the output is byte-identical for any number of instances.
 
 Why the first instance finishes, within the same job, rather than a second step: processing
 outputs are uploaded only when the job ends, so parts travel through S3 directly (the
