@@ -156,40 +156,71 @@ def decode_pixels(data: bytes, ext: str, channels: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # Tar shards
 # ---------------------------------------------------------------------------------------------
-# The header's fields after name and size are the same for every member: built once, with the
-# sum of their bytes (the checksum counts its own field as 8 spaces): 3.5 us a header, not 7.6.
-_MODE_IDS = b"0000644\0" + b"0000000\0" + b"0000000\0"  # mode, uid, gid
-_MTIME = b"00000000000\0"
-_TAIL = (
-    b"0"  # regular file
-    + b"\0" * 100  # link name
-    + b"ustar\x0000"
-    + b"\0" * (32 + 32 + 16 + 155)  # user and group names, device numbers, prefix
-).ljust(_BLOCK - 156, b"\0")
-_FIXED_SUM = sum(_MODE_IDS) + sum(_MTIME) + sum(b" " * 8) + sum(_TAIL)
+# Every member's header is one template (mode 0644, owner 0:0, mtime 0, no user names, as
+# ``tarfile`` writes ustar) with its name, size and checksum filled in, all members at once.
+_TEMPLATE = np.frombuffer(
+    (
+        b"\0" * 100  # name
+        + b"0000644\0"
+        + b"0000000\0"
+        + b"0000000\0"  # mode, uid, gid
+        + b"\0" * 12  # size
+        + b"00000000000\0"  # mtime
+        + b" " * 8  # the checksum counts its own field as 8 spaces
+        + b"0"  # regular file
+        + b"\0" * 100  # link name
+        + b"ustar\x0000"
+    ).ljust(_BLOCK, b"\0"),
+    dtype=np.uint8,
+)
+_MAX_MEMBER = 8**11 - 1  # what an 11-digit octal size field holds
 
 
-def _header(name: str, size: int) -> bytes:
-    """A ustar header as ``tarfile`` writes it for mtime 0, mode 0644, owner 0:0, no names."""
-    raw = name.encode("utf-8")
-    if len(raw) > 100:
-        raise ValueError(f"member name over 100 bytes: {name!r}")
-    size_field = b"%011o\0" % size
-    check = b"%06o\0 " % (_FIXED_SUM + sum(raw) + sum(size_field))
-    return raw.ljust(100, b"\0") + _MODE_IDS + size_field + _MTIME + check + _TAIL
+def _octal(values: np.ndarray, digits: int) -> np.ndarray:
+    """``[N, digits]`` ASCII octal digits of non-negative ints, zero-padded."""
+    shifts = 3 * np.arange(digits - 1, -1, -1, dtype=np.int64)
+    return ((values[:, None] >> shifts) & 7).astype(np.uint8) + ord("0")
 
 
-def tar_bytes(samples: Iterable[Sample]) -> bytes:
+def tar_bytes(samples: Iterable[Sample]) -> bytearray:
     """Samples -> deterministic ustar bytes (``<key>.<ext>`` then ``<key>.cls`` per sample),
-    ending as ``tarfile`` ends an archive: two zero blocks, padded to a 10,240-byte record."""
-    parts: list[bytes] = []
+    ending as ``tarfile`` ends an archive: two zero blocks, padded to a 10,240-byte record.
+
+    Headers are built as one ``[members, 512]`` array and every member is copied once into the
+    final buffer (padding is the buffer's zeros): 26,000 small samples in ~0.2 s, not ~1 s.
+    """
+    names: list[bytes] = []
+    datas: list[bytes] = []
     for s in samples:
-        for name, data in ((f"{s.key}.{s.ext}", s.image), (f"{s.key}.cls", b"%d" % s.label)):
-            parts += (_header(name, len(data)), data, b"\0" * (-len(data) % _BLOCK))
-    parts.append(b"\0" * (2 * _BLOCK))
-    size = sum(len(p) for p in parts)
-    parts.append(b"\0" * (-size % tarfile.RECORDSIZE))
-    return b"".join(parts)
+        names += (f"{s.key}.{s.ext}".encode(), f"{s.key}.cls".encode())
+        datas += (s.image, b"%d" % s.label)
+    sizes = np.fromiter(map(len, datas), dtype=np.int64, count=len(datas))
+    too_long = [n for n in names if len(n) > 100]
+    if too_long:
+        raise ValueError(f"member name over 100 bytes: {too_long[0].decode()!r}")
+    if len(sizes) and sizes.max() > _MAX_MEMBER:
+        raise ValueError(f"member over {_MAX_MEMBER} bytes")
+    starts = np.zeros(len(sizes), dtype=np.int64)  # first block of each member's header
+    np.cumsum(1 + (sizes[:-1] + _BLOCK - 1) // _BLOCK, out=starts[1:])
+    used = int(starts[-1] + 1 + (sizes[-1] + _BLOCK - 1) // _BLOCK) if len(sizes) else 0
+    per_record = tarfile.RECORDSIZE // _BLOCK
+    blocks = -(-(used + 2) // per_record) * per_record
+    out = bytearray(blocks * _BLOCK)
+    headers = np.tile(_TEMPLATE, (len(sizes), 1))
+    if len(sizes):
+        headers[:, :100] = np.frombuffer(
+            b"".join(n.ljust(100, b"\0") for n in names), dtype=np.uint8
+        ).reshape(-1, 100)
+        headers[:, 124:135] = _octal(sizes, 11)
+        headers[:, 135] = 0
+        headers[:, 148:154] = _octal(headers.sum(axis=1, dtype=np.int64), 6)
+        headers[:, 154:156] = (0, ord(" "))
+        np.frombuffer(out, dtype=np.uint8).reshape(-1, _BLOCK)[starts] = headers
+    view = memoryview(out)
+    for at, data in zip(((starts + 1) * _BLOCK).tolist(), datas, strict=True):
+        view[at : at + len(data)] = data
+    view.release()
+    return out
 
 
 def tar_members(data: bytes, checksums: bool = True) -> Iterator[tuple[str, bytes]]:

@@ -5,7 +5,7 @@ hashes its bytes, decodes and resizes it with `inference.preprocess` (the single
 preprocessing), encodes what the dataset stores (PNG by default, training.wds) and writes the
 chunk's encoded images to one spill file ``chunk-NNNNNN.bin`` (their end offsets in
 ``chunk-NNNNNN.end.npy``) in the scratch folder. It returns only small per-item metadata, so
-the main process never holds more than one shard's bytes.
+the main process holds shard bytes only while it writes shards.
 """
 
 from __future__ import annotations

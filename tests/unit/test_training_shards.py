@@ -22,7 +22,7 @@ from training.shards import (
     write_dataset,
     write_shard,
 )
-from training.wds import _header
+from training.wds import Sample, tar_bytes
 
 
 def _arrays(n: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -53,14 +53,43 @@ def test_write_shard_is_deterministic_and_round_trips(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.tmp")), "temp files left behind"
 
 
-@pytest.mark.parametrize(
-    ("name", "size"), [("000000001.png", 1800), ("a/\u00e9.cls", 1), ("x" * 100, 8**11 - 1)]
-)
-def test_member_headers_are_byte_for_byte_what_tarfile_writes(name: str, size: int) -> None:
-    """`_header` builds from precomputed parts; tarfile's own ustar header is the reference."""
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode, info.uname, info.gname = size, 0, 0o644, "", ""
-    assert _header(name, size) == info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+def _tarfile_archive(members: list[tuple[str, bytes]]) -> bytes:
+    """The reference: what tarfile writes for these members (ustar, mtime 0, mode 0644)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o644, "", ""
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("count", [0, 1, 7, 40])
+def test_tar_bytes_are_byte_for_byte_what_tarfile_writes(count: int) -> None:
+    """Headers built all at once, members copied into one buffer: tarfile is the reference,
+    for sizes at and around block boundaries, long and non-ASCII names, several labels."""
+    rng = np.random.default_rng(count)
+    sizes = [0, 1, 511, 512, 513, 1024, 1800, 10_241]
+    samples = [
+        Sample(
+            key=("k" * int(rng.integers(1, 96)) if i % 3 else f"\u00e9t\u00e9/{i:09d}"),
+            ext="png" if i % 2 else "x" * 3,
+            image=rng.integers(0, 256, sizes[i % len(sizes)], dtype=np.uint8).tobytes(),
+            label=int(rng.integers(0, 1200)),
+        )
+        for i in range(count)
+    ]
+    members = [
+        m
+        for s in samples
+        for m in ((f"{s.key}.{s.ext}", s.image), (f"{s.key}.cls", b"%d" % s.label))
+    ]
+    assert tar_bytes(samples) == _tarfile_archive(members)
+
+
+def test_tar_bytes_refuse_a_name_tar_cannot_hold() -> None:
+    with pytest.raises(ValueError, match="over 100 bytes"):
+        tar_bytes([Sample("k" * 97, "png", b"x", 0)])  # 101 bytes with ".png"
 
 
 def test_write_shard_rejects_bad_dtypes(tmp_path: Path) -> None:
