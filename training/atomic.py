@@ -28,6 +28,6 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], objec
         raise
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | bytearray) -> None:
     """Write ``data`` to ``path`` atomically (see ``atomic_write``)."""
     atomic_write(path, lambda fh: fh.write(data))

@@ -52,7 +52,7 @@ def shard_name(split: str, index: int) -> str:
 
 def shard_bytes(
     images: np.ndarray, labels: np.ndarray, *, encoding: str = "png", first: int = 0
-) -> bytes:
+) -> bytearray:
     """One shard's deterministic tar bytes from uint8 ``[N, H, W, C]`` images and int64
     labels; sample keys count from ``first`` (the shard's offset in its split)."""
     if images.dtype != np.uint8 or images.ndim != 4:
@@ -167,7 +167,7 @@ def format_fields(encoding: str, stored_size: Sequence[int] | None) -> dict[str,
     }
 
 
-def shard_entry(name: str, split: str, count: int, data: bytes) -> dict[str, Any]:
+def shard_entry(name: str, split: str, count: int, data: bytes | bytearray) -> dict[str, Any]:
     """The manifest's record of one written shard."""
     return {
         "file": name,

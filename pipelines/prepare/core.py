@@ -247,7 +247,7 @@ def _write_shards(
     ext = EXTENSIONS[cfg.encoding]
     shards: list[dict[str, Any]] = []
 
-    def store(name: str, split: str, count: int, data: bytes) -> dict[str, Any]:
+    def store(name: str, split: str, count: int, data: bytearray) -> dict[str, Any]:
         dest.put_shard(name, data)
         return shard_entry(name, split, count, data)
 

@@ -119,7 +119,7 @@ class Destination:
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / MANIFEST_NAME).unlink(missing_ok=True)
 
-    def put_shard(self, name: str, data: bytes) -> None:
+    def put_shard(self, name: str, data: bytes | bytearray) -> None:
         target = (self.staging if self.is_s3 else self.path) / name
         atomic_write_bytes(target, data)
         if self.is_s3:
