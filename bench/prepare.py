@@ -147,9 +147,9 @@ def prepare_command(
 
 def phases(stderr: str) -> dict[str, float]:
     """Listing seconds, decode-pass images/s and writing seconds, from the step's own log lines
-    ("N files listed, ... (Xs)", "decoded N/N ..., R images/s", "... (Ys writing)")."""
+    ("N files listed (Xs)...", "decoded N/N ..., R images/s", "... (Ys writing)")."""
     found = {
-        "listing_seconds": re.findall(r"files listed, fingerprint \w+ \(([\d.]+)s\)", stderr),
+        "listing_seconds": re.findall(r"files listed \(([\d.]+)s\)", stderr),
         "decode_pass_images_per_s": re.findall(r"decoded \d+/\d+ .*?, (\d+) images/s", stderr),
         "writing_seconds": re.findall(r"\(([\d.]+)s writing\)", stderr),
     }

@@ -28,7 +28,7 @@ import io
 import struct
 import tarfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 import deflate
@@ -182,32 +182,35 @@ def _octal(values: np.ndarray, digits: int) -> np.ndarray:
     return ((values[:, None] >> shifts) & 7).astype(np.uint8) + ord("0")
 
 
-def tar_bytes(samples: Iterable[Sample]) -> bytearray:
-    """Samples -> deterministic ustar bytes (``<key>.<ext>`` then ``<key>.cls`` per sample),
-    ending as ``tarfile`` ends an archive: two zero blocks, padded to a 10,240-byte record.
+def sample_frame(
+    keys: Sequence[str], exts: Sequence[str], image_sizes: np.ndarray, labels: Sequence[int]
+) -> tuple[bytearray, np.ndarray]:
+    """A shard's ustar bytes (``<key>.<ext>`` then ``<key>.cls`` per sample, ending as
+    ``tarfile`` ends an archive: two zero blocks, padded to a 10,240-byte record) with every
+    header and label written, and the byte offset of each sample's image, left as zeros for
+    the caller to copy in from wherever it is (Prepare: straight from its spill files).
 
-    Headers are built as one ``[members, 512]`` array and every member is copied once into the
-    final buffer (padding is the buffer's zeros): 26,000 small samples in ~0.2 s, not ~1 s.
+    Headers are built as one ``[members, 512]`` array; padding is the buffer's own zeros.
     """
     names: list[bytes] = []
-    datas: list[bytes] = []
-    for s in samples:
-        names += (f"{s.key}.{s.ext}".encode(), f"{s.key}.cls".encode())
-        datas += (s.image, b"%d" % s.label)
-    sizes = np.fromiter(map(len, datas), dtype=np.int64, count=len(datas))
+    for key, ext in zip(keys, exts, strict=True):
+        names += (f"{key}.{ext}".encode(), f"{key}.cls".encode())
     too_long = [n for n in names if len(n) > 100]
     if too_long:
         raise ValueError(f"member name over 100 bytes: {too_long[0].decode()!r}")
+    label_bytes = [b"%d" % label for label in labels]
+    sizes = np.zeros(len(names), dtype=np.int64)
+    sizes[0::2] = image_sizes
+    sizes[1::2] = [len(b) for b in label_bytes]
     if len(sizes) and sizes.max() > _MAX_MEMBER:
         raise ValueError(f"member over {_MAX_MEMBER} bytes")
     starts = np.zeros(len(sizes), dtype=np.int64)  # first block of each member's header
     np.cumsum(1 + (sizes[:-1] + _BLOCK - 1) // _BLOCK, out=starts[1:])
     used = int(starts[-1] + 1 + (sizes[-1] + _BLOCK - 1) // _BLOCK) if len(sizes) else 0
     per_record = tarfile.RECORDSIZE // _BLOCK
-    blocks = -(-(used + 2) // per_record) * per_record
-    out = bytearray(blocks * _BLOCK)
-    headers = np.tile(_TEMPLATE, (len(sizes), 1))
+    out = bytearray(-(-(used + 2) // per_record) * per_record * _BLOCK)
     if len(sizes):
+        headers = np.tile(_TEMPLATE, (len(sizes), 1))
         headers[:, :100] = np.frombuffer(
             b"".join(n.ljust(100, b"\0") for n in names), dtype=np.uint8
         ).reshape(-1, 100)
@@ -216,10 +219,26 @@ def tar_bytes(samples: Iterable[Sample]) -> bytearray:
         headers[:, 148:154] = _octal(headers.sum(axis=1, dtype=np.int64), 6)
         headers[:, 154:156] = (0, ord(" "))
         np.frombuffer(out, dtype=np.uint8).reshape(-1, _BLOCK)[starts] = headers
-    view = memoryview(out)
-    for at, data in zip(((starts + 1) * _BLOCK).tolist(), datas, strict=True):
-        view[at : at + len(data)] = data
-    view.release()
+    offsets = (starts + 1) * _BLOCK
+    with memoryview(out) as view:
+        for at, data in zip(offsets[1::2].tolist(), label_bytes, strict=True):
+            view[at : at + len(data)] = data
+    return out, offsets[0::2]
+
+
+def tar_bytes(samples: Iterable[Sample]) -> bytearray:
+    """Samples -> deterministic ustar bytes, laid out by `sample_frame`."""
+    samples = list(samples)
+    images = [s.image for s in samples]
+    out, offsets = sample_frame(
+        [s.key for s in samples],
+        [s.ext for s in samples],
+        np.fromiter(map(len, images), dtype=np.int64, count=len(images)),
+        [s.label for s in samples],
+    )
+    with memoryview(out) as view:
+        for at, data in zip(offsets.tolist(), images, strict=True):
+            view[at : at + len(data)] = data
     return out
 
 

@@ -1,10 +1,12 @@
 """The prepare step's core: raw images -> shards + quality_report.json + manifest.json.
 
 Passes, each streaming:
-1. list the input (metadata only) and fingerprint it; if the output's manifest already has
-   this fingerprint, config and code version, stop: nothing to do;
+1. list the input and fingerprint it (S3 ETags, local files' sha256); if the output's manifest
+   already has this fingerprint, config and code version, stop: nothing to do. A first run
+   over a local folder has nothing to compare with: it lists without reading the files;
 2. decode in a process pool, chunk by chunk; workers spill encoded images to scratch files
    and return small per-item records (content hash, quarantine reason, exact channel sums);
+   a first run's listing is completed with those content hashes;
 3. in the main process: dedupe, check classes, assign splits by content hash; nothing has been
    written to the output yet, so an invalid input leaves no trace there;
 4. write WebDataset tar shards in order from the spill files (one built while the previous one
@@ -43,11 +45,11 @@ from pipelines.prepare.report import (
 )
 from pipelines.prepare.selection import Selection, assign_splits, class_counts, screen, select
 from pipelines.prepare.sources import Listing, list_source
-from pipelines.prepare.spill import DecodedSet, SpillReader, run_decode_pass
+from pipelines.prepare.spill import DecodedSet, SpillReader, run_decode_pass, with_read_hashes
 from pipelines.settings import Settings
 from pipelines.storage import is_s3_uri, split_s3_uri
 from training.shards import SPLITS, format_fields, sample_key, shard_entry, shard_name
-from training.wds import EXTENSIONS, Sample, tar_bytes
+from training.wds import EXTENSIONS, sample_frame
 
 ENTRY_MODULE = "pipelines.prepare.step"  # the code behind a prepared dataset
 Log = Callable[[str], None]
@@ -134,41 +136,62 @@ def prepare(
         dest = Destination(cfg.output, settings, staging)
         dest.check_access()
         cluster = read_cluster(cfg.resource_config)
+        existing = dest.read_manifest()
+        lazy = listing is None and _hash_while_decoding(cfg, cluster, existing)
         if listing is None:
             log(f"listing {cfg.input}")
-            listing = _list(cfg, settings, cluster)
+            listing = _list(cfg, settings, cluster, hash_content=not lazy)
         if len(cluster.hosts) > 1:
             from pipelines.prepare.instances import run_instance
 
             return run_instance(cfg, settings, log, listing, dest, scratch, cluster, t_start)
-        fingerprint = listing.fingerprint()
-        log(
-            f"{len(listing.items)} files listed, fingerprint {fingerprint[:12]} "
-            f"({time.perf_counter() - t_start:.1f}s)"
-        )
-        existing = dest.read_manifest()
-        if not cfg.force and is_up_to_date(existing, fingerprint, cfg, dest.existing_names()):
+        took = f"({time.perf_counter() - t_start:.1f}s)"
+        if lazy:
             log(
-                f"{cfg.output} is up to date (same raw fingerprint, config and code); nothing to do"
+                f"{len(listing.items)} files listed {took}; a first run: contents hashed as decoded"
             )
-            assert existing is not None
-            return PrepareResult(cfg.output, True, existing, seconds=time.perf_counter() - t_start)
+        else:
+            fingerprint = listing.fingerprint()
+            log(f"{len(listing.items)} files listed {took}, fingerprint {fingerprint[:12]}")
+            if not cfg.force and is_up_to_date(existing, fingerprint, cfg, dest.existing_names()):
+                log(
+                    f"{cfg.output} is up to date (same raw fingerprint, config and code); "
+                    "nothing to do"
+                )
+                assert existing is not None
+                return PrepareResult(
+                    cfg.output, True, existing, seconds=time.perf_counter() - t_start
+                )
         entries, _ = screen(listing.items, cfg)
         decoded, rate = run_decode_pass(
             entries, _spec(cfg, spills, settings), cfg.workers, cfg.chunk_size, log
         )
         del entries
+        if lazy:
+            listing = with_read_hashes(listing, decoded)
         return _finish(cfg, log, listing, decoded, rate, dest, spills, t_start)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _list(cfg: PrepareConfig, settings: Settings | None, cluster: Cluster) -> Listing:
+def _hash_while_decoding(
+    cfg: PrepareConfig, cluster: Cluster, existing: dict[str, Any] | None
+) -> bool:
+    """A first run over a local folder (no dataset at the output yet, or --force) needs no
+    content hashes before decoding: there is nothing to be up to date with, so the decode
+    workers hash each file as they read it, and every file is read once instead of twice."""
+    local = not is_s3_uri(cfg.input) and not cfg.input.rstrip("/").endswith(".jsonl")
+    return local and len(cluster.hosts) == 1 and (cfg.force or existing is None)
+
+
+def _list(
+    cfg: PrepareConfig, settings: Settings | None, cluster: Cluster, hash_content: bool = True
+) -> Listing:
     """The input's listing; one of several instances may be given an empty share."""
     share = len(cluster.hosts) > 1 and not is_s3_uri(cfg.input)
     if share and os.path.isdir(cfg.input) and not any(os.scandir(cfg.input)):
         return Listing(cfg.input, [])
-    return list_source(cfg.input, settings)
+    return list_source(cfg.input, settings, hash_content=hash_content)
 
 
 def _spec(cfg: PrepareConfig, spills: str, settings: Settings | None) -> DecodeSpec:
@@ -267,13 +290,13 @@ def _write_shards(
             first = 0
             for i, part in enumerate(np.array_split(members, n_shards) if n_shards else []):
                 picked = sel.used[part]
-                images = reader.gather(sel.decoded.chunks[picked], sel.decoded.rows[picked])
-                samples = (
-                    Sample(sample_key(first + j), ext, image, int(label))
-                    for j, (image, label) in enumerate(zip(images, sel.labels[part], strict=True))
+                data, at = sample_frame(
+                    [sample_key(first + j) for j in range(len(part))],
+                    [ext] * len(part),
+                    sel.decoded.sizes[picked],
+                    sel.labels[part].tolist(),
                 )
-                data = tar_bytes(samples)
-                del images, samples
+                reader.copy_into(data, at, sel.decoded.chunks[picked], sel.decoded.rows[picked])
                 collect(pending)
                 pending = writer.submit(store, shard_name(split, i), split, len(part), data)
                 del data

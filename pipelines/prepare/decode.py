@@ -62,6 +62,10 @@ class ChunkResult:
 READ_THREADS = 8
 READ_WINDOW = 32  # files in flight per worker: memory <= READ_WINDOW * max_file_bytes
 
+# Why a file gave no bytes to hash: it vanished or changed after listing, or reading failed.
+CHANGED, UNREADABLE = "changed", "unreadable"
+READ_FAILURES = (CHANGED, UNREADABLE)
+
 _spec: DecodeSpec | None = None
 _client: Any = None
 
@@ -148,7 +152,7 @@ def decode_chunk(task: tuple[int, list[tuple[int, RawItem]]]) -> ChunkResult:
     encoded: list[bytes] = []
     for i, (index, data) in enumerate(_read_all(entries, spec)):
         if isinstance(data, Exception):
-            reason = "changed" if isinstance(data, ObjectChanged) else "unreadable"
+            reason = CHANGED if isinstance(data, ObjectChanged) else UNREADABLE
             result.rejected[index] = (reason, str(data))
             continue
         digest = checked_sha256(entries[i][1]) or hashlib.sha256(data).digest()

@@ -170,7 +170,7 @@ def _item_from_key(key: str, location: str, size: int, etag: str) -> RawItem:
     return RawItem(key, label, location, size, etag)
 
 
-def _hash_entry(real_top: str, hash_content: bool, entry: tuple[str, str]) -> RawItem:
+def listed_item(real_top: str, hash_content: bool, entry: tuple[str, str]) -> RawItem:
     """One listed local file: hashed (or only sized), or quarantined if unsafe or unreadable."""
     key, path = entry
     if not path:
@@ -209,7 +209,7 @@ def list_local_folder(root: str, threads: int = 1, hash_content: bool = True) ->
     if not found:
         raise SourceError(f"input folder {root!r} has no files")
 
-    hash_one = functools.partial(_hash_entry, real_top, hash_content)
+    hash_one = functools.partial(listed_item, real_top, hash_content)
     if hash_content and len(found) >= PARALLEL_LISTING and "fork" in mp.get_all_start_methods():
         # many files: hash on every core (one process is ~3 min for 1,000,000 small files)
         with mp.get_context("fork").Pool(os.cpu_count() or 1) as pool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines.prepare.decode import (
+    READ_FAILURES,
     ChunkResult,
     DecodeSpec,
     decode_chunk,
@@ -20,7 +21,7 @@ from pipelines.prepare.decode import (
     init_worker,
     spill_path,
 )
-from pipelines.prepare.sources import RawItem
+from pipelines.prepare.sources import Listing, RawItem, listed_item
 
 
 @dataclass
@@ -119,26 +120,52 @@ def run_decode_pass(
     return DecodedSet.concat(results, spec.channels), len(entries) / max(seconds, 1e-9)
 
 
+def with_read_hashes(listing: Listing, decoded: DecodedSet) -> Listing:
+    """A local listing made without content hashes, completed with the hashes the decode
+    workers took of the bytes they read: its fingerprint is the one a hashing listing of the
+    same files gives (tested). A file no worker read (screened out before decoding, unreadable,
+    vanished) is listed again here exactly as a hashing listing lists it."""
+    items = list(listing.items)
+    done = np.zeros(len(items), dtype=bool)
+    hexes = decoded.sha256.tobytes().hex()
+    for j, pos in enumerate(decoded.positions.tolist()):
+        if decoded.rejected.get(pos, ("", ""))[0] in READ_FAILURES:
+            continue
+        it = items[pos]
+        etag = "sha256:" + hexes[64 * j : 64 * j + 64]
+        items[pos] = RawItem(it.key, it.label, it.location, it.size, etag, it.issue)
+        done[pos] = True
+    real_top = os.path.realpath(os.path.abspath(listing.source))
+    for pos in np.flatnonzero(~done).tolist():
+        items[pos] = listed_item(real_top, True, (items[pos].key, items[pos].location))
+    return Listing(listing.source, items)
+
+
 class SpillReader:
     """Random access to spilled encoded images, a bounded number of files mapped at once
     (mapped pages count as resident memory). Slices of a plain `mmap` with the end offsets as
-    Python ints: a numpy memmap's slicing costs ~20 us an image, a third of the writing. Slices
-    are copies, so a map dropped from `open` (or with the reader) is unmapped at once."""
+    Python ints: a numpy memmap's slicing costs ~20 us an image, a third of the writing. Images
+    are copied into the shard's buffer, so a map dropped from `open` (or with the reader) is
+    unmapped at once."""
 
     def __init__(self, work_dir: str, max_open: int = 16) -> None:
         self.work_dir, self.max_open = work_dir, max_open
         self.open: dict[int, tuple[mmap.mmap, list[int]]] = {}
 
-    def gather(self, chunks: np.ndarray, rows: np.ndarray) -> list[bytes]:
-        """Encoded image i is row rows[i] of spill file chunks[i]."""
-        out: list[bytes] = [b""] * len(rows)
+    def copy_into(
+        self, out: bytearray, offsets: np.ndarray, chunks: np.ndarray, rows: np.ndarray
+    ) -> None:
+        """Copy encoded image i (row rows[i] of spill file chunks[i]) to out[offsets[i]:],
+        file by file; a length that differs from the slot's is a ValueError."""
         order = np.lexsort((rows, chunks))
         bounds = np.flatnonzero(np.diff(chunks[order])) + 1
-        for group in np.split(order, bounds) if len(order) else []:
-            data, ends = self._map(int(chunks[group[0]]))
-            for i, row in zip(group.tolist(), rows[group].tolist(), strict=True):
-                out[i] = data[ends[row - 1] if row else 0 : ends[row]]
-        return out
+        with memoryview(out) as target:
+            for group in np.split(order, bounds) if len(order) else []:
+                data, ends = self._map(int(chunks[group[0]]))
+                with memoryview(data) as source:
+                    for at, row in zip(offsets[group].tolist(), rows[group].tolist(), strict=True):
+                        start = ends[row - 1] if row else 0
+                        target[at : at + ends[row] - start] = source[start : ends[row]]
 
     def _map(self, chunk: int) -> tuple[mmap.mmap, list[int]]:
         if chunk not in self.open:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -108,6 +109,31 @@ def test_two_runs_are_byte_identical_and_second_is_a_no_op(
         "val-00000.tar",
         "test-00000.tar",
     }
+
+
+def test_a_first_run_hashes_while_decoding_as_a_hashing_listing_would(
+    raw_mnist_copy: Path, tmp_path: Path
+) -> None:
+    """With no dataset at the output, the listing takes no content hashes (the decode workers
+    hash what they read, so each file is read once); the dataset, report and raw fingerprint
+    are byte for byte a run's over a hashing listing, every quarantine reason included, and
+    the next run finds them up to date."""
+    plant_bad_files(raw_mnist_copy, tmp_path / "outside")
+    os.symlink(raw_mnist_copy / "3" / "gone.png", raw_mnist_copy / "3" / "dangling.png")
+    kw: dict[str, object] = {"max_pixels": PLANT_MAX_PIXELS, "min_side": PLANT_MIN_SIDE}
+    msgs: list[str] = []
+    first = prepare(cfg_for(raw_mnist_copy, tmp_path / "first", **kw), log=msgs.append)
+    assert any("a first run: contents hashed as decoded" in m for m in msgs)
+    hashing = list_source(str(raw_mnist_copy), None)
+    listed = prepare(cfg_for(raw_mnist_copy, tmp_path / "listed", **kw), log=quiet, listing=hashing)
+    assert first.manifest["raw_fingerprint"] == hashing.fingerprint()
+    assert file_hashes(tmp_path / "first") == file_hashes(tmp_path / "listed")
+    reasons = {q["reason"] for q in first.report["quarantined"]}
+    assert {"unreadable", "unsafe_key", "unknown_extension", "duplicate", "too_large"} <= reasons
+    assert first.report == listed.report
+    again: list[str] = []
+    rerun = prepare(cfg_for(raw_mnist_copy, tmp_path / "first", **kw), log=again.append)
+    assert rerun.skipped and not any("contents hashed" in m for m in again)
 
 
 def test_adding_ten_percent_moves_no_old_image(raw_mnist_copy: Path, tmp_path: Path) -> None:
