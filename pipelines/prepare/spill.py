@@ -120,25 +120,28 @@ def run_decode_pass(
     return DecodedSet.concat(results, spec.channels), len(entries) / max(seconds, 1e-9)
 
 
-def with_read_hashes(listing: Listing, decoded: DecodedSet) -> Listing:
-    """A local listing made without content hashes, completed with the hashes the decode
-    workers took of the bytes they read: its fingerprint is the one a hashing listing of the
-    same files gives (tested). A file no worker read (screened out before decoding, unreadable,
-    vanished) is listed again here exactly as a hashing listing lists it."""
-    items = list(listing.items)
+def with_read_hashes(listing: Listing, decoded: DecodedSet, block: int = 65536) -> Listing:
+    """A local listing made without content hashes, completed in place with the hashes the
+    decode workers took of the bytes they read: its fingerprint is the one a hashing listing
+    of the same files gives (tested). A file no worker read (screened out before decoding,
+    unreadable, vanished) is listed again here exactly as a hashing listing lists it. Items
+    are replaced one by one (a copy of 1,000,000 of them would be ~200 MB more at the peak)."""
+    items = listing.items
     done = np.zeros(len(items), dtype=bool)
-    hexes = decoded.sha256.tobytes().hex()
-    for j, pos in enumerate(decoded.positions.tolist()):
-        if decoded.rejected.get(pos, ("", ""))[0] in READ_FAILURES:
-            continue
-        it = items[pos]
-        etag = "sha256:" + hexes[64 * j : 64 * j + 64]
-        items[pos] = RawItem(it.key, it.label, it.location, it.size, etag, it.issue)
-        done[pos] = True
+    positions = decoded.positions.tolist()
+    for start in range(0, len(positions), block):
+        hexes = decoded.sha256[start : start + block].tobytes().hex()
+        for j, pos in enumerate(positions[start : start + block]):
+            if decoded.rejected.get(pos, ("", ""))[0] in READ_FAILURES:
+                continue
+            it = items[pos]
+            etag = "sha256:" + hexes[64 * j : 64 * j + 64]
+            items[pos] = RawItem(it.key, it.label, it.location, it.size, etag, it.issue)
+            done[pos] = True
     real_top = os.path.realpath(os.path.abspath(listing.source))
     for pos in np.flatnonzero(~done).tolist():
         items[pos] = listed_item(real_top, True, (items[pos].key, items[pos].location))
-    return Listing(listing.source, items)
+    return listing
 
 
 class SpillReader:

@@ -13,8 +13,11 @@ import pytest
 from pipelines.prepare import output as output_mod
 from pipelines.prepare.config import PrepareConfig
 from pipelines.prepare.core import prepare
+from pipelines.prepare.decode import DecodeSpec
 from pipelines.prepare.errors import PrepareError, SourceError
+from pipelines.prepare.selection import screen
 from pipelines.prepare.sources import list_source
+from pipelines.prepare.spill import run_decode_pass, with_read_hashes
 from tests.fixtures_data import (
     PLANT_MAX_PIXELS,
     PLANT_MIN_SIDE,
@@ -134,6 +137,24 @@ def test_a_first_run_hashes_while_decoding_as_a_hashing_listing_would(
     again: list[str] = []
     rerun = prepare(cfg_for(raw_mnist_copy, tmp_path / "first", **kw), log=again.append)
     assert rerun.skipped and not any("contents hashed" in m for m in again)
+
+
+def test_read_hashes_complete_a_listing_block_by_block(
+    raw_mnist_copy: Path, tmp_path: Path
+) -> None:
+    """The hashes come back from the decode pass in blocks: every block boundary lands on the
+    item a hashing listing gives, screened-out files (not decoded) included."""
+    (raw_mnist_copy / "3" / "notes.txt").write_bytes(b"not an image")
+    cfg = cfg_for(raw_mnist_copy, tmp_path / "out")
+    lazy = list_source(str(raw_mnist_copy), None, hash_content=False)
+    assert not any(it.etag for it in lazy.items)
+    entries, _ = screen(lazy.items, cfg)
+    spec = DecodeSpec(
+        cfg.image_size, cfg.channels, cfg.max_pixels, cfg.min_side, str(tmp_path), None
+    )
+    decoded, _ = run_decode_pass(entries, spec, 1, 64, quiet)
+    completed = with_read_hashes(lazy, decoded, block=7)
+    assert completed.items == list_source(str(raw_mnist_copy), None).items
 
 
 def test_adding_ten_percent_moves_no_old_image(raw_mnist_copy: Path, tmp_path: Path) -> None:
