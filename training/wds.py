@@ -174,6 +174,7 @@ _TEMPLATE = np.frombuffer(
     dtype=np.uint8,
 )
 _MAX_MEMBER = 8**11 - 1  # what an 11-digit octal size field holds
+_HEADERS_AT_ONCE = 8192  # 4 MB of headers built at a time (a whole shard's could be ~40 MB)
 
 
 def _octal(values: np.ndarray, digits: int) -> np.ndarray:
@@ -209,16 +210,19 @@ def sample_frame(
     used = int(starts[-1] + 1 + (sizes[-1] + _BLOCK - 1) // _BLOCK) if len(sizes) else 0
     per_record = tarfile.RECORDSIZE // _BLOCK
     out = bytearray(-(-(used + 2) // per_record) * per_record * _BLOCK)
-    if len(sizes):
-        headers = np.tile(_TEMPLATE, (len(sizes), 1))
+    blocks = np.frombuffer(out, dtype=np.uint8).reshape(-1, _BLOCK)
+    for a in range(0, len(sizes), _HEADERS_AT_ONCE):
+        b = min(a + _HEADERS_AT_ONCE, len(sizes))
+        headers = np.tile(_TEMPLATE, (b - a, 1))
         headers[:, :100] = np.frombuffer(
-            b"".join(n.ljust(100, b"\0") for n in names), dtype=np.uint8
+            b"".join(n.ljust(100, b"\0") for n in names[a:b]), dtype=np.uint8
         ).reshape(-1, 100)
-        headers[:, 124:135] = _octal(sizes, 11)
+        headers[:, 124:135] = _octal(sizes[a:b], 11)
         headers[:, 135] = 0
         headers[:, 148:154] = _octal(headers.sum(axis=1, dtype=np.int64), 6)
         headers[:, 154:156] = (0, ord(" "))
-        np.frombuffer(out, dtype=np.uint8).reshape(-1, _BLOCK)[starts] = headers
+        blocks[starts[a:b]] = headers
+    del blocks
     offsets = (starts + 1) * _BLOCK
     with memoryview(out) as view:
         for at, data in zip(offsets[1::2].tolist(), label_bytes, strict=True):
