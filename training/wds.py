@@ -157,13 +157,13 @@ def decode_pixels(data: bytes, ext: str, channels: int) -> np.ndarray:
 # Tar shards
 # ---------------------------------------------------------------------------------------------
 # Every member's header is one template (mode 0644, owner 0:0, mtime 0, no user names, as
-# ``tarfile`` writes ustar) with its name, size and checksum filled in, all members at once.
+# ``tarfile`` writes ustar) with its name, size and checksum filled in, many members at once.
 _TEMPLATE = np.frombuffer(
     (
         b"\0" * 100  # name
-        + b"0000644\0"
-        + b"0000000\0"
-        + b"0000000\0"  # mode, uid, gid
+        + b"0000644\0"  # mode
+        + b"0000000\0"  # uid
+        + b"0000000\0"  # gid
         + b"\0" * 12  # size
         + b"00000000000\0"  # mtime
         + b" " * 8  # the checksum counts its own field as 8 spaces
@@ -191,7 +191,8 @@ def sample_frame(
     header and label written, and the byte offset of each sample's image, left as zeros for
     the caller to copy in from wherever it is (Prepare: straight from its spill files).
 
-    Headers are built as one ``[members, 512]`` array; padding is the buffer's own zeros.
+    Headers are built as ``[members, 512]`` arrays, 8,192 members at a time; padding is the
+    buffer's own zeros.
     """
     names: list[bytes] = []
     for key, ext in zip(keys, exts, strict=True):
