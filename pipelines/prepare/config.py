@@ -46,7 +46,7 @@ class PrepareConfig:
     # small images still reach ~shard_max_bytes (16 px RGB PNGs: ~2.5 KB a sample in the tar)
     shard_size: int = 50_000
     # tar bytes per shard at most (encoded images + 1.5 KB of tar headers each): a reader
-    # holds one shard per worker, and prepare up to ~3x one shard while it writes them
+    # holds one shard per worker, and prepare ~2x one shard while it writes them
     shard_max_bytes: int = 128 * 2**20
     encoding: str = "png"  # stored images: png (lossless), webp (lossless), jpeg (lossy)
     jpeg_quality: int = 90  # 1..95, with encoding=jpeg

@@ -11,9 +11,9 @@ Passes, each streaming:
    written to the output yet, so an invalid input leaves no trace there;
 4. write WebDataset tar shards in order from the spill files (one built while the previous one
    is stored), then the report, then the manifest last.
-Memory: about one chunk per worker, up to ~3x one shard while writing (the shard being built,
-its images, the previous one being stored), and ~0.6 KB of metadata per listed file (100,000
-tiny images: ~250 MB peak in the main process).
+Memory: about one chunk per worker, ~2x one shard while writing (the shard being built, the
+previous one being stored) plus at most 16 mapped spill files, and ~0.6 KB of metadata per
+listed file (100,000 tiny images: ~250 MB peak in the main process).
 """
 
 from __future__ import annotations
