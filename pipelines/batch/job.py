@@ -160,6 +160,6 @@ def results_uri(container_arguments: list[str]) -> str:
 def read_report(settings: Settings, output: str) -> dict[str, Any]:
     """The `_batch_report.json` under a Batch job's output prefix or folder."""
     from pipelines.batch.core import REPORT
-    from pipelines.prepare.sources import read_bytes_whole
+    from pipelines.prepare.reading import read_bytes_whole
 
     return dict(json.loads(read_bytes_whole(output.rstrip("/") + "/" + REPORT, settings)))

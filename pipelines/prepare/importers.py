@@ -23,7 +23,8 @@ import numpy as np
 from PIL import Image
 
 from pipelines.prepare.errors import SourceError
-from pipelines.prepare.sources import clean_label, make_client
+from pipelines.prepare.reading import make_client
+from pipelines.prepare.sources import clean_label
 from pipelines.settings import Settings
 from pipelines.storage import is_s3_uri, split_s3_uri
 

@@ -17,7 +17,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipelines.prepare.errors import OutputError
-from pipelines.prepare.sources import make_client
+from pipelines.prepare.reading import make_client
 from pipelines.settings import Settings
 from pipelines.storage import is_s3_uri, split_s3_uri
 from training.atomic import atomic_write_bytes

@@ -1,8 +1,9 @@
-"""Listing and reading raw inputs: a local ImageFolder, an ``s3://`` prefix, a JSON Lines manifest.
+"""Listing raw inputs: a local ImageFolder, an ``s3://`` prefix, a JSON Lines manifest.
 
-A listing is small metadata only (key, label, size, ETag); bytes are read later, by the decode
-workers, which compare what they read with what was listed so an object replaced in between is
-detected and reported instead of silently mixing two versions into one dataset.
+A listing is small metadata only (key, label, size, ETag or content hash); bytes are read
+later, by the decode workers (`pipelines.prepare.reading`), which compare what they read with
+what was listed so an object replaced in between is detected and reported instead of silently
+mixing two versions into one dataset.
 
 Keys are only ever *reported*; nothing here turns a key into an output path, so ``../``,
 absolute paths or odd Unicode cannot escape the output folder. Labels are validated (see
@@ -21,25 +22,20 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
-import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipelines.prepare.errors import SourceError
+from pipelines.prepare.reading import client_error_text, make_client, read_bytes_whole
 from pipelines.settings import Settings
-from pipelines.storage import is_s3_uri, s3_client, split_s3_uri
+from pipelines.storage import is_s3_uri, split_s3_uri
 
 T = TypeVar("T")
 R = TypeVar("R")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 _LABEL_MAX_CHARS = 200
 PARALLEL_LISTING = 20_000  # local files from which listing hashes on a process pool
-
-
-class ObjectChanged(RuntimeError):
-    """An object's content differs from what the listing recorded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,13 +83,6 @@ def clean_label(raw: object) -> str | None:
 
 def has_image_extension(key: str) -> bool:
     return key.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def _client_error_text(exc: Exception) -> str:
-    if isinstance(exc, ClientError):
-        err = exc.response.get("Error", {})
-        return f"{err.get('Code', '?')}: {err.get('Message', '') or exc}"
-    return f"{type(exc).__name__}: {exc}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,7 +227,7 @@ def list_s3_prefix(uri: str, settings: Settings | None) -> Listing:
                 etag = str(obj.get("ETag", "")).strip('"')
                 items.append(_item_from_key(key, location, int(obj.get("Size", 0)), etag))
     except (ClientError, BotoCoreError) as exc:
-        raise SourceError(f"cannot list input {uri}: {_client_error_text(exc)}") from exc
+        raise SourceError(f"cannot list input {uri}: {client_error_text(exc)}") from exc
     if not items:
         raise SourceError(f"input {uri} has no objects (wrong prefix?)")
     items.sort(key=lambda it: it.key)
@@ -335,7 +324,7 @@ def list_manifest(uri: str, settings: Settings | None, threads: int = 8) -> List
             else:
                 size, etag = _sha256_file(location)
         except (ClientError, BotoCoreError, OSError) as exc:
-            return n, RawItem(key, None, location, -1, "", ("unreadable", _client_error_text(exc)))
+            return n, RawItem(key, None, location, -1, "", ("unreadable", client_error_text(exc)))
         issue = None if label is not None else ("unknown_label", "missing or unusable class")
         return n, RawItem(key, label, location, size, etag, issue)
 
@@ -344,63 +333,3 @@ def list_manifest(uri: str, settings: Settings | None, threads: int = 8) -> List
         raise SourceError(f"manifest {uri} has no entries")
     stated.sort(key=lambda t: (t[1].key, t[0]))
     return Listing(source=uri, items=[it for _, it in stated])
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading
-# ---------------------------------------------------------------------------------------------
-def make_client(settings: Settings | None) -> Any:
-    """An S3 client for `settings`; None means boto3's default chain and region (a step in a
-    container, given AWS_ENDPOINT_URL_S3 and keys by the local runner or its role on AWS)."""
-    if settings is None:
-        region = boto3.session.Session().region_name or Settings().region
-        settings = Settings(mode="aws", region=region)
-    return s3_client(settings)
-
-
-def read_bytes_whole(uri: str, settings: Settings | None) -> bytes:
-    """A small whole file (a manifest) from a path or s3:// URI; SourceError if unreadable."""
-    try:
-        if is_s3_uri(uri):
-            b, k = split_s3_uri(uri)
-            return make_client(settings).get_object(Bucket=b, Key=k)["Body"].read()
-        return Path(uri).read_bytes()
-    except (ClientError, BotoCoreError, OSError) as exc:
-        raise SourceError(f"cannot read {uri}: {_client_error_text(exc)}") from exc
-
-
-def checked_sha256(item: RawItem) -> bytes | None:
-    """The sha256 `read_item` checks a local file's bytes against (its listing hashed them),
-    so a caller holding the bytes it returned need not hash them again; None for S3 objects."""
-    if is_s3_uri(item.location) or not item.etag.startswith("sha256:"):
-        return None
-    return bytes.fromhex(item.etag[len("sha256:") :])
-
-
-def read_item(item: RawItem, client: Any) -> bytes:
-    """The item's bytes; ObjectChanged if they are not what the listing saw, OSError if gone."""
-    if is_s3_uri(item.location):
-        b, k = split_s3_uri(item.location)
-        try:
-            resp = client.get_object(Bucket=b, Key=k)
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("NoSuchKey", "404"):
-                raise ObjectChanged(f"deleted after listing (ETag {item.etag})") from exc
-            raise OSError(_client_error_text(exc)) from exc
-        etag = str(resp.get("ETag", "")).strip('"')
-        if item.etag and etag != item.etag:
-            raise ObjectChanged(f"ETag was {item.etag} when listed, {etag} when read")
-        return resp["Body"].read()
-    try:
-        with open(item.location, "rb") as fh:
-            data = fh.read()
-    except FileNotFoundError as exc:
-        raise ObjectChanged("deleted after listing") from exc
-    if item.etag:
-        now = "sha256:" + hashlib.sha256(data).hexdigest()
-        if now != item.etag:
-            raise ObjectChanged(
-                f"content hash was {item.etag[7:19]}… when listed, {now[7:19]}… when read"
-            )
-    return data

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from pipelines.cli import data as data_command
-from pipelines.prepare import decode, sources
+from pipelines.prepare import decode, reading, sources
 from pipelines.prepare.config import PrepareConfig
 from pipelines.prepare.core import prepare
 from pipelines.prepare.importers import builtin_arrays, import_dataset
@@ -322,7 +322,7 @@ def test_a_local_files_listed_hash_is_what_its_bytes_hash_to(tmp_path: Path) -> 
     (tmp_path / "cat").mkdir()
     (tmp_path / "cat" / "a.png").write_bytes(b"some bytes")
     (item,) = list_source(str(tmp_path), None).items
-    assert sources.checked_sha256(item) == hashlib.sha256(b"some bytes").digest()
-    assert sources.read_item(item, None) == b"some bytes"
+    assert reading.checked_sha256(item) == hashlib.sha256(b"some bytes").digest()
+    assert reading.read_item(item, None) == b"some bytes"
     s3 = sources.RawItem("cat/a.png", "cat", "s3://b/cat/a.png", 10, "0123abcd")
-    assert sources.checked_sha256(s3) is None
+    assert reading.checked_sha256(s3) is None
