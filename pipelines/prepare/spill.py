@@ -1,4 +1,5 @@
-"""The decode pass (a process pool over chunks) and random access to its spill files."""
+"""The decode pass (a process pool over chunks), a first run's listing completed from its
+content hashes, and random access to its spill files."""
 
 from __future__ import annotations
 
