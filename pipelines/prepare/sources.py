@@ -19,9 +19,10 @@ import multiprocessing as mp
 import os
 import sys
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii as _encode_ascii  # type: ignore[attr-defined]
 from typing import Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -60,10 +61,27 @@ class Listing:
     def fingerprint(self) -> str:
         """sha256 over (key, label, size, etag) of every item: changes iff the raw data does."""
         digest = hashlib.sha256()
-        for it in self.items:
-            row = [it.key, it.label, it.size, it.etag, it.issue[0] if it.issue else None]
-            digest.update(json.dumps(row, ensure_ascii=True).encode() + b"\n")
+        for start in range(0, len(self.items), _FINGERPRINT_BLOCK):
+            block = self.items[start : start + _FINGERPRINT_BLOCK]
+            digest.update("".join(map(_fingerprint_line, block)).encode())
         return digest.hexdigest()
+
+
+_FINGERPRINT_BLOCK = 65536  # rows hashed at a time (~6 MB of text)
+
+
+def _json(text: str | None) -> str:
+    return "null" if text is None else _encode_ascii(text)
+
+
+def _fingerprint_line(it: RawItem) -> str:
+    """`json.dumps([key, label, size, etag, reason], ensure_ascii=True) + "\n"`, the row the
+    fingerprint has always hashed, built from json's own string encoder: 3x faster."""
+    reason = it.issue[0] if it.issue else None
+    if type(it.size) is not int:  # never from a listing; kept exact all the same
+        row = [it.key, it.label, it.size, it.etag, reason]
+        return json.dumps(row, ensure_ascii=True) + "\n"
+    return f"[{_json(it.key)}, {_json(it.label)}, {it.size}, {_json(it.etag)}, {_json(reason)}]\n"
 
 
 def clean_label(raw: object) -> str | None:
@@ -147,7 +165,8 @@ def _item_from_key(key: str, location: str, size: int, etag: str) -> RawItem:
             key, None, location, size, etag, ("unknown_label", "not inside a class folder")
         )
     label = _folder_label(parts[0])
-    if label is None or any(p in ("", ".", "..") for p in parts[1:]):
+    # a valid label is none of "", "." and "..", so looking for them in every part is enough
+    if label is None or "" in parts or "." in parts or ".." in parts:
         return RawItem(
             key,
             None,
@@ -159,22 +178,59 @@ def _item_from_key(key: str, location: str, size: int, etag: str) -> RawItem:
     return RawItem(key, label, location, size, etag)
 
 
+def _escapes(real_top: str, key: str, path: str) -> RawItem | None:
+    """The quarantine entry of a symlink leading outside the input; None if it stays inside."""
+    real = os.path.realpath(path)
+    if os.path.commonpath([real, real_top]) != real_top:
+        return RawItem(key, None, path, -1, "", ("unsafe_key", "symlink leads outside the input"))
+    return None
+
+
 def listed_item(real_top: str, hash_content: bool, entry: tuple[str, str]) -> RawItem:
     """One listed local file: hashed (or only sized), or quarantined if unsafe or unreadable."""
     key, path = entry
     if not path:
         return RawItem(key, None, "", -1, "", ("unsafe_key", "symlinked folder, not followed"))
-    if os.path.islink(path):
-        real = os.path.realpath(path)
-        if os.path.commonpath([real, real_top]) != real_top:
-            return RawItem(
-                key, None, path, -1, "", ("unsafe_key", "symlink leads outside the input")
-            )
+    if os.path.islink(path) and (outside := _escapes(real_top, key, path)) is not None:
+        return outside
     try:
         size, etag = _sha256_file(path) if hash_content else (os.path.getsize(path), "")
     except OSError as exc:
         return RawItem(key, None, path, -1, "", ("unreadable", str(exc)))
     return _item_from_key(key, path, size, etag)
+
+
+def _sized_item(real_top: str, key: str, entry: os.DirEntry[str]) -> RawItem:
+    """`listed_item(real_top, False, (key, entry.path))` from a directory entry: its type came
+    with the folder's listing, so a file costs one stat instead of an lstat and a stat."""
+    if entry.is_symlink() and (outside := _escapes(real_top, key, entry.path)) is not None:
+        return outside
+    try:
+        size = entry.stat().st_size
+    except OSError as exc:
+        return RawItem(key, None, entry.path, -1, "", ("unreadable", str(exc)))
+    return _item_from_key(key, entry.path, size, "")
+
+
+def _walk(top: str) -> Iterator[tuple[str, os.DirEntry[str] | None]]:
+    """(key, entry) of every file under `top`, and (key + "/", None) of every symlinked folder
+    (not followed); what `os.walk(top, followlinks=False)` finds, without its own stat calls.
+    OSError if a folder cannot be read."""
+    stack = [("", top)]
+    while stack:
+        rel, folder = stack.pop()
+        with os.scandir(folder) as found:
+            for entry in found:
+                try:
+                    is_dir = entry.is_dir()
+                except OSError:  # as os.walk: an entry whose type cannot be known is a file
+                    is_dir = False
+                if not is_dir:
+                    yield rel + entry.name, entry
+                elif entry.is_symlink():
+                    yield rel + entry.name + "/", None
+                else:
+                    stack.append((rel + entry.name + "/", entry.path))
 
 
 def list_local_folder(root: str, threads: int = 1, hash_content: bool = True) -> Listing:
@@ -186,16 +242,18 @@ def list_local_folder(root: str, threads: int = 1, hash_content: bool = True) ->
         raise SourceError(f"input folder {root!r} does not exist or is not a folder")
     real_top = os.path.realpath(top)
     found: list[tuple[str, str]] = []
-    errors: list[OSError] = []
-    for dirpath, dirnames, filenames in os.walk(top, onerror=errors.append, followlinks=False):
-        rel = "" if dirpath == top else os.path.relpath(dirpath, top).replace(os.sep, "/") + "/"
-        for name in dirnames:
-            if os.path.islink(os.path.join(dirpath, name)):
-                found.append((rel + name + "/", ""))
-        found.extend((rel + name, os.path.join(dirpath, name)) for name in filenames)
-    if errors:
-        raise SourceError(f"cannot read input folder {root!r}: {errors[0]}")
-    if not found:
+    items: list[RawItem] = []
+    try:
+        for key, entry in _walk(top):
+            if entry is None:
+                found.append((key, ""))
+            elif hash_content:
+                found.append((key, entry.path))
+            else:
+                items.append(_sized_item(real_top, key, entry))
+    except OSError as exc:
+        raise SourceError(f"cannot read input folder {root!r}: {exc}") from exc
+    if not found and not items:
         raise SourceError(f"input folder {root!r} has no files")
 
     hash_one = functools.partial(listed_item, real_top, hash_content)
@@ -204,7 +262,7 @@ def list_local_folder(root: str, threads: int = 1, hash_content: bool = True) ->
         with mp.get_context("fork").Pool(os.cpu_count() or 1) as pool:
             items = pool.map(hash_one, found, chunksize=2048)
     else:
-        items = _bounded_map(hash_one, found, threads)
+        items.extend(_bounded_map(hash_one, found, threads))
     del found
     items.sort(key=lambda it: it.key)
     return Listing(source=root, items=items)

@@ -1,0 +1,73 @@
+"""Listing a local folder: what it finds, what it records, and the fingerprint's rows."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from pipelines.prepare import sources
+from pipelines.prepare.sources import Listing, RawItem, list_source
+from tests.fixtures_data import plant_bad_files
+
+
+def _walk_keys(top: Path) -> set[str]:
+    """What `os.walk(followlinks=False)` finds: files, and symlinked folders as `name/`."""
+    keys = set()
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
+        rel = Path(dirpath).relative_to(top).as_posix()
+        prefix = "" if rel == "." else rel + "/"
+        keys.update(prefix + n for n in filenames)
+        keys.update(prefix + n + "/" for n in dirnames if os.path.islink(os.path.join(dirpath, n)))
+    return keys
+
+
+def test_a_listing_finds_what_os_walk_finds_and_sizes_what_it_hashes(
+    raw_mnist_copy: Path, tmp_path: Path
+) -> None:
+    """Nested folders, symlinks inside and outside, a dangling one and a symlinked folder: the
+    listing without hashes (a first run's) finds every entry `os.walk` finds and records each
+    exactly as the hashing listing does, but for the hash."""
+    plant_bad_files(raw_mnist_copy, tmp_path / "outside")
+    deep = raw_mnist_copy / "6" / "a" / "b"
+    deep.mkdir(parents=True)
+    (deep / "deep.png").write_bytes((raw_mnist_copy / "loose.png").read_bytes())
+    os.symlink(deep / "deep.png", raw_mnist_copy / "6" / "link-inside.png")
+    os.symlink(raw_mnist_copy / "6" / "gone.png", raw_mnist_copy / "6" / "dangling.png")
+    hashing = list_source(str(raw_mnist_copy), None).items
+    sized = list_source(str(raw_mnist_copy), None, hash_content=False).items
+    assert [it.key for it in sized] == sorted(_walk_keys(raw_mnist_copy))
+    assert sized == [
+        RawItem(it.key, it.label, it.location, it.size, "", it.issue) for it in hashing
+    ]
+    by_key = {it.key: it for it in sized}
+    assert by_key["6/a/b/deep.png"].label == "6" and by_key["6/link-inside.png"].issue is None
+    assert by_key["6/dangling.png"].issue[0] == "unreadable"  # type: ignore[index]
+    assert by_key["3/link-outside.png"].issue[0] == "unsafe_key"  # type: ignore[index]
+    assert by_key["8-linked-folder/"].issue[0] == "unsafe_key"  # type: ignore[index]
+    assert by_key["6/link-inside.png"].size == (deep / "deep.png").stat().st_size
+
+
+def test_the_fingerprint_hashes_one_json_row_per_item(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fingerprint is what every manifest records, so its rows stay the JSON they have
+    always been (escapes, non-ASCII, None, negative and non-int sizes alike), in any block."""
+    items = [
+        RawItem("c0/a.png", "c0", "/r/c0/a.png", 12, "sha256:ab"),
+        RawItem(
+            'q"\\/é中\U0001f600\x00\x1f\x7f\u2028.png', "café", "/r/q", -1, "", ("unreadable", "x")
+        ),
+        RawItem("loose", None, "s3://b/loose", 0, 'e"t', ("unknown_label", "y")),
+        RawItem("t.png", "t", "/r/t.png", True, ""),  # type: ignore[arg-type]
+    ]
+    rows = [
+        json.dumps([it.key, it.label, it.size, it.etag, it.issue[0] if it.issue else None]) + "\n"
+        for it in items
+    ]
+    want = hashlib.sha256("".join(rows).encode()).hexdigest()
+    assert Listing("x", items).fingerprint() == want
+    monkeypatch.setattr(sources, "_FINGERPRINT_BLOCK", 3)
+    assert Listing("x", items).fingerprint() == want
+    assert Listing("x", items[1:]).fingerprint() != want
