@@ -144,7 +144,7 @@ def prepare(
         if len(cluster.hosts) > 1:
             from pipelines.prepare.instances import run_instance
 
-            return run_instance(cfg, settings, log, listing, dest, scratch, cluster, t_start)
+            return run_instance(cfg, settings, log, listing, dest, scratch, cluster, t_start, lazy)
         took = f"({time.perf_counter() - t_start:.1f}s)"
         if lazy:
             log(
@@ -179,9 +179,10 @@ def _hash_while_decoding(
 ) -> bool:
     """A first run over a local folder (no dataset at the output yet, or --force) needs no
     content hashes before decoding: there is nothing to be up to date with, so the decode
-    workers hash each file as they read it, and every file is read once instead of twice."""
+    workers hash each file as they read it, and every file is read once instead of twice.
+    Nor does one of several instances: each decodes its share whatever the output holds."""
     local = not is_s3_uri(cfg.input) and not cfg.input.rstrip("/").endswith(".jsonl")
-    return local and len(cluster.hosts) == 1 and (cfg.force or existing is None)
+    return local and (len(cluster.hosts) > 1 or cfg.force or existing is None)
 
 
 def _list(

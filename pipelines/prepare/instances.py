@@ -22,7 +22,7 @@ from pipelines.prepare.parts import (
 )
 from pipelines.prepare.selection import screen
 from pipelines.prepare.sources import Listing
-from pipelines.prepare.spill import run_decode_pass
+from pipelines.prepare.spill import run_decode_pass, with_read_hashes
 from pipelines.settings import Settings
 from pipelines.storage import is_s3_uri
 
@@ -50,20 +50,25 @@ def run_instance(
     scratch: str,
     cluster: Cluster,
     t_start: float,
+    lazy: bool = False,
 ) -> PrepareResult:
     """One of several instances (pipelines/prepare/parts.py): decode this instance's share and
-    leave it as a part; the first instance then merges every part and writes the dataset."""
+    leave it as a part; the first instance then merges every part and writes the dataset.
+    `lazy`: the listing has no content hashes yet; the decode pass's complete it."""
     if not cfg.exchange:
         raise PrepareError(f"{len(cluster.hosts)} instances need an exchange prefix (--exchange)")
     exchange, prefix = Exchange(cfg.exchange, settings), job_name(cfg.resource_config)
     listing = _my_share(listing, cfg, cluster)
     spills = os.path.join(scratch, "spill")
     entries, _ = screen(listing.items, cfg)
-    log(f"{cluster.host}: {len(listing.items)} files in this instance's share")
+    hashed = "; contents hashed as decoded" if lazy else ""
+    log(f"{cluster.host}: {len(listing.items)} files in this instance's share{hashed}")
     decoded, rate = run_decode_pass(
         entries, _spec(cfg, spills, settings), cfg.workers, cfg.chunk_size, log
     )
     del entries
+    if lazy:
+        listing = with_read_hashes(listing, decoded)
     if not cluster.leader:
         write_part(exchange, f"{prefix}/{cluster.host}", listing, decoded, spills, log)
         log(f"{cluster.host}: part done; {cluster.hosts[0]} writes the dataset")

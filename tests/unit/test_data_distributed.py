@@ -13,6 +13,7 @@ import pytest
 from pipelines.prepare.config import PrepareConfig
 from pipelines.prepare.core import prepare
 from pipelines.prepare.parts import Exchange
+from pipelines.prepare.sources import list_source
 from tests.fixtures_data import PLANT_MAX_PIXELS, PLANT_MIN_SIDE, plant_bad_files
 
 
@@ -54,9 +55,10 @@ def test_two_instances_write_what_one_writes(
         "min_side": PLANT_MIN_SIDE,
         "dataset": "mnist",
     }
-    one = prepare(
+    one = prepare(  # over a hashing listing; the instances hash their shares as they decode
         PrepareConfig(input=str(raw_mnist_copy), output=str(tmp_path / "one"), **common),  # type: ignore[arg-type]
         log=lambda _m: None,
+        listing=list_source(str(raw_mnist_copy), None),
     )
     hosts = ["algo-1", "algo-2", "algo-3"]  # algo-3's share is empty: more hosts than needed
     exchange = tmp_path / "exchange"
@@ -68,7 +70,7 @@ def test_two_instances_write_what_one_writes(
         put(self, rel, path)
 
     monkeypatch.setattr(Exchange, "put", recorded_put)
-    results = {}
+    results, logs = {}, []
     for i in (2, 1, 0):  # the others finish first; the first then merges
         share = tmp_path / f"share-{i}"
         if i < 2:
@@ -83,8 +85,9 @@ def test_two_instances_write_what_one_writes(
                 exchange=str(exchange),
                 **common,  # type: ignore[arg-type]
             ),
-            log=lambda _m: None,
+            log=logs.append,
         )
+    assert sum("share; contents hashed as decoded" in m for m in logs) == 3
     assert not (tmp_path / "out-1").exists() and not (tmp_path / "out-2").exists()
     assert _hashes(tmp_path / "out-0") == _hashes(tmp_path / "one")
     report = results[0].report
