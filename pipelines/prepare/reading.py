@@ -4,6 +4,7 @@ of a small whole file, from a local path or ``s3://``."""
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,23 @@ def checked_sha256(item: RawItem) -> bytes | None:
     return bytes.fromhex(item.etag[len("sha256:") :])
 
 
+def read_local(path: str, size_hint: int = 0) -> bytes:
+    """A local file's bytes, all of them, whatever its size now; `size_hint` (its listed size)
+    makes the common case one read. Plain descriptor calls: a file object's buffer, fstat,
+    isatty and seek cost as much as reading a small image (12 against 6.5 us)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        parts = [os.read(fd, max(size_hint, 0) + 1)]
+        while parts[-1]:  # until end of file: the file may have grown since it was listed
+            parts.append(os.read(fd, _READ_BLOCK))
+        return parts[0] if len(parts) == 2 else b"".join(parts)
+    finally:
+        os.close(fd)
+
+
+_READ_BLOCK = 1 << 20
+
+
 def read_item(item: RawItem, client: Any) -> bytes:
     """The item's bytes; ObjectChanged if they are not what the listing saw, OSError if gone."""
     if is_s3_uri(item.location):
@@ -74,8 +92,7 @@ def read_item(item: RawItem, client: Any) -> bytes:
             raise ObjectChanged(f"ETag was {item.etag} when listed, {etag} when read")
         return resp["Body"].read()
     try:
-        with open(item.location, "rb") as fh:
-            data = fh.read()
+        data = read_local(item.location, item.size)
     except FileNotFoundError as exc:
         raise ObjectChanged("deleted after listing") from exc
     if item.etag:

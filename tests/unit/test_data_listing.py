@@ -1,4 +1,4 @@
-"""Listing a local folder: what it finds, what it records, and the fingerprint's rows."""
+"""Local files: what a listing finds and records, the fingerprint's rows, reading them whole."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.prepare import sources
+from pipelines.prepare import reading, sources
 from pipelines.prepare.sources import Listing, RawItem, list_source
 from tests.fixtures_data import plant_bad_files
 
@@ -71,3 +71,18 @@ def test_the_fingerprint_hashes_one_json_row_per_item(monkeypatch: pytest.Monkey
     monkeypatch.setattr(sources, "_FINGERPRINT_BLOCK", 3)
     assert Listing("x", items).fingerprint() == want
     assert Listing("x", items[1:]).fingerprint() != want
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, (1 << 20) + 3, 3 * (1 << 20)])
+def test_a_local_file_is_read_whole_whatever_its_listed_size(tmp_path: Path, size: int) -> None:
+    """The listed size only sizes the first read: a file grown, shrunk or emptied since it was
+    listed is read as it is now."""
+    path = tmp_path / "f.png"
+    data = os.urandom(size)
+    path.write_bytes(data)
+    for hint in {0, -1, 1, size - 1, size, size + 1, 2 * size + 7}:
+        assert reading.read_local(str(path), hint) == data
+    with pytest.raises(FileNotFoundError):
+        reading.read_local(str(tmp_path / "gone.png"), 10)
+    with pytest.raises(IsADirectoryError):
+        reading.read_local(str(tmp_path), 10)
