@@ -79,8 +79,7 @@ def _fingerprint_line(it: RawItem) -> str:
     fingerprint has always hashed, built from json's own string encoder: 3x faster."""
     reason = it.issue[0] if it.issue else None
     if type(it.size) is not int:  # never from a listing; kept exact all the same
-        row = [it.key, it.label, it.size, it.etag, reason]
-        return json.dumps(row, ensure_ascii=True) + "\n"
+        return json.dumps([it.key, it.label, it.size, it.etag, reason]) + "\n"
     return f"[{_json(it.key)}, {_json(it.label)}, {it.size}, {_json(it.etag)}, {_json(reason)}]\n"
 
 
@@ -203,13 +202,21 @@ def listed_item(real_top: str, hash_content: bool, entry: tuple[str, str]) -> Ra
 def _sized_item(real_top: str, key: str, entry: os.DirEntry[str]) -> RawItem:
     """`listed_item(real_top, False, (key, entry.path))` from a directory entry: its type came
     with the folder's listing, so a file costs one stat instead of an lstat and a stat."""
-    if entry.is_symlink() and (outside := _escapes(real_top, key, entry.path)) is not None:
+    if _is_link(entry) and (outside := _escapes(real_top, key, entry.path)) is not None:
         return outside
     try:
         size = entry.stat().st_size
     except OSError as exc:
         return RawItem(key, None, entry.path, -1, "", ("unreadable", str(exc)))
     return _item_from_key(key, entry.path, size, "")
+
+
+def _is_link(entry: os.DirEntry[str]) -> bool:
+    """`os.path.islink` of a directory entry: False when its type cannot be known."""
+    try:
+        return entry.is_symlink()
+    except OSError:
+        return False
 
 
 def _walk(top: str) -> Iterator[tuple[str, os.DirEntry[str] | None]]:
@@ -227,7 +234,7 @@ def _walk(top: str) -> Iterator[tuple[str, os.DirEntry[str] | None]]:
                     is_dir = False
                 if not is_dir:
                     yield rel + entry.name, entry
-                elif entry.is_symlink():
+                elif _is_link(entry):
                     yield rel + entry.name + "/", None
                 else:
                     stack.append((rel + entry.name + "/", entry.path))
