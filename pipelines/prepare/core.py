@@ -291,13 +291,16 @@ def _write_shards(
             first = 0
             for i, part in enumerate(np.array_split(members, n_shards) if n_shards else []):
                 picked = sel.used[part]
+                sizes = sel.decoded.sizes[picked]
                 data, at = sample_frame(
                     [sample_key(first + j) for j in range(len(part))],
                     [ext] * len(part),
-                    sel.decoded.sizes[picked],
+                    sizes,
                     sel.labels[part].tolist(),
                 )
-                reader.copy_into(data, at, sel.decoded.chunks[picked], sel.decoded.rows[picked])
+                reader.copy_into(
+                    data, at, sizes, sel.decoded.chunks[picked], sel.decoded.rows[picked]
+                )
                 collect(pending)
                 pending = writer.submit(store, shard_name(split, i), split, len(part), data)
                 del data

@@ -185,22 +185,23 @@ def _escapes(real_top: str, key: str, path: str) -> RawItem | None:
     return None
 
 
-def listed_item(real_top: str, hash_content: bool, entry: tuple[str, str]) -> RawItem:
-    """One listed local file: hashed (or only sized), or quarantined if unsafe or unreadable."""
+def listed_item(real_top: str, entry: tuple[str, str]) -> RawItem:
+    """One listed local file, content-hashed, or quarantined if unsafe or unreadable; an empty
+    path is a symlinked folder."""
     key, path = entry
     if not path:
         return RawItem(key, None, "", -1, "", ("unsafe_key", "symlinked folder, not followed"))
     if os.path.islink(path) and (outside := _escapes(real_top, key, path)) is not None:
         return outside
     try:
-        size, etag = _sha256_file(path) if hash_content else (os.path.getsize(path), "")
+        size, etag = _sha256_file(path)
     except OSError as exc:
         return RawItem(key, None, path, -1, "", ("unreadable", str(exc)))
     return _item_from_key(key, path, size, etag)
 
 
 def _sized_item(real_top: str, key: str, entry: os.DirEntry[str]) -> RawItem:
-    """`listed_item(real_top, False, (key, entry.path))` from a directory entry: its type came
+    """What `listed_item` records for a directory entry, less the content hash: its type came
     with the folder's listing, so a file costs one stat instead of an lstat and a stat."""
     if _is_link(entry) and (outside := _escapes(real_top, key, entry.path)) is not None:
         return outside
@@ -240,10 +241,10 @@ def _walk(top: str) -> Iterator[tuple[str, os.DirEntry[str] | None]]:
                     stack.append((rel + entry.name + "/", entry.path))
 
 
-def list_local_folder(root: str, threads: int = 1, hash_content: bool = True) -> Listing:
+def list_local_folder(root: str, hash_content: bool = True) -> Listing:
     """Every file under a local folder, content-hashed (so the fingerprint survives a copy, e.g.
-    SageMaker downloading the input afresh). Symlinks leading outside are quarantined;
-    symlinked folders are reported, not followed."""
+    SageMaker downloading the input afresh) unless `hash_content` is False (sized only).
+    Symlinks leading outside are quarantined; symlinked folders are reported, not followed."""
     top = os.path.abspath(root)
     if not os.path.isdir(top):
         raise SourceError(f"input folder {root!r} does not exist or is not a folder")
@@ -253,7 +254,7 @@ def list_local_folder(root: str, threads: int = 1, hash_content: bool = True) ->
     try:
         for key, entry in _walk(top):
             if entry is None:
-                found.append((key, ""))
+                items.append(listed_item(real_top, (key, "")))
             elif hash_content:
                 found.append((key, entry.path))
             else:
@@ -263,13 +264,13 @@ def list_local_folder(root: str, threads: int = 1, hash_content: bool = True) ->
     if not found and not items:
         raise SourceError(f"input folder {root!r} has no files")
 
-    hash_one = functools.partial(listed_item, real_top, hash_content)
-    if hash_content and len(found) >= PARALLEL_LISTING and "fork" in mp.get_all_start_methods():
+    hash_one = functools.partial(listed_item, real_top)
+    if len(found) >= PARALLEL_LISTING and "fork" in mp.get_all_start_methods():
         # many files: hash on every core (one process is ~3 min for 1,000,000 small files)
         with mp.get_context("fork").Pool(os.cpu_count() or 1) as pool:
-            items = pool.map(hash_one, found, chunksize=2048)
+            items.extend(pool.map(hash_one, found, chunksize=2048))
     else:
-        items.extend(_bounded_map(hash_one, found, threads))
+        items.extend(map(hash_one, found))
     del found
     items.sort(key=lambda it: it.key)
     return Listing(source=root, items=items)

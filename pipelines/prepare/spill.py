@@ -141,7 +141,7 @@ def with_read_hashes(listing: Listing, decoded: DecodedSet, block: int = 65536) 
             done[pos] = True
     real_top = os.path.realpath(os.path.abspath(listing.source))
     for pos in np.flatnonzero(~done).tolist():
-        items[pos] = listed_item(real_top, True, (items[pos].key, items[pos].location))
+        items[pos] = listed_item(real_top, (items[pos].key, items[pos].location))
     return listing
 
 
@@ -157,19 +157,32 @@ class SpillReader:
         self.open: dict[int, tuple[mmap.mmap, list[int]]] = {}
 
     def copy_into(
-        self, out: bytearray, offsets: np.ndarray, chunks: np.ndarray, rows: np.ndarray
+        self,
+        out: bytearray,
+        offsets: np.ndarray,
+        sizes: np.ndarray,
+        chunks: np.ndarray,
+        rows: np.ndarray,
     ) -> None:
-        """Copy encoded image i (row rows[i] of spill file chunks[i]) to out[offsets[i]:],
-        file by file; a length that differs from the slot's is a ValueError."""
+        """Copy encoded image i (row rows[i] of spill file chunks[i]) into its slot of
+        sizes[i] bytes at out[offsets[i]:], file by file. A spilled image of another length
+        (a damaged scratch file) is a ValueError, never a shard with a misplaced member."""
         order = np.lexsort((rows, chunks))
         bounds = np.flatnonzero(np.diff(chunks[order])) + 1
         with memoryview(out) as target:
             for group in np.split(order, bounds) if len(order) else []:
                 data, ends = self._map(int(chunks[group[0]]))
+                at_size_row = (offsets[group].tolist(), sizes[group].tolist(), rows[group].tolist())
                 with memoryview(data) as source:
-                    for at, row in zip(offsets[group].tolist(), rows[group].tolist(), strict=True):
+                    for at, size, row in zip(*at_size_row, strict=True):
                         start = ends[row - 1] if row else 0
-                        target[at : at + ends[row] - start] = source[start : ends[row]]
+                        if ends[row] - start != size:
+                            path = spill_path(self.work_dir, int(chunks[group[0]]))
+                            raise ValueError(
+                                f"{path}: image {row} is {ends[row] - start} bytes, the decode "
+                                f"pass recorded {size} (a damaged scratch file)"
+                            )
+                        target[at : at + size] = source[start : ends[row]]
 
     def _map(self, chunk: int) -> tuple[mmap.mmap, list[int]]:
         if chunk not in self.open:

@@ -13,11 +13,11 @@ import pytest
 from pipelines.prepare import output as output_mod
 from pipelines.prepare.config import PrepareConfig
 from pipelines.prepare.core import prepare
-from pipelines.prepare.decode import DecodeSpec
+from pipelines.prepare.decode import DecodeSpec, write_spill
 from pipelines.prepare.errors import PrepareError, SourceError
 from pipelines.prepare.selection import screen
 from pipelines.prepare.sources import list_source
-from pipelines.prepare.spill import run_decode_pass, with_read_hashes
+from pipelines.prepare.spill import SpillReader, run_decode_pass, with_read_hashes
 from tests.fixtures_data import (
     PLANT_MAX_PIXELS,
     PLANT_MIN_SIDE,
@@ -155,6 +155,18 @@ def test_read_hashes_complete_a_listing_block_by_block(
     decoded, _ = run_decode_pass(entries, spec, 1, 64, quiet)
     completed = with_read_hashes(lazy, decoded, block=7)
     assert completed.items == list_source(str(raw_mnist_copy), None).items
+
+
+def test_a_spilled_image_of_another_length_is_an_error(tmp_path: Path) -> None:
+    """Images are copied from the spill files into slots sized by the decode pass's records:
+    a damaged scratch file is refused, not written as a shard with members out of place."""
+    write_spill(str(tmp_path), 0, [b"abc", b"defgh"])
+    out = bytearray(8)
+    offsets, rows, chunks = np.array([0, 3]), np.array([0, 1]), np.zeros(2, dtype=np.int64)
+    SpillReader(str(tmp_path)).copy_into(out, offsets, np.array([3, 5]), chunks, rows)
+    assert out == b"abcdefgh"
+    with pytest.raises(ValueError, match="image 1 is 5 bytes, the decode pass recorded 4"):
+        SpillReader(str(tmp_path)).copy_into(bytearray(8), offsets, np.array([3, 4]), chunks, rows)
 
 
 def test_adding_ten_percent_moves_no_old_image(raw_mnist_copy: Path, tmp_path: Path) -> None:
