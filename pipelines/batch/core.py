@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 
 from pipelines.batch.config import BatchConfig
+from pipelines.prepare.items import RawItem, has_image_extension
 from pipelines.prepare.reading import make_client, read_item
-from pipelines.prepare.sources import RawItem, has_image_extension, list_source
+from pipelines.prepare.sources import list_source
 from pipelines.settings import Settings
 from pipelines.storage import is_s3_uri, split_s3_uri
 

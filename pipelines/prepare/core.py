@@ -36,6 +36,7 @@ from pipelines.imports import code_version as _closure_version
 from pipelines.prepare.config import PrepareConfig
 from pipelines.prepare.decode import DecodeSpec
 from pipelines.prepare.errors import PrepareError
+from pipelines.prepare.items import Listing
 from pipelines.prepare.output import REPORT_NAME, Destination
 from pipelines.prepare.parts import Cluster, read_cluster
 from pipelines.prepare.report import (
@@ -44,7 +45,7 @@ from pipelines.prepare.report import (
     reason_counts,
 )
 from pipelines.prepare.selection import Selection, assign_splits, class_counts, screen, select
-from pipelines.prepare.sources import Listing, list_source
+from pipelines.prepare.sources import list_source
 from pipelines.prepare.spill import DecodedSet, SpillReader, run_decode_pass, with_read_hashes
 from pipelines.settings import Settings
 from pipelines.storage import is_s3_uri, split_s3_uri

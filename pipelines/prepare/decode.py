@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from inference.preprocess import ImageRejected, decode_image, to_array
+from pipelines.prepare.items import RawItem
 from pipelines.prepare.reading import ObjectChanged, checked_sha256, make_client, read_item
-from pipelines.prepare.sources import RawItem
 from pipelines.settings import Settings
 from training.wds import encode_image
 

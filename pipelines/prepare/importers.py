@@ -23,8 +23,8 @@ import numpy as np
 from PIL import Image
 
 from pipelines.prepare.errors import SourceError
+from pipelines.prepare.items import clean_label
 from pipelines.prepare.reading import make_client
-from pipelines.prepare.sources import clean_label
 from pipelines.settings import Settings
 from pipelines.storage import is_s3_uri, split_s3_uri
 
@@ -79,7 +79,7 @@ def builtin_files(name: str, limit: int | None = None) -> Iterator[tuple[str, by
 def folder_files(root: str | os.PathLike[str]) -> list[tuple[str, str]]:
     """(relative key, local path) of every file under an ImageFolder, sorted; symlinks skipped.
 
-    Class folder names must be usable labels (see sources.clean_label), so a bad name is caught
+    Class folder names must be usable labels (see items.clean_label), so a bad name is caught
     here rather than uploaded.
     """
     top = Path(root)

@@ -15,8 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from pipelines.prepare.items import has_image_extension
 from pipelines.prepare.reading import make_client, read_item
-from pipelines.prepare.sources import has_image_extension, list_source
+from pipelines.prepare.sources import list_source
 from pipelines.settings import Settings
 
 SAMPLE = 200  # images read for the profile (evenly spread over the sorted listing)

@@ -10,6 +10,7 @@ from pathlib import Path
 from pipelines.prepare.config import PrepareConfig
 from pipelines.prepare.core import Log, PrepareResult, _finish, _spec
 from pipelines.prepare.errors import PrepareError
+from pipelines.prepare.items import Listing
 from pipelines.prepare.output import Destination
 from pipelines.prepare.parts import (
     Cluster,
@@ -21,7 +22,6 @@ from pipelines.prepare.parts import (
     write_part,
 )
 from pipelines.prepare.selection import screen
-from pipelines.prepare.sources import Listing
 from pipelines.prepare.spill import run_decode_pass, with_read_hashes
 from pipelines.settings import Settings
 from pipelines.storage import is_s3_uri

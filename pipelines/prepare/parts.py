@@ -31,8 +31,8 @@ import numpy as np
 
 from pipelines.prepare.decode import ends_path, spill_path
 from pipelines.prepare.errors import PrepareError
+from pipelines.prepare.items import Listing, RawItem
 from pipelines.prepare.reading import make_client
-from pipelines.prepare.sources import Listing, RawItem
 from pipelines.prepare.spill import DecodedSet
 from pipelines.settings import Settings
 from pipelines.storage import is_s3_uri, split_s3_uri

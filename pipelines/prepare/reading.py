@@ -16,7 +16,7 @@ from pipelines.settings import Settings
 from pipelines.storage import is_s3_uri, s3_client, split_s3_uri
 
 if TYPE_CHECKING:
-    from pipelines.prepare.sources import RawItem
+    from pipelines.prepare.items import RawItem
 
 
 class ObjectChanged(RuntimeError):

@@ -10,6 +10,7 @@ import numpy as np
 
 from pipelines.prepare.config import PrepareConfig
 from pipelines.prepare.errors import PrepareError
+from pipelines.prepare.items import RawItem, has_image_extension
 from pipelines.prepare.report import (
     Quarantined,
     class_problems,
@@ -17,7 +18,6 @@ from pipelines.prepare.report import (
     reason_counts,
     resolve_duplicates,
 )
-from pipelines.prepare.sources import RawItem, has_image_extension
 from pipelines.prepare.spill import DecodedSet
 from pipelines.prepare.split import assign_split
 from training.shards import SPLITS

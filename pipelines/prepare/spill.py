@@ -22,7 +22,8 @@ from pipelines.prepare.decode import (
     init_worker,
     spill_path,
 )
-from pipelines.prepare.sources import Listing, RawItem, listed_item
+from pipelines.prepare.items import Listing, RawItem
+from pipelines.prepare.local_listing import listed_item
 
 
 @dataclass

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.prepare import reading, sources
-from pipelines.prepare.sources import Listing, RawItem, list_source
+from pipelines.prepare import items as items_module
+from pipelines.prepare import reading
+from pipelines.prepare.items import Listing, RawItem
+from pipelines.prepare.sources import list_source
 from tests.fixtures_data import plant_bad_files
 
 
@@ -68,7 +70,7 @@ def test_the_fingerprint_hashes_one_json_row_per_item(monkeypatch: pytest.Monkey
     ]
     want = hashlib.sha256("".join(rows).encode()).hexdigest()
     assert Listing("x", items).fingerprint() == want
-    monkeypatch.setattr(sources, "_FINGERPRINT_BLOCK", 3)
+    monkeypatch.setattr(items_module, "_FINGERPRINT_BLOCK", 3)
     assert Listing("x", items).fingerprint() == want
     assert Listing("x", items[1:]).fingerprint() != want
 

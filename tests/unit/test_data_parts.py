@@ -15,12 +15,13 @@ import pytest
 from PIL import Image
 
 from pipelines.cli import data as data_command
-from pipelines.prepare import decode, reading, sources
+from pipelines.prepare import decode, local_listing, reading, sources
 from pipelines.prepare.config import PrepareConfig
 from pipelines.prepare.core import prepare
 from pipelines.prepare.importers import builtin_arrays, import_dataset
+from pipelines.prepare.items import RawItem, clean_label
 from pipelines.prepare.report import channel_mean_std, resolve_duplicates
-from pipelines.prepare.sources import clean_label, list_source
+from pipelines.prepare.sources import list_source
 from pipelines.prepare.split import assign_split
 from tests.fixtures_data import encode
 from training.serialize import from_args, to_args
@@ -311,7 +312,7 @@ def test_parallel_local_listing_matches_the_sequential_one(
     raw_mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sequential = list_source(str(raw_mnist_dir), None)
-    monkeypatch.setattr(sources, "PARALLEL_LISTING", 10)  # 300 files: the process pool path
+    monkeypatch.setattr(local_listing, "PARALLEL_LISTING", 10)  # 300 files: the process pool path
     parallel = list_source(str(raw_mnist_dir), None)
     assert parallel.items == sequential.items and len(parallel.items) == 300
 
@@ -324,5 +325,5 @@ def test_a_local_files_listed_hash_is_what_its_bytes_hash_to(tmp_path: Path) -> 
     (item,) = list_source(str(tmp_path), None).items
     assert reading.checked_sha256(item) == hashlib.sha256(b"some bytes").digest()
     assert reading.read_item(item, None) == b"some bytes"
-    s3 = sources.RawItem("cat/a.png", "cat", "s3://b/cat/a.png", 10, "0123abcd")
+    s3 = RawItem("cat/a.png", "cat", "s3://b/cat/a.png", 10, "0123abcd")
     assert reading.checked_sha256(s3) is None
