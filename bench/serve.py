@@ -34,255 +34,29 @@ process against raw ONNX Runtime: a ratio that other load on the machine barely 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import base64
 import contextlib
-import io
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(url: str, timeout_s: float, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"{url} not ready after {timeout_s} s")
-
-
-@contextlib.contextmanager
-def process(
-    cmd: list[str], ping: str, env: dict[str, str] | None = None, log: Path | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True
-    )
-    try:
-        try:
-            wait_ready(ping, 180, proc)
-        except (RuntimeError, TimeoutError):
-            if log:
-                out.flush()  # type: ignore[union-attr]
-                sys.stderr.write(log.read_text(errors="replace")[-4000:])
-            raise
-        yield proc
-    finally:
-        stop_group(proc)
-        if log:
-            out.close()  # type: ignore[union-attr]
-
-
-def stop_group(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
-    """SIGTERM the child's own process group (it was started in a new session), so that the
-    worker processes a server spawned (LitServe, mlflow's uvicorn) stop with it; SIGKILL what
-    is left after ``timeout_s``."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout_s)
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(proc.pid, 0)  # members of the group still alive?
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-def http_request(port: int, path: str, body: bytes, content_type: str) -> bytes:
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {content_type}\r\n"
-        f"Accept: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
-
-
-async def _client(
-    port: int,
-    request: bytes,
-    stop_at: float,
-    record_from: float,
-    lat: list[float],
-    errors: list[int],
-) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        while True:
-            t0 = time.perf_counter()
-            if t0 >= stop_at:
-                return
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            length = 0
-            chunked = False
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.lower() == b"content-length":
-                    length = int(value)
-                elif name.lower() == b"transfer-encoding" and b"chunked" in value.lower():
-                    chunked = True
-            if chunked:
-                while True:
-                    size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-                    await reader.readexactly(size + 2)
-                    if size == 0:
-                        break
-            else:
-                await reader.readexactly(length)
-            t1 = time.perf_counter()
-            if t0 >= record_from:
-                lat.append(t1 - t0)
-                if status != 200:
-                    errors.append(status)
-    finally:
-        writer.close()
-
-
-def load(
-    port: int,
-    request: bytes,
-    concurrency: int,
-    duration_s: float,
-    warmup_s: float,
-    cpu_pid: int | None = None,
-) -> dict[str, float]:
-    """Closed loop at ``concurrency``; with ``cpu_pid``, also that process's CPU seconds over
-    the measured window."""
-    cpu: list[float] = []
-
-    async def run() -> tuple[list[float], list[int]]:
-        lat: list[float] = []
-        errors: list[int] = []
-        start = time.perf_counter()
-        if cpu_pid is not None:
-            loop = asyncio.get_running_loop()
-            loop.call_later(warmup_s, lambda: cpu.append(cpu_seconds(cpu_pid)))
-            loop.call_later(warmup_s + duration_s, lambda: cpu.append(cpu_seconds(cpu_pid)))
-        await asyncio.gather(
-            *(
-                _client(port, request, start + warmup_s + duration_s, start + warmup_s, lat, errors)
-                for _ in range(concurrency)
-            )
-        )
-        return lat, errors
-
-    lat, errors = asyncio.run(run())
-    ms = np.asarray(lat) * 1000
-    out = {
-        "concurrency": concurrency,
-        "requests": len(lat),
-        "errors": len(errors),
-        "throughput_rps": round(len(lat) / duration_s, 1),
-        "p50_ms": round(float(np.percentile(ms, 50)), 2) if len(ms) else float("nan"),
-        "p99_ms": round(float(np.percentile(ms, 99)), 2) if len(ms) else float("nan"),
-    }
-    if len(cpu) == 2:
-        out["server_cpu_s"] = round(cpu[1] - cpu[0], 2)
-    return out
-
-
-def payloads(
-    model_dir: Path, seed: int = 0
-) -> tuple[dict[str, tuple[bytes, str]], dict[str, tuple[bytes, str]]]:
-    """(lepton's payloads by name, MLflow's); LitServe takes lepton's ``json``."""
-    meta = json.loads((model_dir / "metadata.json").read_text())
-    height, width = meta["image_size"]
-    channels = meta["channels"]
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, (height, width, channels), dtype=np.uint8)
-    png = io.BytesIO()
-    Image.fromarray(pixels[..., 0] if channels == 1 else pixels).save(png, "PNG")
-    npy = io.BytesIO()
-    np.save(npy, pixels[None])
-    ours = {
-        "json": (json.dumps({"instances": [pixels.tolist()]}).encode(), "application/json"),
-        "png": (png.getvalue(), "image/png"),
-        "npy": (npy.getvalue(), "application/x-npy"),
-        "json_b64": (
-            json.dumps({"b64": base64.b64encode(png.getvalue()).decode()}).encode(),
-            "application/json",
-        ),
-    }
-    chw = pixels.transpose(2, 0, 1).astype(np.float32)[None]
-    theirs = {"json": (json.dumps({"inputs": chw.tolist()}).encode(), "application/json")}
-    return ours, theirs
-
-
-def mlflow_model(model_dir: Path, work: Path) -> tuple[str, dict[str, str]]:
-    """Log model.onnx as an MLflow ONNX model into a local file store; return its URI and env."""
-    import mlflow
-    import mlflow.onnx
-    import onnx
-    from mlflow.models import infer_signature
-
-    meta = json.loads((model_dir / "metadata.json").read_text())
-    height, width = meta["image_size"]
-    example = np.zeros((1, meta["channels"], height, width), np.float32)
-    logits = np.zeros((1, len(meta["classes"])), np.float32)
-    # A throwaway SQLite store (MLflow 3 refuses new file stores) with artifacts in the temp dir.
-    tracking = f"sqlite:///{work / 'mlflow.db'}"
-    mlflow.set_tracking_uri(tracking)
-    experiment = mlflow.create_experiment(
-        "bench-serve", artifact_location=(work / "artifacts").as_uri()
-    )
-    with mlflow.start_run(experiment_id=experiment) as run:
-        mlflow.onnx.log_model(
-            onnx.load(str(model_dir / "model.onnx")),
-            name="model",
-            signature=infer_signature(example, {"logits": logits}),
-        )
-    # mlflow execs `uvicorn` by name: put this interpreter's bin dir first on PATH.
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "PATH": path}
-    return f"runs:/{run.info.run_id}/model", env
-
-
-def onnx_session(path: Path) -> Any:
-    """An ONNX Runtime session with the lepton server's options: all cores, no spinning."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.inter_op_num_threads = 1
-    options.intra_op_num_threads = os.cpu_count() or 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
+from bench.serve_load import free_port, http_request, load, process  # noqa: E402
+from bench.serve_models import (  # noqa: E402
+    mlflow_model,
+    onnx_session,
+    payloads,
+    raw_onnx,
+    resnet18_model,
+)
 
 try:  # LitServe pickles its API object into a worker process: the class must be importable
     import litserve as _litserve
@@ -327,63 +101,6 @@ def litserve_main(model_dir: Path, port: int) -> None:
     server.run(host="127.0.0.1", port=port, generate_client_file=False)
 
 
-def resnet18_model(out: Path, size: int = 224, classes: int = 10) -> Path:
-    """A resnet18 exported by the project's own path (training.model + training.export)."""
-    import torch
-
-    from training.export import export_model
-    from training.model import build_model
-
-    torch.manual_seed(0)
-    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    model = build_model(
-        "resnet18", channels=3, num_classes=classes, image_size=(size, size), mean=mean, std=std
-    )
-    metadata = {
-        "format_version": 1,
-        "classes": [f"class{i}" for i in range(classes)],
-        "image_size": [size, size],
-        "channels": 3,
-        "mean": mean,
-        "std": std,
-        "input_scale": "0-255",
-        "preprocessing_version": 1,
-        "arch": "resnet18",
-        "metrics": {},
-        "data_manifest_sha256": "0" * 64,
-        "code_version": "bench",
-        "mlflow_run_id": None,
-    }
-    example = torch.rand(2, 3, size, size) * 255
-    export_model(model.eval(), out, example=example, metadata=metadata)
-    return out
-
-
-def raw_onnx(model_dir: Path, batch: int, duration_s: float) -> dict[str, float]:
-    """model.onnx called directly on ``[batch, C, H, W]``: the server's session options and
-    threads (all cores), no HTTP, no decoding. Images/s and the latency of one full batch."""
-    meta = json.loads((model_dir / "metadata.json").read_text())
-    height, width = meta["image_size"]
-    session = onnx_session(model_dir / "model.onnx")
-    rng = np.random.default_rng(0)
-    pixels = (rng.random((batch, meta["channels"], height, width)) * 255).astype(np.float32)
-    session.run(None, {"pixels": pixels})  # warm-up
-    times: list[float] = []
-    cpu = time.process_time()  # this process's CPU time, ONNX Runtime's threads included
-    start = time.perf_counter()
-    while time.perf_counter() - start < duration_s or len(times) < 3:
-        t0 = time.perf_counter()
-        session.run(None, {"pixels": pixels})
-        times.append(time.perf_counter() - t0)
-    return {
-        "batch": batch,
-        "calls": len(times),
-        "images_per_s": round(batch * len(times) / sum(times), 1),
-        "batch_latency_ms": round(float(np.median(times)) * 1000, 1),
-        "images_per_cpu_s": round(batch * len(times) / (time.process_time() - cpu), 2),
-    }
-
-
 def lepton_batches(port: int) -> dict[str, float]:
     """Model calls and mean images per call over the whole run, from lepton's /metrics."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
@@ -396,14 +113,6 @@ def lepton_batches(port: int) -> dict[str, float]:
     calls = values.get("lepton_batch_size_count", 0.0)
     images = values.get("lepton_batch_size_sum", 0.0)
     return {"calls": calls, "mean_images_per_call": round(images / max(calls, 1.0), 2)}
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads."""
-    import psutil
-
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
 
 
 def _ratios(rows: list[dict[str, Any]], other: str, levels: list[int]) -> dict[str, Any]:
