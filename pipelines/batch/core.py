@@ -224,7 +224,7 @@ def run_batch(cfg: BatchConfig, settings: Settings | None = None, log: Log = pri
     # extracted once for all of them (the folder lives as long as this predictor).
     predictor = Predictor.load(cfg.model, max_pixels=cfg.max_pixels, top_k=cfg.top_k)
     out = Output(cfg.output, settings)
-    listing = list_source(cfg.input, settings, hash_content=False)
+    listing = list_source(cfg.input, settings, names_only=True)
     items = [it for it in listing.items if not it.key.endswith("/")]
     done = out.done_keys()
     todo = [it for it in items if it.key not in done]

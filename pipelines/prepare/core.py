@@ -141,7 +141,7 @@ def prepare(
         lazy = listing is None and _hash_while_decoding(cfg, cluster, existing)
         if listing is None:
             log(f"listing {cfg.input}")
-            listing = _list(cfg, settings, cluster, hash_content=not lazy)
+            listing = _list(cfg, settings, cluster, names_only=lazy)
         if len(cluster.hosts) > 1:
             from pipelines.prepare.instances import run_instance
 
@@ -187,13 +187,13 @@ def _hash_while_decoding(
 
 
 def _list(
-    cfg: PrepareConfig, settings: Settings | None, cluster: Cluster, hash_content: bool = True
+    cfg: PrepareConfig, settings: Settings | None, cluster: Cluster, names_only: bool = False
 ) -> Listing:
     """The input's listing; one of several instances may be given an empty share."""
     share = len(cluster.hosts) > 1 and not is_s3_uri(cfg.input)
     if share and os.path.isdir(cfg.input) and not any(os.scandir(cfg.input)):
         return Listing(cfg.input, [])
-    return list_source(cfg.input, settings, hash_content=hash_content)
+    return list_source(cfg.input, settings, names_only=names_only)
 
 
 def _spec(cfg: PrepareConfig, spills: str, settings: Settings | None) -> DecodeSpec:
@@ -207,6 +207,7 @@ def _spec(cfg: PrepareConfig, spills: str, settings: Settings | None) -> DecodeS
         cfg.encoding,
         cfg.jpeg_quality,
         cfg.keep_original_size,
+        cfg.max_file_bytes,
     )
 
 

@@ -21,7 +21,13 @@ import numpy as np
 
 from inference.preprocess import ImageRejected, decode_image, to_array
 from pipelines.prepare.items import RawItem
-from pipelines.prepare.reading import ObjectChanged, checked_sha256, make_client, read_item
+from pipelines.prepare.reading import (
+    ObjectChanged,
+    TooLarge,
+    checked_sha256,
+    make_client,
+    read_item,
+)
 from pipelines.settings import Settings
 from training.wds import encode_image
 
@@ -37,6 +43,7 @@ class DecodeSpec:
     encoding: str = "png"  # what is stored: png | webp (lossless) | jpeg (at jpeg_quality)
     jpeg_quality: int = 90
     keep_original_size: bool = False  # store each image at its own size (stats: resized)
+    max_file_bytes: int | None = None  # checked here for files listed without a size
 
 
 @dataclass
@@ -46,6 +53,7 @@ class ChunkResult:
     chunk: int  # spill file number
     positions: np.ndarray  # int64 [n]: index of each item in the listing
     sha256: np.ndarray  # uint8 [n, 32]: hash of the raw bytes (zeros when unread)
+    read_sizes: np.ndarray  # int64 [n]: raw bytes read (-1 when unread)
     rows: np.ndarray  # int64 [n]: row in the spill file, -1 when rejected
     sizes: np.ndarray  # int64 [n]: encoded bytes stored (0 when rejected)
     channel_sums: np.ndarray  # int64 [n, C]: per channel, sum of uint8 values (exact)
@@ -59,7 +67,6 @@ READ_WINDOW = 32  # files in flight per worker: memory <= READ_WINDOW * max_file
 
 # Why a file gave no bytes to hash: it vanished or changed after listing, or reading failed.
 CHANGED, UNREADABLE = "changed", "unreadable"
-READ_FAILURES = (CHANGED, UNREADABLE)
 
 _spec: DecodeSpec | None = None
 _client: Any = None
@@ -102,10 +109,13 @@ def decode_one(data: bytes, spec: DecodeSpec) -> tuple[np.ndarray, np.ndarray]:
         img.close()
 
 
-def _read_one(entry: tuple[int, RawItem], client: Any) -> tuple[int, bytes | Exception]:
+def _read_one(
+    entry: tuple[int, RawItem], client: Any, max_bytes: int | None
+) -> tuple[int, bytes | Exception]:
     index, item = entry
     try:
-        return index, read_item(item, client if item.location.startswith("s3://") else None)
+        s3 = item.location.startswith("s3://")
+        return index, read_item(item, client if s3 else None, max_bytes)
     except (ObjectChanged, OSError) as exc:
         return index, exc
 
@@ -117,13 +127,13 @@ def _read_all(
     dominate small images); at most READ_WINDOW files are held at once."""
     if not any(item.location.startswith("s3://") for _, item in entries):
         for entry in entries:
-            yield _read_one(entry, None)
+            yield _read_one(entry, None, spec.max_file_bytes)
         return
     client = _client_for(spec)
     with ThreadPoolExecutor(READ_THREADS) as pool:
         for start in range(0, len(entries), READ_WINDOW):
             window = entries[start : start + READ_WINDOW]
-            yield from pool.map(lambda e: _read_one(e, client), window)
+            yield from pool.map(lambda e: _read_one(e, client, spec.max_file_bytes), window)
 
 
 def decode_chunk(task: tuple[int, list[tuple[int, RawItem]]]) -> ChunkResult:
@@ -137,6 +147,7 @@ def decode_chunk(task: tuple[int, list[tuple[int, RawItem]]]) -> ChunkResult:
         chunk=chunk,
         positions=np.array([index for index, _ in entries], dtype=np.int64),
         sha256=np.zeros((n, 32), dtype=np.uint8),
+        read_sizes=np.full(n, -1, dtype=np.int64),
         rows=np.full(n, -1, dtype=np.int64),
         sizes=np.zeros(n, dtype=np.int64),
         channel_sums=np.zeros((n, n_chan), dtype=np.int64),
@@ -146,10 +157,14 @@ def decode_chunk(task: tuple[int, list[tuple[int, RawItem]]]) -> ChunkResult:
     arrays: list[np.ndarray] = []
     encoded: list[bytes] = []
     for i, (index, data) in enumerate(_read_all(entries, spec)):
+        if isinstance(data, TooLarge):
+            result.rejected[index] = ("too_large", str(data))
+            continue
         if isinstance(data, Exception):
             reason = CHANGED if isinstance(data, ObjectChanged) else UNREADABLE
             result.rejected[index] = (reason, str(data))
             continue
+        result.read_sizes[i] = len(data)
         digest = checked_sha256(entries[i][1]) or hashlib.sha256(data).digest()
         result.sha256[i] = np.frombuffer(digest, dtype=np.uint8)
         try:

@@ -83,7 +83,7 @@ def _look(data: bytes) -> tuple[int, int, bool] | None:
 
 
 def profile_input(uri: str, settings: Settings | None, sample: int = SAMPLE) -> InputProfile:
-    listing = list_source(uri, settings, hash_content=False)  # the profile needs no hashes
+    listing = list_source(uri, settings, names_only=True)  # the profile needs no sizes or hashes
     images = [it for it in listing.items if it.issue is None and has_image_extension(it.key)]
     if not images:
         raise ValueError(f"no images found under {uri}")

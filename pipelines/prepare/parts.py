@@ -24,7 +24,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,8 @@ from pipelines.settings import Settings
 from pipelines.storage import is_s3_uri, split_s3_uri
 
 MARKER = "part.json"
-_ARRAYS = ("positions", "sha256", "chunks", "rows", "sizes", "channel_sums", "channel_sumsqs")
+# every per-image array of a decode pass: what a part carries besides its reasons
+_ARRAYS = tuple(f.name for f in fields(DecodedSet) if f.name != "rejected")
 Log = Callable[[str], None]
 
 

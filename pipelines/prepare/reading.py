@@ -23,6 +23,15 @@ class ObjectChanged(RuntimeError):
     """An object's content differs from what the listing recorded."""
 
 
+class TooLarge(OSError):
+    """A file over the byte limit, found by its reader (a listing by name gives no sizes)."""
+
+
+def too_large_detail(size: int, limit: int) -> str:
+    """The quarantine detail of a file over `max_file_bytes`, whoever finds it."""
+    return f"{size} bytes > max_file_bytes {limit}"
+
+
 def client_error_text(exc: Exception) -> str:
     """A boto error (or any other) as one short line: `Code: message`."""
     if isinstance(exc, ClientError):
@@ -59,13 +68,19 @@ def checked_sha256(item: RawItem) -> bytes | None:
     return bytes.fromhex(item.etag[len("sha256:") :])
 
 
-def read_local(path: str, size_hint: int = 0) -> bytes:
+def read_local(path: str, size_hint: int = -1, max_bytes: int | None = None) -> bytes:
     """A local file's bytes, all of them, whatever its size now; `size_hint` (its listed size)
-    makes the common case one read. Plain descriptor calls: a file object's buffer, fstat,
-    isatty and seek cost as much as reading a small image (~10 against ~6.5 us)."""
+    makes the common case one read. Unlisted (-1), the size comes from fstat on the open file
+    (~0.5 us, against ~5 us for the listing's stat by path), and a file over `max_bytes` is
+    TooLarge, unread. Plain descriptor calls: a file object's buffer, isatty and seek cost as
+    much as reading a small image (~10 against ~6.5 us)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        parts = [os.read(fd, max(size_hint, 0) + 1)]
+        if size_hint < 0:
+            size_hint = os.fstat(fd).st_size
+            if max_bytes is not None and size_hint > max_bytes:
+                raise TooLarge(too_large_detail(size_hint, max_bytes))
+        parts = [os.read(fd, size_hint + 1)]
         while parts[-1]:  # until end of file: the file may have grown since it was listed
             parts.append(os.read(fd, _READ_BLOCK))
         return parts[0] if len(parts) == 2 else b"".join(parts)
@@ -76,8 +91,9 @@ def read_local(path: str, size_hint: int = 0) -> bytes:
 _READ_BLOCK = 1 << 20
 
 
-def read_item(item: RawItem, client: Any) -> bytes:
-    """The item's bytes; ObjectChanged if they are not what the listing saw, OSError if gone."""
+def read_item(item: RawItem, client: Any, max_bytes: int | None = None) -> bytes:
+    """The item's bytes; ObjectChanged if they are not what the listing saw, OSError if gone,
+    TooLarge if an unlisted local file is over `max_bytes` (a listed size was screened)."""
     if is_s3_uri(item.location):
         b, k = split_s3_uri(item.location)
         try:
@@ -92,7 +108,7 @@ def read_item(item: RawItem, client: Any) -> bytes:
             raise ObjectChanged(f"ETag was {item.etag} when listed, {etag} when read")
         return resp["Body"].read()
     try:
-        data = read_local(item.location, item.size)
+        data = read_local(item.location, item.size, max_bytes)
     except FileNotFoundError as exc:
         raise ObjectChanged("deleted after listing") from exc
     if item.etag:

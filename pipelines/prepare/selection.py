@@ -11,6 +11,7 @@ import numpy as np
 from pipelines.prepare.config import PrepareConfig
 from pipelines.prepare.errors import PrepareError
 from pipelines.prepare.items import RawItem, has_image_extension
+from pipelines.prepare.reading import too_large_detail
 from pipelines.prepare.report import (
     Quarantined,
     class_problems,
@@ -75,7 +76,7 @@ def screen(
         elif wanted and it.label not in wanted:
             reason, detail = "unknown_label", f"{it.label!r} is not in the class list"
         elif it.size > cfg.max_file_bytes:
-            reason, detail = "too_large", f"{it.size} bytes > max_file_bytes {cfg.max_file_bytes}"
+            reason, detail = "too_large", too_large_detail(it.size, cfg.max_file_bytes)
         else:
             entries.append((idx, it))
             continue

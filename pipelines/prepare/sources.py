@@ -30,16 +30,16 @@ R = TypeVar("R")
 
 
 def list_source(
-    uri: str, settings: Settings | None, threads: int = 8, hash_content: bool = True
+    uri: str, settings: Settings | None, threads: int = 8, names_only: bool = False
 ) -> Listing:
     """List an input: `*.jsonl` -> manifest; `s3://...` -> prefix; else a local folder
-    (content-hashed unless `hash_content` is False: then its files carry no etag)."""
+    (sized and content-hashed, or with `names_only` by name alone: size -1, no etag)."""
     if uri.rstrip("/").endswith(".jsonl"):
         return list_manifest(uri.rstrip("/"), settings, threads)
     if is_s3_uri(uri):
         return list_s3_prefix(uri, settings)
     # Local disks: one thread hashes small files fastest (threads only add GIL contention).
-    return list_local_folder(uri, hash_content=hash_content)
+    return list_local_folder(uri, names_only=names_only)
 
 
 def _bounded_map(

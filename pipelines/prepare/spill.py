@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines.prepare.decode import (
-    READ_FAILURES,
     ChunkResult,
     DecodeSpec,
     decode_chunk,
@@ -32,6 +31,7 @@ class DecodedSet:
 
     positions: np.ndarray  # int64 [N] index in the listing, increasing
     sha256: np.ndarray  # uint8 [N, 32]
+    read_sizes: np.ndarray  # int64 [N] raw bytes read, -1 when unread
     chunks: np.ndarray  # int64 [N] spill file
     rows: np.ndarray  # int64 [N] row in the spill file, -1 when rejected
     sizes: np.ndarray  # int64 [N] encoded bytes stored (0 when rejected)
@@ -52,6 +52,7 @@ class DecodedSet:
                 z,
                 z,
                 z,
+                z,
                 np.zeros((0, channels), np.int64),
                 np.zeros((0, channels), np.int64),
                 rejected,
@@ -59,6 +60,7 @@ class DecodedSet:
         out = cls(
             positions=np.concatenate([r.positions for r in results]),
             sha256=np.concatenate([r.sha256 for r in results]),
+            read_sizes=np.concatenate([r.read_sizes for r in results]),
             chunks=np.concatenate([np.full(len(r.rows), r.chunk, np.int64) for r in results]),
             rows=np.concatenate([r.rows for r in results]),
             sizes=np.concatenate([r.sizes for r in results]),
@@ -123,22 +125,24 @@ def run_decode_pass(
 
 
 def with_read_hashes(listing: Listing, decoded: DecodedSet, block: int = 65536) -> Listing:
-    """A local listing made without content hashes, completed in place with the hashes the
+    """A local listing made by name only, completed in place with the sizes and hashes the
     decode workers took of the bytes they read: its fingerprint is the one a hashing listing
     of the same files gives (tested). A file no worker read (screened out before decoding,
-    unreadable, vanished) is listed again here exactly as a hashing listing lists it. Items
-    are replaced one by one (a copy of 1,000,000 of them would be ~200 MB more at the peak)."""
+    too large, unreadable, vanished) is listed again here exactly as a hashing listing lists
+    it. Items are replaced one by one (a copy of 1,000,000 of them would be ~200 MB more at
+    the peak)."""
     items = listing.items
     done = np.zeros(len(items), dtype=bool)
     positions = decoded.positions.tolist()
     for start in range(0, len(positions), block):
         hexes = decoded.sha256[start : start + block].tobytes().hex()
+        sizes = decoded.read_sizes[start : start + block].tolist()
         for j, pos in enumerate(positions[start : start + block]):
-            if decoded.rejected.get(pos, ("", ""))[0] in READ_FAILURES:
+            if sizes[j] < 0:
                 continue
             it = items[pos]
             etag = "sha256:" + hexes[64 * j : 64 * j + 64]
-            items[pos] = RawItem(it.key, it.label, it.location, it.size, etag, it.issue)
+            items[pos] = RawItem(it.key, it.label, it.location, sizes[j], etag, it.issue)
             done[pos] = True
     real_top = os.path.realpath(os.path.abspath(listing.source))
     for pos in np.flatnonzero(~done).tolist():

@@ -27,12 +27,13 @@ def _walk_keys(top: Path) -> set[str]:
     return keys
 
 
-def test_a_listing_finds_what_os_walk_finds_and_sizes_what_it_hashes(
+def test_a_listing_by_name_finds_what_os_walk_finds_as_the_hashing_listing_does(
     raw_mnist_copy: Path, tmp_path: Path
 ) -> None:
     """Nested folders, symlinks inside and outside, a dangling one and a symlinked folder: the
-    listing without hashes (a first run's) finds every entry `os.walk` finds and records each
-    exactly as the hashing listing does, but for the hash."""
+    listing by name (a first run's) finds every entry `os.walk` finds and records each exactly
+    as the hashing listing does, but for the size and hash (-1 and "": its reader learns them),
+    a dangling symlink unreadable in both."""
     plant_bad_files(raw_mnist_copy, tmp_path / "outside")
     deep = raw_mnist_copy / "6" / "a" / "b"
     deep.mkdir(parents=True)
@@ -40,12 +41,10 @@ def test_a_listing_finds_what_os_walk_finds_and_sizes_what_it_hashes(
     os.symlink(deep / "deep.png", raw_mnist_copy / "6" / "link-inside.png")
     os.symlink(raw_mnist_copy / "6" / "gone.png", raw_mnist_copy / "6" / "dangling.png")
     hashing = list_source(str(raw_mnist_copy), None).items
-    sized = list_source(str(raw_mnist_copy), None, hash_content=False).items
-    assert [it.key for it in sized] == sorted(_walk_keys(raw_mnist_copy))
-    assert sized == [
-        RawItem(it.key, it.label, it.location, it.size, "", it.issue) for it in hashing
-    ]
-    by_key = {it.key: it for it in sized}
+    named = list_source(str(raw_mnist_copy), None, names_only=True).items
+    assert [it.key for it in named] == sorted(_walk_keys(raw_mnist_copy))
+    assert named == [RawItem(it.key, it.label, it.location, -1, "", it.issue) for it in hashing]
+    by_key = {it.key: it for it in hashing}
     assert by_key["6/a/b/deep.png"].label == "6" and by_key["6/link-inside.png"].issue is None
     assert by_key["6/dangling.png"].issue[0] == "unreadable"  # type: ignore[index]
     assert by_key["3/link-outside.png"].issue[0] == "unsafe_key"  # type: ignore[index]
@@ -84,6 +83,11 @@ def test_a_local_file_is_read_whole_whatever_its_listed_size(tmp_path: Path, siz
     path.write_bytes(data)
     for hint in {0, -1, 1, size - 1, size, size + 1, 2 * size + 7}:
         assert reading.read_local(str(path), hint) == data
+    if size:  # unlisted, a file over the limit is refused unread; a listed one was screened
+        with pytest.raises(reading.TooLarge, match=f"^{size} bytes > max_file_bytes {size - 1}$"):
+            reading.read_local(str(path), -1, max_bytes=size - 1)
+        assert reading.read_local(str(path), size, max_bytes=size - 1) == data
+    assert reading.read_local(str(path), -1, max_bytes=size) == data
     with pytest.raises(FileNotFoundError):
         reading.read_local(str(tmp_path / "gone.png"), 10)
     with pytest.raises(IsADirectoryError):

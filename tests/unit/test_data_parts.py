@@ -120,6 +120,7 @@ def test_worker_channel_stats_are_exact_per_image_across_batches(channels: int) 
         chunk=0,
         positions=np.arange(n),
         sha256=np.zeros((n, 32), np.uint8),
+        read_sizes=np.full(n, -1, np.int64),
         rows=rows,
         sizes=np.zeros(n, np.int64),
         channel_sums=np.zeros((n, channels), np.int64),

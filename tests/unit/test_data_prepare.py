@@ -26,6 +26,7 @@ from tests.fixtures_data import (
     write_image_folder,
 )
 from training.shards import DatasetError, load_split, read_manifest
+from training.wds import encode_image
 
 
 def cfg_for(raw: Path, out: Path, **kw: object) -> PrepareConfig:
@@ -118,12 +119,19 @@ def test_a_first_run_hashes_while_decoding_as_a_hashing_listing_would(
     raw_mnist_copy: Path, tmp_path: Path
 ) -> None:
     """With no dataset at the output, the listing takes no content hashes (the decode workers
-    hash what they read, so each file is read once); the dataset, report and raw fingerprint
-    are byte for byte a run's over a hashing listing, every quarantine reason included, and
-    the next run finds them up to date."""
+    hash what they read, so each file is read once, nor sizes: a file over max_file_bytes is
+    found by its reader, unread); the dataset, report and raw fingerprint are byte for byte a
+    run's over a hashing listing, every quarantine reason included, and the next run finds
+    them up to date."""
     plant_bad_files(raw_mnist_copy, tmp_path / "outside")
     os.symlink(raw_mnist_copy / "3" / "gone.png", raw_mnist_copy / "3" / "dangling.png")
-    kw: dict[str, object] = {"max_pixels": PLANT_MAX_PIXELS, "min_side": PLANT_MIN_SIDE}
+    big = np.random.default_rng(1).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    (raw_mnist_copy / "4" / "big.png").write_bytes(encode_image(big, "png"))
+    kw: dict[str, object] = {
+        "max_pixels": PLANT_MAX_PIXELS,
+        "min_side": PLANT_MIN_SIDE,
+        "max_file_bytes": 40_000,  # big.png is ~49 KB, every other file under 13 KB
+    }
     msgs: list[str] = []
     first = prepare(cfg_for(raw_mnist_copy, tmp_path / "first", **kw), log=msgs.append)
     assert any("a first run: contents hashed as decoded" in m for m in msgs)
@@ -133,6 +141,9 @@ def test_a_first_run_hashes_while_decoding_as_a_hashing_listing_would(
     assert file_hashes(tmp_path / "first") == file_hashes(tmp_path / "listed")
     reasons = {q["reason"] for q in first.report["quarantined"]}
     assert {"unreadable", "unsafe_key", "unknown_extension", "duplicate", "too_large"} <= reasons
+    assert {"key": "4/big.png", "reason": "too_large"}.items() <= next(
+        q for q in first.report["quarantined"] if q["key"] == "4/big.png"
+    ).items()
     assert first.report == listed.report
     again: list[str] = []
     rerun = prepare(cfg_for(raw_mnist_copy, tmp_path / "first", **kw), log=again.append)
@@ -146,11 +157,17 @@ def test_read_hashes_complete_a_listing_block_by_block(
     item a hashing listing gives, screened-out files (not decoded) included."""
     (raw_mnist_copy / "3" / "notes.txt").write_bytes(b"not an image")
     cfg = cfg_for(raw_mnist_copy, tmp_path / "out")
-    lazy = list_source(str(raw_mnist_copy), None, hash_content=False)
-    assert not any(it.etag for it in lazy.items)
+    lazy = list_source(str(raw_mnist_copy), None, names_only=True)
+    assert not any(it.etag or it.size >= 0 for it in lazy.items)
     entries, _ = screen(lazy.items, cfg)
     spec = DecodeSpec(
-        cfg.image_size, cfg.channels, cfg.max_pixels, cfg.min_side, str(tmp_path), None
+        cfg.image_size,
+        cfg.channels,
+        cfg.max_pixels,
+        cfg.min_side,
+        str(tmp_path),
+        None,
+        max_file_bytes=cfg.max_file_bytes,
     )
     decoded, _ = run_decode_pass(entries, spec, 1, 64, quiet)
     completed = with_read_hashes(lazy, decoded, block=7)
