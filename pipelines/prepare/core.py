@@ -269,7 +269,7 @@ def _write_shards(
     Building a shard's tar bytes holds the GIL; hashing, writing, fsync and uploading it do
     not, so a writer thread stores shard k while the next is built (at most one waits).
     """
-    reader = SpillReader(spills)
+    reader = SpillReader(spills, sel.decoded)
     ext = EXTENSIONS[cfg.encoding]
     shards: list[dict[str, Any]] = []
 
@@ -286,7 +286,7 @@ def _write_shards(
             )
 
     pending: Future[dict[str, Any]] | None = None
-    with ThreadPoolExecutor(1, thread_name_prefix="lepton-shard-writer") as writer:
+    with reader, ThreadPoolExecutor(1, thread_name_prefix="lepton-shard-writer") as writer:
         for split in SPLITS:
             members = by_split[split]
             n_shards = _shard_count(sel.decoded.sizes[sel.used[members]], cfg)
@@ -300,9 +300,7 @@ def _write_shards(
                     sizes,
                     sel.labels[part].tolist(),
                 )
-                reader.copy_into(
-                    data, at, sizes, sel.decoded.chunks[picked], sel.decoded.rows[picked]
-                )
+                reader.copy_into(data, at, picked)
                 collect(pending)
                 pending = writer.submit(store, shard_name(split, i), split, len(part), data)
                 del data

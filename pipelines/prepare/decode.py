@@ -3,9 +3,9 @@
 A task is a chunk of listed items. The worker reads each item (checking it is what was listed),
 hashes its bytes, decodes and resizes it with `inference.preprocess` (the single definition of
 preprocessing), encodes what the dataset stores (PNG by default, training.wds) and writes the
-chunk's encoded images to one spill file ``chunk-NNNNNN.bin`` (their end offsets in
-``chunk-NNNNNN.end.npy``) in the scratch folder. It returns only small per-item metadata, so
-the main process holds shard bytes only while it writes shards.
+chunk's encoded images to one spill file ``chunk-NNNNNN.bin`` in the scratch folder. It
+returns only small per-item metadata, so the main process holds shard bytes only while it
+writes shards.
 """
 
 from __future__ import annotations
@@ -79,12 +79,8 @@ def init_worker(spec: DecodeSpec) -> None:
 
 
 def spill_path(work_dir: str, chunk: int) -> str:
-    """The chunk's encoded images, back to back; ``ends_path`` holds their end offsets."""
+    """The chunk's encoded images, back to back, in row order."""
     return os.path.join(work_dir, f"chunk-{chunk:06d}.bin")
-
-
-def ends_path(work_dir: str, chunk: int) -> str:
-    return os.path.join(work_dir, f"chunk-{chunk:06d}.end.npy")
 
 
 def _client_for(spec: DecodeSpec) -> Any:
@@ -185,15 +181,12 @@ def decode_chunk(task: tuple[int, list[tuple[int, RawItem]]]) -> ChunkResult:
 
 
 def write_spill(work_dir: str, chunk: int, encoded: list[bytes]) -> None:
-    """One chunk's encoded images and their end offsets (temp names, then renamed)."""
-    path, ends = spill_path(work_dir, chunk), ends_path(work_dir, chunk)
+    """One chunk's encoded images, back to back (a temp name, then renamed): where each one
+    lies follows from the sizes the chunk's result records."""
+    path = spill_path(work_dir, chunk)
     with open(path + ".tmp", "wb") as fh:
         fh.write(b"".join(encoded))
-    with open(ends + ".tmp", "wb") as fh:
-        offsets = np.cumsum([len(e) for e in encoded], dtype=np.int64)
-        np.save(fh, offsets, allow_pickle=False)
     os.replace(path + ".tmp", path)
-    os.replace(ends + ".tmp", ends)
 
 
 def _channel_stats(stack: np.ndarray, result: ChunkResult, batch_bytes: int = 8 * 2**20) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.prepare.decode import ends_path, spill_path
+from pipelines.prepare.decode import spill_path
 from pipelines.prepare.errors import PrepareError
 from pipelines.prepare.items import Listing, RawItem
 from pipelines.prepare.reading import make_client
@@ -138,8 +138,8 @@ def stage_part(listing: Listing, decoded: DecodedSet, spills: str) -> tuple[Path
     np.savez(staging / "decoded.npz", **{a: getattr(decoded, a) for a in _ARRAYS})
     files = {name: staging / name for name in ("listing.json", "rejected.json", "decoded.npz")}
     for chunk in sorted({int(c) for c in decoded.chunks[decoded.rows >= 0]}):
-        for path in (Path(spill_path(spills, chunk)), Path(ends_path(spills, chunk))):
-            files[f"spill/{path.name}"] = path
+        path = Path(spill_path(spills, chunk))
+        files[f"spill/{path.name}"] = path
     return staging, files
 
 
@@ -215,7 +215,6 @@ def merge_parts(parts: list[Path], spills: str, channels: int) -> tuple[Listing,
         for chunk in sorted({int(c) for c in part["chunks"][part["rows"] >= 0]}):
             renumber[chunk] = next_chunk
             os.replace(spill_path(str(folder / "spill"), chunk), spill_path(spills, next_chunk))
-            os.replace(ends_path(str(folder / "spill"), chunk), ends_path(spills, next_chunk))
             next_chunk += 1
         part["chunks"] = np.array([renumber.get(int(c), -1) for c in part["chunks"]], np.int64)
         part["positions"] = part["positions"] + (p << 40)  # (part, local position) for now

@@ -17,7 +17,7 @@ from pipelines.prepare.decode import DecodeSpec, write_spill
 from pipelines.prepare.errors import PrepareError, SourceError
 from pipelines.prepare.selection import screen
 from pipelines.prepare.sources import list_source
-from pipelines.prepare.spill import SpillReader, run_decode_pass, with_read_hashes
+from pipelines.prepare.spill import DecodedSet, SpillReader, run_decode_pass, with_read_hashes
 from tests.fixtures_data import (
     PLANT_MAX_PIXELS,
     PLANT_MIN_SIDE,
@@ -174,16 +174,50 @@ def test_read_hashes_complete_a_listing_block_by_block(
     assert completed.items == list_source(str(raw_mnist_copy), None).items
 
 
-def test_a_spilled_image_of_another_length_is_an_error(tmp_path: Path) -> None:
-    """Images are copied from the spill files into slots sized by the decode pass's records:
-    a damaged scratch file is refused, not written as a shard with members out of place."""
+def _decoded(chunks: list[int], rows: list[int], sizes: list[int]) -> DecodedSet:
+    n = len(rows)
+    z = np.zeros(n, np.int64)
+    return DecodedSet(
+        np.arange(n),
+        np.zeros((n, 32), np.uint8),
+        z,
+        np.array(chunks),
+        np.array(rows),
+        np.array(sizes),
+        np.zeros((n, 1), np.int64),
+        np.zeros((n, 1), np.int64),
+        {},
+    )
+
+
+@pytest.mark.parametrize("max_open", [0, 1, None])
+def test_spilled_images_are_found_from_the_decode_records_alone(
+    tmp_path: Path, max_open: int | None
+) -> None:
+    """Where an image lies in its spill file follows from the records (rows back to back, of
+    the sizes recorded), items of two files interleaved as merged parts leave them, rejected
+    ones between; any subset in any order lands in its slots, descriptors kept open or not;
+    a spill file of another length than its records (a damaged scratch file) is refused, not
+    written as a shard with members out of place."""
     write_spill(str(tmp_path), 0, [b"abc", b"defgh"])
-    out = bytearray(8)
-    offsets, rows, chunks = np.array([0, 3]), np.array([0, 1]), np.zeros(2, dtype=np.int64)
-    SpillReader(str(tmp_path)).copy_into(out, offsets, np.array([3, 5]), chunks, rows)
-    assert out == b"abcdefgh"
-    with pytest.raises(ValueError, match="image 1 is 5 bytes, the decode pass recorded 4"):
-        SpillReader(str(tmp_path)).copy_into(bytearray(8), offsets, np.array([3, 4]), chunks, rows)
+    write_spill(str(tmp_path), 1, [b"XY", b"Z"])
+    decoded = _decoded([1, 0, -1, 0, 1], [0, 0, -1, 1, 1], [2, 3, 0, 5, 1])
+    with SpillReader(str(tmp_path), decoded, max_open) as reader:
+        out = bytearray(11)
+        reader.copy_into(out, np.array([0, 2, 5, 10]), np.array([0, 1, 3, 4]))
+        assert out == b"XYabcdefghZ"
+        out = bytearray(6)
+        reader.copy_into(out, np.array([0, 1, 3]), np.array([4, 0, 1]))
+        assert out == b"ZXYabc"
+    (tmp_path / "chunk-000001.bin").write_bytes(b"XYZ!")
+    with SpillReader(str(tmp_path), decoded) as reader:
+        reader.copy_into(bytearray(3), np.array([0]), np.array([1]))  # another file: fine
+        with pytest.raises(
+            ValueError, match=r"chunk-000001.bin: 4 bytes, the decode pass recorded 3"
+        ):
+            reader.copy_into(bytearray(2), np.array([0]), np.array([0]))
+    with pytest.raises(ValueError, match="rows are not 0, 1, 2"):
+        SpillReader(str(tmp_path), _decoded([0, 0], [0, 2], [3, 5]))
 
 
 def test_adding_ten_percent_moves_no_old_image(raw_mnist_copy: Path, tmp_path: Path) -> None:
