@@ -20,7 +20,7 @@ from pipelines.prepare.report import (
     resolve_duplicates,
 )
 from pipelines.prepare.spill import DecodedSet
-from pipelines.prepare.split import assign_split
+from pipelines.prepare.split import split_indices
 from training.shards import SPLITS
 
 
@@ -115,10 +115,7 @@ def select(
 def assign_splits(sel: Selection, cfg: PrepareConfig) -> dict[str, np.ndarray]:
     """Split -> positions into `sel.used`, by content hash, sorted by content hash."""
     hashes = sel.decoded.sha256[sel.used]
-    split_of = np.array(
-        [SPLITS.index(assign_split(bytes(h), cfg.split_fractions)) for h in hashes],
-        dtype=np.int64,
-    )
+    split_of = split_indices(hashes, cfg.split_fractions)
     words = hashes.view(">u8")  # [n, 4]: lexsort by content hash, stable order
     by_split: dict[str, np.ndarray] = {}
     for k, split in enumerate(SPLITS):

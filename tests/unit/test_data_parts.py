@@ -22,10 +22,10 @@ from pipelines.prepare.importers import builtin_arrays, import_dataset
 from pipelines.prepare.items import RawItem, clean_label
 from pipelines.prepare.report import channel_mean_std, resolve_duplicates
 from pipelines.prepare.sources import list_source
-from pipelines.prepare.split import assign_split
+from pipelines.prepare.split import assign_split, split_indices
 from tests.fixtures_data import encode
 from training.serialize import from_args, to_args
-from training.shards import channel_stats, read_manifest
+from training.shards import SPLITS, channel_stats, read_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -88,6 +88,12 @@ def test_split_is_stable_and_follows_fractions() -> None:
     assert abs(share["train"] - 0.8) < 0.02 and abs(share["val"] - 0.1) < 0.01
     assert {assign_split(s, (1.0, 0.0, 0.0)) for s in shas[:500]} == {"train"}
     assert "val" not in {assign_split(s, (0.9, 0.0, 0.1)) for s in shas[:500]}
+    # Prepare assigns them all at once: the same splits, edges and empty splits included.
+    edge = np.frombuffer(bytes(32), np.uint8)
+    table = np.stack([np.frombuffer(s, np.uint8) for s in shas] + [edge])
+    for fractions in [(0.8, 0.1, 0.1), (1.0, 0.0, 0.0), (0.9, 0.0, 0.1), (0.0, 0.5, 0.5)]:
+        want = [SPLITS.index(assign_split(s, fractions)) for s in [*shas, bytes(32)]]
+        assert split_indices(table, fractions).tolist() == want
 
 
 def test_duplicates_same_label_keep_first_conflicts_drop_all() -> None:
