@@ -160,7 +160,7 @@ def list_manifest(uri: str, settings: Settings | None, threads: int = 8) -> List
         rows.append((n, (ref, label, real)))
     client: Any = (
         make_client(settings)
-        if any(isinstance(r, tuple) and is_s3_uri(r[2]) for _, r in rows)
+        if any(not isinstance(r, RawItem) and is_s3_uri(r[2]) for _, r in rows)
         else None
     )
 
