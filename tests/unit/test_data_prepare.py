@@ -192,7 +192,7 @@ def _decoded(chunks: list[int], rows: list[int], sizes: list[int]) -> DecodedSet
 
 @pytest.mark.parametrize("max_open", [0, 1, None])
 def test_spilled_images_are_found_from_the_decode_records_alone(
-    tmp_path: Path, max_open: int | None
+    tmp_path: Path, max_open: int | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Where an image lies in its spill file follows from the records (rows back to back, of
     the sizes recorded), items of two files interleaved as merged parts leave them, rejected
@@ -202,6 +202,9 @@ def test_spilled_images_are_found_from_the_decode_records_alone(
     write_spill(str(tmp_path), 0, [b"abc", b"defgh"])
     write_spill(str(tmp_path), 1, [b"XY", b"Z"])
     decoded = _decoded([1, 0, -1, 0, 1], [0, 0, -1, 1, 1], [2, 3, 0, 5, 1])
+    opened: list[str] = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda path, *a: opened.append(path) or real_open(path, *a))
     with SpillReader(str(tmp_path), decoded, max_open) as reader:
         out = bytearray(11)
         reader.copy_into(out, np.array([0, 2, 5, 10]), np.array([0, 1, 3, 4]))
@@ -209,6 +212,9 @@ def test_spilled_images_are_found_from_the_decode_records_alone(
         out = bytearray(6)
         reader.copy_into(out, np.array([0, 1, 3]), np.array([4, 0, 1]))
         assert out == b"ZXYabc"
+    # Kept open, a file is opened once however many shards draw from it (they all do).
+    assert len(opened) == {0: 4, 1: 3, None: 2}[max_open]
+    monkeypatch.undo()
     (tmp_path / "chunk-000001.bin").write_bytes(b"XYZ!")
     with SpillReader(str(tmp_path), decoded) as reader:
         reader.copy_into(bytearray(3), np.array([0]), np.array([1]))  # another file: fine
