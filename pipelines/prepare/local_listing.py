@@ -1,5 +1,6 @@
-"""Listing a local ImageFolder: one `os.scandir` walk, then each file content-hashed (on every
-core when there are many) or, for a first run that hashes as it decodes, only sized.
+"""Listing a local ImageFolder: one `os.scandir` walk, then each file sized and content-hashed
+(on every core when there are many) or, for a first run whose decode workers size and hash
+each file as they read it, listed by name alone.
 
 Symlinks leading outside the input are quarantined (``unsafe_key``); symlinked folders are
 reported, not followed; an unreadable file is quarantined (``unreadable``), never dropped.

@@ -158,9 +158,10 @@ class SpillReader:
     chunks x shards grows with the square of the data set (82,000 loads at 1,000,000
     images). Nothing is mapped (mapped pages count as resident memory); up to `max_open`
     descriptors stay open (half the soft fd limit: 10,000 spill files, 2,560,000 images at
-    the default chunk size, where the limit is 20,000), the rest are opened per shard. A spill file of another length than
-    its records (a damaged scratch file) is a ValueError naming it, never a shard with a
-    misplaced member. Close it (or use it as a context manager)."""
+    the default chunk size, where the limit is 20,000), the rest are opened per shard. A
+    spill file of another length than its records (a damaged scratch file) is a ValueError
+    naming it, never a shard with a misplaced member. Close it (or use it as a context
+    manager)."""
 
     def __init__(self, work_dir: str, decoded: DecodedSet, max_open: int | None = None) -> None:
         self.work_dir, self.chunks, self.sizes = work_dir, decoded.chunks, decoded.sizes
@@ -171,8 +172,8 @@ class SpillReader:
         kept = np.flatnonzero(decoded.rows >= 0)
         order = kept[np.lexsort((decoded.rows[kept], decoded.chunks[kept]))]
         sizes, chunks = decoded.sizes[order], decoded.chunks[order]
-        first = np.flatnonzero(np.r_[True, chunks[1:] != chunks[:-1]]) if len(order) else order
-        group = np.cumsum(np.isin(np.arange(len(order)), first)) - 1
+        opens = np.r_[True, chunks[1:] != chunks[:-1]][: len(order)]  # a file's first image
+        first, group = np.flatnonzero(opens), np.cumsum(opens) - 1
         if not np.array_equal(decoded.rows[order], np.arange(len(order)) - first[group]):
             raise ValueError("decode records: a spill file's rows are not 0, 1, 2, ...")
         starts = np.cumsum(sizes) - sizes
