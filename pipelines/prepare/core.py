@@ -36,10 +36,11 @@ from pipelines.imports import code_version as _closure_version
 from pipelines.prepare.config import PrepareConfig
 from pipelines.prepare.decode import DecodeSpec
 from pipelines.prepare.errors import PrepareError
-from pipelines.prepare.items import Listing
+from pipelines.prepare.items import Listing, RawItem
 from pipelines.prepare.output import REPORT_NAME, Destination
 from pipelines.prepare.parts import Cluster, read_cluster
 from pipelines.prepare.report import (
+    Quarantined,
     channel_mean_std,
     imbalance_warnings,
     reason_counts,
@@ -163,14 +164,15 @@ def prepare(
                 return PrepareResult(
                     cfg.output, True, existing, seconds=time.perf_counter() - t_start
                 )
-        entries, _ = screen(listing.items, cfg)
+        entries, quarantined = screen(listing.items, cfg)
+        screened = quarantined, _classes(cfg, entries)
         decoded, rate = run_decode_pass(
             entries, _spec(cfg, spills, settings), cfg.workers, cfg.chunk_size, log
         )
         del entries
-        if lazy:
+        if lazy:  # only sizes and hashes change, and a file over the limit was refused unread
             listing = with_read_hashes(listing, decoded)
-        return _finish(cfg, log, listing, decoded, rate, dest, spills, t_start)
+        return _finish(cfg, log, listing, decoded, rate, dest, spills, t_start, screened)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -194,6 +196,11 @@ def _list(
     if share and os.path.isdir(cfg.input) and not any(os.scandir(cfg.input)):
         return Listing(cfg.input, [])
     return list_source(cfg.input, settings, names_only=names_only)
+
+
+def _classes(cfg: PrepareConfig, entries: list[tuple[int, RawItem]]) -> list[str]:
+    """The class list: the configured one, else every label among the screened files."""
+    return list(cfg.classes) or sorted({it.label for _, it in entries if it.label})
 
 
 def _spec(cfg: PrepareConfig, spills: str, settings: Settings | None) -> DecodeSpec:
@@ -321,13 +328,18 @@ def _finish(
     dest: Destination,
     spills: str,
     t_start: float,
+    screened: tuple[dict[int, Quarantined], list[str]] | None = None,
 ) -> PrepareResult:
-    """Select, split, then write (shards, report, manifest last) from a decode pass's results."""
+    """Select, split, then write (shards, report, manifest last) from a decode pass's results.
+    `screened`: the listing's screen (quarantined, classes) when the decode pass's caller made
+    it; merged parts are screened here."""
     items = listing.items
     fingerprint = listing.fingerprint()
-    entries, quarantined = screen(items, cfg)
-    classes = list(cfg.classes) or sorted({it.label for _, it in entries if it.label})
-    del entries
+    if screened is None:
+        entries, quarantined = screen(items, cfg)
+        screened = quarantined, _classes(cfg, entries)
+        del entries
+    quarantined, classes = screened
     sel = select(items, decoded, classes, quarantined, cfg)
     by_split = assign_splits(sel, cfg)
     split_counts = {s: class_counts(sel, m) for s, m in by_split.items()}
