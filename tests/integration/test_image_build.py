@@ -6,8 +6,9 @@ What moto (5.2) does and does not do here, and how each gap is covered:
   moto against the deployed stack, and its name is taken from them.
 - CloudFormation's ECR repository keeps the name and tag immutability but drops the scanning and
   encryption settings (moto reads the template's keys as API keys) and the lifecycle policy:
-  those are checked on the template (tests/unit/test_infra_template.py), and the lifecycle policy
-  is put through ECR's API, which validates it (tests/integration/test_infra_moto.py).
+  those are checked on the template (tests/unit/test_infra_template_image.py), and the
+  lifecycle policy is put through ECR's API, which validates it
+  (tests/integration/infra_moto/test_image.py).
 - CodeBuild runs nothing: StartBuild ignores the source, buildspec and environment overrides, the
   first BatchGetBuilds reports the build COMPLETED/SUCCEEDED (always, even after StopBuild), and
   no log stream is written (the build's `logs` name none). `Agent` stands in for the buildspec:
