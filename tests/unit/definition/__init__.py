@@ -1,0 +1,1 @@
+"""The pipeline definition built offline and inspected: build, steps, parameters."""
