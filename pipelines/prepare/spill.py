@@ -78,6 +78,16 @@ def _chunks(
         yield start // size, entries[start : start + size]
 
 
+def _minutes(seconds: float) -> str:
+    """A time left, as a progress line shows it: ``45s``, ``3m05s``, ``2h14m``."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
 def run_decode_pass(
     entries: list[tuple[int, RawItem]],
     spec: DecodeSpec,
@@ -102,10 +112,15 @@ def run_decode_pass(
         bad += len(result.rejected)
         now = time.perf_counter()
         if now - last >= 2.0 or done == len(entries):
-            last = now
+            last, rate = now, done / max(now - t0, 1e-9)
+            left = (
+                f", about {_minutes((len(entries) - done) / rate)} left"
+                if done < len(entries)
+                else ""
+            )
             log(
                 f"decoded {done}/{len(entries)} ({100 * done // max(1, len(entries))}%), "
-                f"{bad} rejected, {done / max(now - t0, 1e-9):.0f} images/s"
+                f"{bad} rejected, {rate:.0f} images/s{left}"
             )
 
     if workers == 1:

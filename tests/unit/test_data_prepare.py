@@ -349,3 +349,38 @@ def test_original_size_and_other_encodings_read_back_as_resized_png(
     with tarfile.open(tmp_path / "original" / "train-00000.tar") as tf:
         first = tf.extractfile(tf.getmembers()[0])
         assert first is not None and Image.open(first).size == (28, 28)  # stored as it came
+
+
+def test_decode_progress_says_about_how_long_is_left(
+    raw_mnist_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each progress line of the decode pass estimates the time left from the rate so far;
+    the last one, with nothing left, does not."""
+    from types import SimpleNamespace
+
+    from pipelines.prepare import spill
+
+    ticks = iter(range(0, 10**6, 3))  # each reading of the clock 3 s after the one before
+    monkeypatch.setattr(spill, "time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    cfg = cfg_for(raw_mnist_copy, tmp_path / "out")
+    entries, _ = screen(list_source(str(raw_mnist_copy), None).items, cfg)
+    spec = DecodeSpec(
+        cfg.image_size, cfg.channels, cfg.max_pixels, cfg.min_side, str(tmp_path), None
+    )
+    lines: list[str] = []
+    run_decode_pass(entries, spec, 1, 50, lines.append)
+    n = len(entries)
+    assert n > 100
+    # the first chunk: 50 images in 3 s, so (n - 50) at 16.7 images/s are left
+    left = (n - 50) * 3 / 50
+    assert lines[0].endswith(f"17 images/s, about {spill._minutes(left)} left"), lines[0]
+    assert len(lines) == -(-n // 50)  # every chunk logged: the clock moved 3 s
+    assert lines[-1].startswith(f"decoded {n}/{n} (100%)") and "left" not in lines[-1]
+    assert [spill._minutes(s) for s in (0, 59.4, 61, 3599, 3600, 8040)] == [
+        "0s",
+        "59s",
+        "1m01s",
+        "59m59s",
+        "1h00m",
+        "2h14m",
+    ]
