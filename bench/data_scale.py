@@ -216,7 +216,7 @@ def bench_fetch(n: int, work: Path) -> dict[str, Any]:
     before = load()
     dest = work / "fetched"
     t0 = time.perf_counter()
-    count = transfer.download(client, f"s3://{bucket}/{prefix}", dest)
+    count = transfer.download(client, f"s3://{bucket}/{prefix}", dest, log=log)
     seconds = time.perf_counter() - t0
     assert count == n == sum(1 for p in dest.rglob("*.png")), count
     shutil.rmtree(dest)

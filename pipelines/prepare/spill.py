@@ -22,6 +22,7 @@ from pipelines.prepare.decode import (
 )
 from pipelines.prepare.items import Listing, RawItem
 from pipelines.prepare.local_listing import listed_item
+from pipelines.progress import Progress
 
 
 @dataclass
@@ -78,16 +79,6 @@ def _chunks(
         yield start // size, entries[start : start + size]
 
 
-def _minutes(seconds: float) -> str:
-    """A time left, as a progress line shows it: ``45s``, ``3m05s``, ``2h14m``."""
-    s = max(0, round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
-
-
 def run_decode_pass(
     entries: list[tuple[int, RawItem]],
     spec: DecodeSpec,
@@ -101,27 +92,17 @@ def run_decode_pass(
     """
     n_chunks = math.ceil(len(entries) / chunk_size)
     workers = max(1, min(workers or os.cpu_count() or 1, n_chunks))
-    t0 = last = time.perf_counter()
+    t0 = time.perf_counter()
     done = bad = 0
     results: list[ChunkResult] = []
+    progress = Progress(log, "decoded", len(entries), "images")
 
     def note(result: ChunkResult) -> None:
-        nonlocal done, bad, last
+        nonlocal done, bad
         results.append(result)
         done += len(result.rows)
         bad += len(result.rejected)
-        now = time.perf_counter()
-        if now - last >= 2.0 or done == len(entries):
-            last, rate = now, done / max(now - t0, 1e-9)
-            left = (
-                f", about {_minutes((len(entries) - done) / rate)} left"
-                if done < len(entries)
-                else ""
-            )
-            log(
-                f"decoded {done}/{len(entries)} ({100 * done // max(1, len(entries))}%), "
-                f"{bad} rejected, {rate:.0f} images/s{left}"
-            )
+        progress.update(done, f", {bad} rejected")
 
     if workers == 1:
         init_worker(spec)

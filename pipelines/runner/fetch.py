@@ -166,9 +166,15 @@ def _handle(ep: Endpoint) -> Any:
     return handle
 
 
-def _transfer(ep: Endpoint, bucket: str, requests: Iterable[_Request]) -> int:
-    """Run every request with at most CONNECTIONS in flight, on this thread; returns the count.
-    The first HTTP error (or a connection failing ATTEMPTS times) is raised as OSError."""
+def _transfer(
+    ep: Endpoint,
+    bucket: str,
+    requests: Iterable[_Request],
+    on_done: Callable[[int], None] | None = None,
+) -> int:
+    """Run every request with at most CONNECTIONS in flight, on this thread; returns the count,
+    passed to `on_done` after each request too. The first HTTP error (or a connection failing
+    ATTEMPTS times) is raised as OSError."""
     import pycurl
 
     signer = _Signer(ep)
@@ -223,6 +229,8 @@ def _transfer(ep: Endpoint, bucket: str, requests: Iterable[_Request]) -> int:
                         )
                     req.done(data)
                     count += 1
+                    if on_done is not None:
+                        on_done(count)
                 for handle, _code, message in failed:
                     req, _ = finish(handle)
                     req.attempts += 1
@@ -296,12 +304,19 @@ def _write(target: str, data: bytes) -> None:
     os.replace(tmp, target)  # a file is whole or absent: a rerun never trusts half of one
 
 
-def fetch_objects(ep: Endpoint, bucket: str, pairs: Sequence[tuple[str, Path]]) -> int:
-    """GET every (key, local file) pair; folders must exist. Returns the count."""
+def fetch_objects(
+    ep: Endpoint,
+    bucket: str,
+    pairs: Sequence[tuple[str, Path]],
+    on_done: Callable[[int], None] | None = None,
+) -> int:
+    """GET every (key, local file) pair; folders must exist. Returns the count (`on_done` gets
+    it after each object)."""
     return _transfer(
         ep,
         bucket,
         (_Request(k, None, functools.partial(_write, str(p))) for k, p in pairs),
+        on_done,
     )
 
 

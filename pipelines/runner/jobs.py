@@ -112,12 +112,23 @@ def _processing_inputs(
             continue
         local = Path(container.remap(s3_input["LocalPath"], container.OPT_ML, root))
         sharded = s3_input.get("S3DataDistributionType") == "ShardedByS3Key"
-        count = transfer.download(job.s3, s3_input["S3Uri"], local, share if sharded else None)
-        if not s3_input["LocalPath"].rstrip("/").endswith(CODE_SUFFIX):
+        code = s3_input["LocalPath"].rstrip("/").endswith(CODE_SUFFIX)
+        label = f"{name}: input {item.get('InputName')}"
+        count = transfer.download(
+            job.s3,
+            s3_input["S3Uri"],
+            local,
+            share if sharded else None,
+            None if code else _prefixed(job, label),
+        )
+        if not code:
             part = f", share {share[0] + 1}/{share[1]}" if sharded and share[1] > 1 else ""
-            job.echo(
-                f"{name}: input {item.get('InputName')} <- {s3_input['S3Uri']} ({count} files{part})"
-            )
+            job.echo(f"{label} <- {s3_input['S3Uri']} ({count} files{part})")
+
+
+def _prefixed(job: JobEnv, label: str) -> Callable[[str], None]:
+    """The job's printer, each line led by `label` (a download's progress)."""
+    return lambda line: job.echo(f"{label}: {line}")
 
 
 def run_processing(name: str, args: dict[str, Any], work: Path, job: JobEnv) -> dict[str, Any]:
@@ -172,15 +183,15 @@ def _fetch_channels(
         channel_name = channel["ChannelName"]
         uri = channel["DataSource"]["S3DataSource"]["S3Uri"]
         first = hosts[0].path(f"{container.OPT_ML}/input/data/{channel_name}")
-        count = transfer.download(job.s3, uri, first)
+        sdk = channel_name in SDK_CHANNELS
+        label = f"{name}: channel {channel_name}"
+        count = transfer.download(job.s3, uri, first, log=None if sdk else _prefixed(job, label))
         for host in hosts[1:]:
             transfer.download(
                 job.s3, str(first), host.path(f"{container.OPT_ML}/input/data/{channel_name}")
             )
-        if channel_name not in SDK_CHANNELS:
-            job.echo(
-                f"{name}: channel {channel_name} <- {uri} ({count} files, {len(hosts)} host(s))"
-            )
+        if not sdk:
+            job.echo(f"{label} <- {uri} ({count} files, {len(hosts)} host(s))")
         channels.append(channel_name)
     return channels
 

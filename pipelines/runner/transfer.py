@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from pipelines.progress import Progress
 from pipelines.runner import fetch
 from pipelines.storage import is_s3_uri, split_s3_uri
 
 _THREADS = 32  # S3 GET/PUT of small objects is latency-bound: many in flight
 _SMALL_OBJECT_BYTES = 8 * 1024 * 1024
+PROGRESS_EVERY_S = 5.0
 
 
 def safe_relative(key: str, prefix: str) -> PurePosixPath:
@@ -80,9 +83,16 @@ def _copy_local(src: Path, dest: Path, share: tuple[int, int] | None) -> int:
     return len(files)
 
 
-def download(client: Any, uri: str, dest: Path, share: tuple[int, int] | None = None) -> int:
+def download(
+    client: Any,
+    uri: str,
+    dest: Path,
+    share: tuple[int, int] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> int:
     """Mirror `uri` (an s3:// prefix or object, or a local path) into `dest`; return file count.
-    With `share` = (i, n), only instance i's part of n (ShardedByS3Key)."""
+    With `share` = (i, n), only instance i's part of n (ShardedByS3Key). `log` gets a progress
+    line every PROGRESS_EVERY_S while objects are fetched (none for a short download)."""
     dest.mkdir(parents=True, exist_ok=True)
     if not is_s3_uri(uri):
         return _copy_local(Path(uri), dest, share)
@@ -100,10 +110,14 @@ def download(client: Any, uri: str, dest: Path, share: tuple[int, int] | None = 
     targets = [(o, dest / safe_relative(o["Key"], base)) for o in objects]
     for folder in {t.parent for _, t in targets}:
         folder.mkdir(parents=True, exist_ok=True)
+    progress = Progress(
+        log or _silent, "fetched", len(targets), "objects", PROGRESS_EVERY_S, quiet_if_short=True
+    )
     small = [(o["Key"], t) for o, t in targets if o.get("Size", 0) <= _SMALL_OBJECT_BYTES]
     endpoint = fetch.endpoint_of(client) if small else None
+    fetched = 0
     if endpoint is not None:
-        fetch.fetch_objects(endpoint, bucket, small)
+        fetched = fetch.fetch_objects(endpoint, bucket, small, progress.update)
         targets = [(o, t) for o, t in targets if o.get("Size", 0) > _SMALL_OBJECT_BYTES]
 
     def get(pair: tuple[dict[str, Any], Path]) -> None:
@@ -118,8 +132,13 @@ def download(client: Any, uri: str, dest: Path, share: tuple[int, int] | None = 
         tmp.replace(target)
 
     with ThreadPoolExecutor(_THREADS) as pool:
-        list(pool.map(get, targets))
+        for done, _ in enumerate(pool.map(get, targets), fetched + 1):
+            progress.update(done)
     return len(objects)
+
+
+def _silent(_line: str) -> None:
+    pass
 
 
 def upload(client: Any, src: Path, uri: str) -> int:

@@ -100,3 +100,30 @@ def test_wrong_keys_are_refused_and_a_dead_endpoint_fails_after_its_attempts(
     with pytest.raises(OSError, match="listing s3://"):
         fetch.list_objects(dead, bucket, "k")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_download_reports_progress_only_when_it_takes_a_while(
+    s3_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An input download (transfer.download, as the runner emulates a channel) logs a progress
+    line per period while it fetches, and nothing when it is done before the first one."""
+    from pipelines.runner import transfer
+
+    ep, bucket = _endpoint(s3_settings), s3_settings.data_bucket
+    prefix = f"fetch-test/{uuid.uuid4().hex[:8]}"
+    n = 2 * fetch.CONNECTIONS + 3
+    assert fetch.put_objects(ep, bucket, [(f"{prefix}/c/{i:03d}.png", b"x" * i) for i in range(n)])
+    client, uri = s3_client(s3_settings), f"s3://{bucket}/{prefix}"
+    quick: list[str] = []
+    assert transfer.download(client, uri, tmp_path / "quick", log=quick.append) == n
+    assert quick == []  # done well within PROGRESS_EVERY_S
+    monkeypatch.setattr(transfer, "PROGRESS_EVERY_S", 0.0)  # a line after every object
+    lines: list[str] = []
+    assert transfer.download(client, uri, tmp_path / "slow", log=lines.append) == n
+    assert [line.split(",")[0] for line in lines] == [
+        f"fetched {i}/{n} ({100 * i // n}%)" for i in range(1, n + 1)
+    ]
+    assert "objects/s, about" in lines[0] and "left" not in lines[-1]
+    assert sorted(p.name for p in (tmp_path / "slow" / "c").iterdir()) == [
+        f"{i:03d}.png" for i in range(n)
+    ]
