@@ -33,6 +33,7 @@ from pipelines.batch.config import BatchConfig
 from pipelines.prepare.items import RawItem, has_image_extension
 from pipelines.prepare.reading import make_client, read_item
 from pipelines.prepare.sources import list_source
+from pipelines.progress import Progress
 from pipelines.settings import Settings
 from pipelines.storage import is_s3_uri, split_s3_uri
 
@@ -234,7 +235,7 @@ def run_batch(cfg: BatchConfig, settings: Settings | None = None, log: Log = pri
         f"batch: {len(items)} objects under {cfg.input}, {report.skipped} done before, "
         f"{len(todo)} to classify with {cfg.model_version or cfg.model} ({workers} workers)"
     )
-    last = time.perf_counter()
+    progress = Progress(log, "batch:", len(todo), "images", quiet_if_short=True)
     if todo:
         with ProcessPoolExecutor(
             workers,
@@ -245,14 +246,8 @@ def run_batch(cfg: BatchConfig, settings: Settings | None = None, log: Log = pri
             for predicted, failures in _bounded(pool, todo, cfg.batch_size, 2 * workers):
                 report.predicted += predicted
                 report.failed.extend(failures)
-                if time.perf_counter() - last >= 2.0:
-                    last = time.perf_counter()
-                    finished = report.predicted + len(report.failed)
-                    rate = report.predicted / max(last - started, 1e-9)
-                    log(
-                        f"batch: {finished}/{len(todo)} ({100 * finished // len(todo)}%), "
-                        f"{rate:.0f} images/s, {len(report.failed)} failed"
-                    )
+                finished = report.predicted + len(report.failed)
+                progress.update(finished, f", {len(report.failed)} failed")
     predictor.close()
     report.seconds = time.perf_counter() - started
     missing = {it.key for it in todo} - out.done_keys()

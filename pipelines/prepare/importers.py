@@ -25,6 +25,7 @@ from PIL import Image
 from pipelines.prepare.errors import SourceError
 from pipelines.prepare.items import clean_label
 from pipelines.prepare.reading import make_client
+from pipelines.progress import Progress
 from pipelines.settings import Settings
 from pipelines.storage import is_s3_uri, split_s3_uri
 
@@ -130,18 +131,8 @@ def import_dataset(
     total = len(pairs)
     log(f"writing {total} files from {name_or_path} to {dest_uri}")
     t0 = time.perf_counter()
-    last = [t0]
-
-    def progress(done: int) -> None:
-        now = time.perf_counter()
-        if now - last[0] >= 2.0 or done == total:
-            last[0] = now
-            log(
-                f"{done}/{total} files ({100 * done // max(total, 1)}%), "
-                f"{done / max(now - t0, 1e-9):.0f} files/s"
-            )
-
-    written = upload_files(pairs, dest_uri, settings, threads=threads, progress=progress)
+    progress = Progress(log, "written", total, "files")
+    written = upload_files(pairs, dest_uri, settings, threads=threads, progress=progress.update)
     log(f"done: {written} files in {time.perf_counter() - t0:.1f}s")
     return written
 
