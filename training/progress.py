@@ -1,4 +1,5 @@
-"""Per-epoch progress: one line on global rank 0 (loss, accuracy, images/s) + tracker metrics."""
+"""Per-epoch progress: one line on global rank 0 (loss, accuracy, images/s, about how long the
+run has left) + tracker metrics."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ class EpochReporter(pl.Callback):
         self._val_seconds = 0.0
         self._val_start = 0.0
         self._local_images = 0
+        self._epochs_run = 0  # by this process, and their wall time (validation included)
+        self._epochs_seconds = 0.0
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.on_train_epoch_start(trainer, pl_module)  # a mid-epoch resume skips epoch start
@@ -55,6 +58,8 @@ class EpochReporter(pl.Callback):
         images = self._local_images * self.world_size  # DistributedSampler: equal per rank
         self.train_seconds += train_s
         self.train_images += images
+        self._epochs_run += 1
+        self._epochs_seconds += elapsed
         # every rank reads the metrics: computing a sync_dist metric is a collective
         metrics = {
             k: float(v)
@@ -81,4 +86,8 @@ class EpochReporter(pl.Callback):
                 parts.append(f"{key} {metrics[key]:.4f}")
         parts.append(f"{metrics['images_per_s']:.0f} img/s")
         parts.append(f"{train_s:.1f}s")
+        epochs_left = (trainer.max_epochs or 0) - epoch - 1
+        if epochs_left > 0:
+            left = round(epochs_left * self._epochs_seconds / self._epochs_run)
+            parts.append(f"about {left // 60}m{left % 60:02d}s left")
         print(" | ".join(parts), flush=True)
