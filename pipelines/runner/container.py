@@ -112,13 +112,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# What the container image sets for every process (infra/image/Dockerfile's ENV, checked by
+# tests/unit/test_image.py). MLflow's telemetry is off: it would call out to the internet from
+# every job, and its thread unsets an environment variable while others read os.environ (a
+# training job failed with KeyError: '_MLFLOW_TELEMETRY_SESSION_ID' inside requests).
+IMAGE_ENV = {
+    "PYTHONUNBUFFERED": "1",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+}
+
+
 def base_environment(python: Path) -> dict[str, str]:
-    """A container-like environment: the step's Python first on PATH, nothing else inherited
-    but locale, home and temp settings."""
+    """A container-like environment: the step's Python first on PATH, the image's variables,
+    nothing else inherited but locale, home and temp settings."""
     env = {k: os.environ[k] for k in KEPT_VARIABLES if k in os.environ}
     env["PATH"] = f"{python.parent}:{SYSTEM_PATH}"
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env.update(IMAGE_ENV)
     return env
 
 

@@ -134,6 +134,7 @@ def mlflow_server(settings: Settings) -> Service:
         # MLflow 3 starts a job runner (huey: 7 worker processes) for server-side jobs
         # (online scoring, trace archival) the project never uses
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",  # no calls out to MLflow's telemetry service
     }
     url = f"http://{settings.host}:{settings.mlflow_port}"
     return Service(

@@ -240,7 +240,11 @@ def test_container_conventions() -> None:
     instructions = _instructions()
     keywords = [k for k, _ in instructions]
     env = " ".join(rest for k, rest in instructions if k == "ENV")
-    assert "PYTHONUNBUFFERED=1" in env and "PYTHONDONTWRITEBYTECODE=1" in env
+    # the local runner's container environment sets what the image sets
+    from pipelines.runner.container import IMAGE_ENV
+
+    set_by_image = dict(re.findall(r"(\w+)=(\S+)", env))
+    assert {k: set_by_image.get(k) for k in IMAGE_ENV} == IMAGE_ENV
     assert "USER" not in keywords, "SageMaker expects containers to run as root"
     assert "ENTRYPOINT" not in keywords, "hosting runs `docker run IMAGE serve`; jobs set their own"
     stages = {rest.split(" AS ")[-1] for k, rest in instructions if k == "FROM" and " AS " in rest}
