@@ -6,15 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-
-def time_left(seconds: float) -> str:
-    """A duration as a progress line shows it: ``45s``, ``3m05s``, ``2h14m``."""
-    s = max(0, round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+from training.durations import time_left
 
 
 class Progress:

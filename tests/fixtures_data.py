@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +132,21 @@ def raw_mnist_copy(raw_mnist_dir: Path, tmp_path: Path) -> Path:
     dest = tmp_path / "raw"
     shutil.copytree(raw_mnist_dir, dest)
     return dest
+
+
+def png_declaring(width: int, height: int, idat_zeros: int = 4096) -> bytes:
+    """A tiny PNG whose header declares ``width x height`` (a decompression bomb's shape); its
+    pixel data is `idat_zeros` zero bytes, compressed."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * idat_zeros))
+        + chunk(b"IEND", b"")
+    )

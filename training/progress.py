@@ -8,6 +8,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from training.durations import time_left
 from training.tracking import NullTracker
 
 
@@ -88,6 +89,6 @@ class EpochReporter(pl.Callback):
         parts.append(f"{train_s:.1f}s")
         epochs_left = (trainer.max_epochs or 0) - epoch - 1
         if epochs_left > 0:
-            left = round(epochs_left * self._epochs_seconds / self._epochs_run)
-            parts.append(f"about {left // 60}m{left % 60:02d}s left")
+            left = epochs_left * self._epochs_seconds / self._epochs_run
+            parts.append(f"about {time_left(left)} left")
         print(" | ".join(parts), flush=True)

@@ -8,15 +8,15 @@ import io
 import json
 import os
 import socket
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
+
+from tests.fixtures_data import png_declaring as declaring
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MAX_BODY = 6_291_456
@@ -59,18 +59,8 @@ def encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
 
 
 def png_declaring(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 65536))
-        + chunk(b"IEND", b"")
-    )
+    """tests/fixtures_data.py's, with 64 KiB of (compressed) zero pixel bytes behind it."""
+    return declaring(width, height, idat_zeros=65536)
 
 
 def _start_server(

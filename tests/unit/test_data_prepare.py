@@ -359,6 +359,7 @@ def test_decode_progress_says_about_how_long_is_left(
     from types import SimpleNamespace
 
     from pipelines import progress
+    from training.durations import time_left
 
     ticks = iter(range(0, 10**6, 3))  # each reading of the clock 3 s after the one before
     monkeypatch.setattr(progress, "time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
@@ -372,7 +373,7 @@ def test_decode_progress_says_about_how_long_is_left(
     n = len(entries)
     assert n > 100
     # the first chunk: 50 images in 3 s, so (n - 50) at 16.7 images/s are left
-    left = progress.time_left((n - 50) * 3 / 50)
+    left = time_left((n - 50) * 3 / 50)
     assert lines[0] == f"decoded 50/{n} ({5000 // n}%), 0 rejected, 17 images/s, about {left} left"
     assert len(lines) == -(-n // 50)  # every chunk logged: the clock moved 3 s
     assert lines[-1].startswith(f"decoded {n}/{n} (100%)") and "left" not in lines[-1]

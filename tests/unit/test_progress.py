@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import pytest
 
 from pipelines import progress
-from pipelines.progress import Progress, time_left
+from pipelines.progress import Progress
+from training.durations import time_left
 
 
 @pytest.fixture()
