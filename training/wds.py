@@ -1,6 +1,6 @@
 """WebDataset tar shards (docs/contracts.md "Dataset"): writing and reading one shard, and the
-image codecs inside it. numpy, libdeflate (``deflate``), tarfile and (for WebP/JPEG and foreign
-PNGs) Pillow.
+image codecs inside it. numpy, libdeflate (``deflate``), libspng (``inference.png``), tarfile and (for
+WebP/JPEG and other PNGs) Pillow.
 
 A shard is a plain POSIX (ustar) tar whose members come in pairs sharing a key, the WebDataset
 layout: ``<key>.png`` (or ``.webp`` / ``.jpg``) holding the encoded image and ``<key>.cls``
@@ -12,10 +12,11 @@ samples always give the same bytes and the same sha256.
 
 Two pieces are this project's own code, because measurement showed the library path was the
 bottleneck (bench/data_scale.py, 32x32 RGB, 2 CPU cores):
-- PNG: a minimal encoder (8-bit gray/RGB, every row with the "Up" filter, libdeflate level 2) and a
-  decoder fast path for exactly those files; Pillow's encoder took ~100 us an image and its
-  decoder ~120 us (Python-level plugin overhead), more than the rest of Prepare or the loader.
-  Every other PNG (other filters, palette, 16-bit, interlaced) is decoded by Pillow.
+- PNG: a minimal encoder (8-bit gray/RGB, every row with the "Up" filter, libdeflate level 2);
+  Pillow's encoder took ~100 us an image (Python-level plugin overhead), more than the rest of
+  Prepare. Decoding is libspng's (`inference.png`: 5-6 us a 32 px image, against 19-30 us for
+  the libdeflate decoder of these files this module had, and ~120 us for Pillow); any PNG it
+  does not take (palette, 16-bit, transparency) is decoded by Pillow.
 - tar: a ustar writer and a bounds-checked reader over a shard's bytes (a shard is read and
   verified whole first): ``tarfile`` cost ~110 us a sample to write and ~120 us to read (member
   objects, file-like copies), 4x this module's; the bytes are those ``tarfile`` writes for
@@ -34,6 +35,8 @@ from typing import NamedTuple
 import deflate
 import numpy as np
 
+from inference.png import decode_plain, plain_header
+
 ENCODINGS = ("png", "webp", "jpeg")
 EXTENSIONS = {"png": "png", "webp": "webp", "jpeg": "jpg"}
 IMAGE_EXTENSIONS = ("png", "webp", "jpg", "jpeg")
@@ -41,7 +44,7 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # libdeflate level 2 against zlib level 1 (what this used), per image on one core: 32 px crops
 # of photos 55 us vs 95 us, same size; 224 px crops 2.2 ms vs 3.9 ms, 4.5% smaller; 28 px MNIST
 # 28 us vs 35 us, +0.7%; 32 px noise 49 us vs 101 us. Level 1 is faster still on photos but 44%
-# larger on noise. Decompressing into a buffer of the known size: 1.9x zlib's speed at 224 px.
+# larger on noise.
 _PNG_LEVEL = 2
 _BLOCK = 512
 
@@ -83,38 +86,6 @@ def encode_png(pixels: np.ndarray) -> bytes:
     )
 
 
-def _decode_own_png(data: bytes, channels: int) -> np.ndarray | None:
-    """The fast path for PNGs as `encode_png` writes them; None for any other PNG."""
-    if len(data) < 33 or data[12:16] != b"IHDR":
-        return None
-    w, h, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
-    c = {0: 1, 2: 3}.get(color)
-    if depth != 8 or interlace or c != channels:
-        return None
-    pos, parts = 33, []
-    while pos + 8 <= len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind = data[pos + 4 : pos + 8]
-        if kind == b"IDAT":
-            parts.append(data[pos + 8 : pos + 8 + length])
-        elif kind == b"IEND":
-            break
-        elif kind[0] < 97:  # an unknown critical chunk (upper-case first letter): let Pillow judge
-            return None
-        pos += 12 + length
-    expected = h * (w * c + 1)
-    try:  # a larger stream does not fit the buffer: an error, like a corrupt one
-        raw = np.frombuffer(deflate.zlib_decompress(b"".join(parts), expected), dtype=np.uint8)
-    except deflate.DeflateError:
-        return None
-    if raw.size != expected:
-        return None
-    raw = raw.reshape(h, w * c + 1)
-    if raw[1:, 0].tobytes() != b"\2" * (h - 1) or raw[0, 0] not in (0, 2):
-        return None
-    return np.cumsum(raw[:, 1:], axis=0, dtype=np.uint8).reshape(h, w, c)
-
-
 def encode_image(pixels: np.ndarray, encoding: str, quality: int = 90) -> bytes:
     """uint8 ``[H, W, C]`` -> encoded bytes (png: lossless; webp: lossless; jpeg: `quality`)."""
     if encoding == "png":
@@ -134,10 +105,12 @@ def encode_image(pixels: np.ndarray, encoding: str, quality: int = 90) -> bytes:
 
 def decode_pixels(data: bytes, ext: str, channels: int) -> np.ndarray:
     """Encoded image -> uint8 ``[H, W, channels]``; raises ValueError if it cannot."""
-    if ext == "png":
-        fast = _decode_own_png(data, channels)
-        if fast is not None:
-            return fast
+    if ext == "png":  # libspng for the gray and RGB PNGs a dataset holds (inference/png.py)
+        header = plain_header(data)
+        if header is not None and header.channels == channels:
+            pixels = decode_plain(data, header)
+            if pixels is not None:
+                return pixels
     from PIL import Image
 
     formats = {"png": ["PNG"], "webp": ["WEBP"], "jpg": ["JPEG"], "jpeg": ["JPEG"]}.get(ext)

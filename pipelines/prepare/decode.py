@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from inference.preprocess import ImageRejected, decode_image, to_array
+from inference.preprocess import ImageRejected, decode, decoded_size, to_array
 from pipelines.prepare.items import RawItem
 from pipelines.prepare.reading import (
     ObjectChanged,
@@ -93,16 +93,18 @@ def _client_for(spec: DecodeSpec) -> Any:
 def decode_one(data: bytes, spec: DecodeSpec) -> tuple[np.ndarray, np.ndarray]:
     """Bytes -> (uint8 [H, W, C] at the dataset's image size, the pixels to store) per the
     preprocessing policy; raises ImageRejected."""
-    img = decode_image(data, spec.max_pixels, spec.min_side)
+    decoded = decode(data, spec.max_pixels, spec.min_side)
     try:
-        pixels = to_array(img, spec.image_size, spec.channels)
-        if not spec.keep_original_size or (img.height, img.width) == spec.image_size:
+        pixels = to_array(decoded, spec.image_size, spec.channels)
+        own_size = decoded_size(decoded)
+        if not spec.keep_original_size or own_size == spec.image_size:
             return pixels, pixels
-        return pixels, to_array(img, (img.height, img.width), spec.channels)
+        return pixels, to_array(decoded, own_size, spec.channels)
     except MemoryError:
         raise ImageRejected("too_large", "not enough memory to convert") from None
     finally:
-        img.close()
+        if not isinstance(decoded, np.ndarray):
+            decoded.close()
 
 
 def _read_one(

@@ -235,9 +235,9 @@ def test_foreign_png_members_follow_the_preprocessing_policy() -> None:
 
 
 def test_own_pngs_round_trip_and_a_corrupt_stream_is_an_error() -> None:
-    """encode_png's files decode on the fast path (libdeflate into a buffer of the declared
-    size); a stream whose checksum fails, or one that inflates past the declared size, is not
-    read as pixels: Pillow is asked instead and refuses the corrupt one."""
+    """encode_png's files decode on libspng's path; a flipped bit in the pixel data (its
+    chunk's CRC now fails) is not read as pixels: Pillow is asked instead and refuses it. A
+    stream that inflates past the declared size decodes as Pillow decodes it."""
     import struct
     import zlib
 
@@ -247,11 +247,10 @@ def test_own_pngs_round_trip_and_a_corrupt_stream_is_an_error() -> None:
     png = encode_png(pixels)
     np.testing.assert_array_equal(decode_pixels(png, "png", 3), pixels)
     (length,) = struct.unpack(">I", png[33:37])
-    idat = bytearray(png[41 : 41 + length])
-    idat[-1] ^= 1  # the zlib stream's Adler-32
-    corrupt = png[:33] + _png_chunk(b"IDAT", bytes(idat)) + png[45 + length :]
+    flipped = bytearray(png)
+    flipped[41 + length // 2] ^= 4
     with pytest.raises(ValueError, match="cannot decode png"):
-        decode_pixels(corrupt, "png", 3)
+        decode_pixels(bytes(flipped), "png", 3)
     raw = zlib.decompress(png[41 : 41 + length]) + b"\0" * 22  # one row too many
     longer = png[:33] + _png_chunk(b"IDAT", zlib.compress(raw)) + png[45 + length :]
     with Image.open(io.BytesIO(longer)) as img:  # what Pillow makes of it, the fallback
