@@ -8,7 +8,8 @@ the last line of stdout.
 2. Throughput and peak memory on a synthetic 100,000-image set (16x16 PNGs, resized to 32x32
    RGB so the dataset is ~307 MB of pixels): `python -m pipelines.prepare.step` in a child
    process, its process tree's resident memory sampled every 50 ms, beside the plain
-   single-process loop over the same files (same page cache) and a one-process loop doing each
+   single-process loop over the same files (same page cache; the project's decoder), the same
+   loop with Pillow decoding (what a user's loop does), and a one-process loop doing each
    image's share of Prepare's work (read, hash, decode, resize, encode): Prepare's parallel
    efficiency. Its listing, decode pass and writing are reported apart (from the step's log).
    Load average recorded.
@@ -34,11 +35,12 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from inference.preprocess import decode_image, to_array  # noqa: E402
+from inference.preprocess import load_array, to_array  # noqa: E402
 from pipelines.prepare.config import PrepareConfig  # noqa: E402
 from pipelines.prepare.core import prepare  # noqa: E402
 from pipelines.prepare.importers import import_dataset, png_bytes  # noqa: E402
@@ -50,12 +52,24 @@ def log(msg: str) -> None:
 
 
 def plain_loop(files: list[Path], size: tuple[int, int], channels: int) -> float:
-    """The baseline: one process, read + decode + resize each file; returns seconds."""
+    """The baseline: one process, read + decode + resize each file with the project's decoder
+    (libspng for plain PNGs, inference/png.py); returns seconds."""
     t0 = time.perf_counter()
     out = []
     for path in files:
-        img = decode_image(path.read_bytes(), 50_000_000, 8)
-        out.append(to_array(img, size, channels))
+        out.append(load_array(path.read_bytes(), size, channels, 50_000_000, 8))
+    return time.perf_counter() - t0
+
+
+def pillow_loop(files: list[Path], size: tuple[int, int], channels: int) -> float:
+    """The loop a user writes: Pillow opens and decodes each file (what `plain_loop` was before
+    the libspng decoder), the same conversion and resize; returns seconds."""
+    t0 = time.perf_counter()
+    out = []
+    for path in files:
+        with Image.open(path) as img:
+            img.load()
+            out.append(to_array(img, size, channels))
     return time.perf_counter() - t0
 
 
@@ -68,7 +82,7 @@ def same_work_loop(files: list[Path], size: tuple[int, int], channels: int) -> f
     for path in files:
         data = path.read_bytes()
         hashlib.sha256(data).digest()
-        pixels = to_array(decode_image(data, 50_000_000, 8), size, channels)
+        pixels = load_array(data, size, channels, 50_000_000, 8)
         out.append(encode_image(pixels, "png"))
     return time.perf_counter() - t0
 
@@ -173,9 +187,11 @@ def bench_memory(work: Path, n_images: int, workers: int) -> dict[str, object]:
     files = sorted(raw.rglob("*.png"))
     before = [round(v, 2) for v in os.getloadavg()]
     plain_s = plain_loop(files, (32, 32), 3)
+    pillow_s = pillow_loop(files, (32, 32), 3)
     same_s = same_work_loop(files, (32, 32), 3)
     log(
         f"synthetic {n_images}: plain loop {n_images / plain_s:.0f} img/s, "
+        f"Pillow loop {n_images / pillow_s:.0f} img/s, "
         f"same-work loop {n_images / same_s:.0f} img/s"
     )
     out = work / "synthetic-ds"
@@ -216,6 +232,8 @@ def bench_memory(work: Path, n_images: int, workers: int) -> dict[str, object]:
         "images_per_s": round(n_images / seconds, 1),
         "plain_loop_images_per_s": round(n_images / plain_s, 1),
         "speedup_vs_plain_loop": round(plain_s / seconds, 2),
+        "pillow_loop_images_per_s": round(n_images / pillow_s, 1),
+        "speedup_vs_pillow_loop": round(pillow_s / seconds, 2),
         "same_work_loop_images_per_s": round(n_images / same_s, 1),
         "speedup_vs_same_work_loop": round(same_s / seconds, 2),
         "loadavg_before": before,
