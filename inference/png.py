@@ -1,7 +1,7 @@
 """The fast path for plain 8-bit PNGs: libspng (``pyspng``) instead of Pillow's PNG plugin.
 
 Pillow spends ~45-60 us opening and loading a small PNG, most of it in its Python-level
-plugin; libspng decodes the same 16-32 px image in ~4-6 us (``bench/prepare.py``), so for the
+plugin; libspng decodes the same 16-32 px image in ~4-8 us (docs/benchmarks.md, stop 27), so for the
 small images a classifier usually sees, decoding stops being most of data preparation's and
 the endpoint's work. The pixels are the same (PNG is lossless and neither decoder applies
 gamma or colour profiles; tests/unit/test_inference_png.py compares the two on every filter,
@@ -15,9 +15,10 @@ libspng refuses, goes to Pillow, which classifies it as it always did.
 
 The CRCs are checked here because pyspng tells libspng to use data whatever its checksums say,
 which also turns off zlib's Adler-32 check: a flipped bit in the pixel data fails its chunk's
-CRC and goes to Pillow, which refuses it. One difference is left, for files made on purpose:
-an ``IDAT`` stream whose Adler-32 is wrong under a CRC recomputed to match it is decoded here,
-where Pillow refuses it (~1 us a 3 KB image; 53 us a 150 KB one, 5% of its decode).
+CRC and goes to Pillow, which refuses it (checking the CRCs costs ~1 us a 3 KB image, 53 us a
+150 KB one, 5% of its decode). One difference is left, for files made on purpose: an ``IDAT``
+stream whose Adler-32 is wrong under a CRC recomputed to match it is decoded here, where
+Pillow refuses it.
 """
 
 from __future__ import annotations
