@@ -141,7 +141,7 @@ def serve_local(
     except DeployError:
         process.terminate(pid)
         if old is not None:  # the old one never stopped: it is still what the port serves
-            process.pid_path(settings, ENDPOINT_SERVICE).write_text(str(old))
+            process.record_pid(settings, ENDPOINT_SERVICE, old)
             out(f"the old endpoint (pid {old}) keeps serving")
         raise
     if old is not None:

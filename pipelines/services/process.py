@@ -1,10 +1,12 @@
 """Supervise background processes: start with a pid file and log, find, health-check, stop.
 
 Used by the local services (SeaweedFS, MLflow) and the local endpoint. A pid file names a
-process only while that process is alive and its command line still holds the service's marker
-(pids are reused). Pid files are replaced atomically, and `services_lock` serialises whoever
-checks and starts services, so two `services up` at once start each service once. Children
-run with umask 077: what they create in the state folder is theirs alone.
+process only while that process is alive, started when the file says and its command line
+still holds the service's marker: the file holds the pid and the process's start time, since
+pids are reused (this machine's wrap at 32768) and the markers are generic words. Pid files
+are replaced atomically, and `services_lock` serialises whoever checks and starts services,
+so two `services up` at once start each service once. Children run with umask 077: what they
+create in the state folder is theirs alone.
 """
 
 from __future__ import annotations
@@ -69,17 +71,28 @@ def http_ok(url: str, timeout_s: float = 2.0) -> bool:
         return False
 
 
+def record_pid(settings: Settings, name: str, pid: int) -> None:
+    """Write `name`'s pid file: the pid and the start time of its process, so that the pid,
+    once the system gives it to another process, no longer names this service."""
+    started = psutil.Process(pid).create_time()
+    write_private(pid_path(settings, name), f"{pid} {started!r}".encode())
+
+
 def running_pid(settings: Settings, name: str, marker: str | None = None) -> int | None:
     """The pid recorded for `name` if that process is alive and still ours, else None."""
     path = pid_path(settings, name)
     try:
-        pid = int(path.read_text().strip())
-    except (OSError, ValueError):
+        fields = path.read_text().split()
+        pid = int(fields[0])
+        started = float(fields[1]) if len(fields) > 1 else None  # None: an older pid file
+    except (OSError, ValueError, IndexError):
         return None
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             return None
+        if started is not None and abs(proc.create_time() - started) > 1e-3:
+            return None  # pid reused by a process started later
         if marker and marker not in " ".join(proc.cmdline()):
             return None  # pid reused by an unrelated process
     except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -134,7 +147,7 @@ def start_process(
         )
     finally:
         os.close(log)
-    write_private(pid_path(settings, name), str(proc.pid).encode())
+    record_pid(settings, name, proc.pid)
     return proc.pid
 
 

@@ -1,0 +1,68 @@
+"""Pid files name a service only while its own process runs: a reused pid is never stopped."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from pipelines.services import process
+from pipelines.settings import Settings, load_settings
+
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)", "weed"]  # "weed": the marker
+
+
+@pytest.fixture()
+def settings(tmp_path: Path) -> Settings:
+    return load_settings({"LEPTON_STATE_DIR": str(tmp_path / "state")})
+
+
+@pytest.fixture()
+def other() -> Iterator[subprocess.Popen[bytes]]:
+    """A live process with the marker in its command line that is not the service."""
+    proc = subprocess.Popen(SLEEPER)
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_a_started_process_is_found_and_stopped(settings: Settings) -> None:
+    pid = process.start_process(settings, "s3", SLEEPER, env={})
+    assert process.running_pid(settings, "s3", "weed") == pid
+    assert process.running_pid(settings, "s3", "mlflow") is None  # another command line
+    assert process.stop(settings, "s3", "weed", out=lambda _m: None)
+    assert not process.alive(pid)
+    assert process.running_pid(settings, "s3", "weed") is None
+
+
+def test_a_reused_pid_is_not_the_service(
+    settings: Settings, other: subprocess.Popen[bytes]
+) -> None:
+    """The recorded process died and the system gave its pid to another one whose command
+    line also holds the marker (as another stack's SeaweedFS would): the start time tells
+    them apart, and `stop` leaves the other process alone."""
+    pid = process.start_process(settings, "s3", SLEEPER, env={})
+    process.terminate(pid)
+    started = psutil.Process(other.pid).create_time() - 5.0  # the service started earlier
+    process.pid_path(settings, "s3").write_text(f"{other.pid} {started!r}")  # the reuse
+    assert process.running_pid(settings, "s3", "weed") is None
+    assert not process.stop(settings, "s3", "weed", out=lambda _m: None)
+    assert other.poll() is None  # still running
+    assert not process.pid_path(settings, "s3").exists()
+
+
+def test_a_pid_file_without_a_start_time_is_still_read(
+    settings: Settings, other: subprocess.Popen[bytes]
+) -> None:
+    """Pid files of earlier versions hold the pid alone: the marker check still applies."""
+    path = process.pid_path(settings, "s3")
+    path.parent.mkdir(parents=True)
+    path.write_text(str(other.pid))
+    assert process.running_pid(settings, "s3", "weed") == other.pid
+    assert process.running_pid(settings, "s3", "mlflow") is None
+    path.write_text("")
+    assert process.running_pid(settings, "s3", "weed") is None
