@@ -83,6 +83,22 @@ def plain_header(data: bytes) -> PlainPng | None:
     return None
 
 
+def is_bare(data: bytes) -> bool:
+    """A file `plain_header` accepted holds nothing but the signature, IHDR, IDAT chunks and
+    IEND, and no byte after it: the pixel data alone, as the dataset's own encoder writes it, so
+    Prepare can store the file as it is (pipelines/prepare/decode.py). Reads chunk headers only
+    (`plain_header` checked the CRCs)."""
+    pos, size = 8, len(data)
+    while pos + 12 <= size:
+        length, kind = _CHUNK.unpack_from(data, pos)
+        pos += 12 + length
+        if kind == b"IEND":
+            return pos == size
+        if kind not in (b"IHDR", b"IDAT"):
+            return False
+    return False
+
+
 def decode_plain(data: bytes, header: PlainPng) -> np.ndarray | None:
     """uint8 ``[H, W, C]`` pixels of a file `plain_header` accepted; None if libspng refuses
     it (corrupt or cut-short pixel data: Pillow then says which). MemoryError propagates."""

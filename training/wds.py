@@ -14,9 +14,11 @@ Two pieces are this project's own code, because measurement showed the library p
 bottleneck (bench/data_scale.py, 32x32 RGB, 2 CPU cores):
 - PNG: a minimal encoder (8-bit gray/RGB, every row with the "Up" filter, libdeflate level 2);
   Pillow's encoder took ~100 us an image (Python-level plugin overhead), more than the rest of
-  Prepare. Decoding is libspng's (`inference.png`: 5-6 us a 32 px image, against 19-30 us for
-  the libdeflate decoder of these files this module had, and ~120 us for Pillow); any PNG it
-  does not take (palette, 16-bit, transparency) is decoded by Pillow.
+  Prepare. A bare input PNG that needs no conversion is stored as it is instead
+  (pipelines/prepare/decode.py), so a shard may hold other encoders' PNGs too. Decoding is
+  libspng's (`inference.png`: 5-6 us a 32 px image, against 19-30 us for the libdeflate
+  decoder of these files this module had, and ~120 us for Pillow); any PNG it does not take
+  (palette, 16-bit, transparency) is decoded by Pillow.
 - tar: a ustar writer and a bounds-checked reader over a shard's bytes (a shard is read and
   verified whole first): ``tarfile`` cost ~110 us a sample to write and ~120 us to read (member
   objects, file-like copies), 4x this module's; the bytes are those ``tarfile`` writes for

@@ -2,10 +2,10 @@
 
 A task is a chunk of listed items. The worker reads each item (checking it is what was listed),
 hashes its bytes, decodes and resizes it with `inference.preprocess` (the single definition of
-preprocessing), encodes what the dataset stores (PNG by default, training.wds) and writes the
-chunk's encoded images to one spill file ``chunk-NNNNNN.bin`` in the scratch folder. It
-returns only small per-item metadata, so the main process holds shard bytes only while it
-writes shards.
+preprocessing), encodes what the dataset stores (PNG by default, training.wds; a bare PNG that
+needs no conversion is stored as it is) and writes the chunk's encoded images to one spill file
+``chunk-NNNNNN.bin`` in the scratch folder. It returns only small per-item metadata, so the
+main process holds shard bytes only while it writes shards.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from inference.png import is_bare
 from inference.preprocess import ImageRejected, decode, decoded_size, to_array
 from pipelines.prepare.items import RawItem
 from pipelines.prepare.reading import (
@@ -90,16 +91,21 @@ def _client_for(spec: DecodeSpec) -> Any:
     return _client
 
 
-def decode_one(data: bytes, spec: DecodeSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Bytes -> (uint8 [H, W, C] at the dataset's image size, the pixels to store) per the
-    preprocessing policy; raises ImageRejected."""
+def decode_one(data: bytes, spec: DecodeSpec) -> tuple[np.ndarray, bytes]:
+    """Bytes -> (uint8 [H, W, C] at the dataset's image size, the encoded image to store) per
+    the preprocessing policy; raises ImageRejected. A bare PNG (`inference.png.is_bare`) that
+    needs no conversion is stored as it is: re-encoding it would give the same pixels at ~20-40
+    us an image, as much as reading and decoding it."""
     decoded = decode(data, spec.max_pixels, spec.min_side)
     try:
         pixels = to_array(decoded, spec.image_size, spec.channels)
+        stored = pixels
         own_size = decoded_size(decoded)
-        if not spec.keep_original_size or own_size == spec.image_size:
-            return pixels, pixels
-        return pixels, to_array(decoded, own_size, spec.channels)
+        if spec.keep_original_size and own_size != spec.image_size:
+            stored = to_array(decoded, own_size, spec.channels)
+        if stored is decoded and spec.encoding == "png" and is_bare(data):
+            return pixels, data  # libspng decoded it, every CRC checked: valid as stored
+        return pixels, encode_image(stored, spec.encoding, spec.jpeg_quality)
     except MemoryError:
         raise ImageRejected("too_large", "not enough memory to convert") from None
     finally:
@@ -172,7 +178,7 @@ def decode_chunk(task: tuple[int, list[tuple[int, RawItem]]]) -> ChunkResult:
             continue
         result.rows[i] = len(arrays)
         arrays.append(pixels)
-        encoded.append(encode_image(stored, spec.encoding, spec.jpeg_quality))
+        encoded.append(stored)
         result.sizes[i] = len(encoded[-1])
     if arrays:
         stack = np.stack(arrays)
