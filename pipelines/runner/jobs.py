@@ -134,7 +134,8 @@ def _prefixed(job: JobEnv, label: str) -> Callable[[str], None]:
 def run_processing(name: str, args: dict[str, Any], work: Path, job: JobEnv) -> dict[str, Any]:
     """Run a resolved CreateProcessingJob request on its instances (all at once, each with its
     own /opt/ml); return DescribeProcessingJob-like properties. Every instance's outputs are
-    uploaded to the output's prefix, as SageMaker does."""
+    uploaded to the output's prefix, as SageMaker does. Every attempt starts on fresh
+    instances: what survives an attempt is what reached S3."""
     cluster = args.get("ProcessingResources", {}).get("ClusterConfig", {})
     hosts = container.processing_hosts(int(cluster.get("InstanceCount", 1)))
     outputs = args.get("ProcessingOutputConfig", {}).get("Outputs", [])
@@ -144,6 +145,9 @@ def run_processing(name: str, args: dict[str, Any], work: Path, job: JobEnv) -> 
     commands = []
     for i, host in enumerate(hosts):
         root = processing_root(work, host)
+        # a resumed step sees nothing of an earlier attempt here (a half-downloaded input, an
+        # object since deleted, outputs it would upload again)
+        shutil.rmtree(root, ignore_errors=True)
         container.processing_config(
             root, job_name(name, work), len(hosts), str(cluster.get("InstanceType", "")), host
         )

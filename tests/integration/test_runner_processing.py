@@ -91,3 +91,25 @@ def test_two_instances_prepare_what_one_prepares(raw_mnist_dir: Path, tmp_path: 
     config = json.loads((work / "instances/algo-2/opt-ml/config/resourceconfig.json").read_text())
     assert config == {"current_host": "algo-2", "hosts": ["algo-1", "algo-2"]}
     assert (work / "algo-2.log").read_text().count("part written") == 1
+
+
+def test_a_rerun_starts_from_a_fresh_container(raw_mnist_dir: Path, tmp_path: Path) -> None:
+    """`lepton pipeline resume` runs a step again in its work folder: what an interrupted
+    attempt left there (a half-downloaded input file, a stale output) is neither prepared nor
+    uploaded, as a new SageMaker container would not have it."""
+    out, _ = _run(raw_mnist_dir, tmp_path, 1)
+    work = tmp_path / "exec-1" / "steps" / "Prepare"
+    raw = work / "opt-ml/processing/input/raw"
+    (raw / "3" / "00042.png.part").write_bytes(b"\x89PNG\r\n\x1a\n half")  # download cut off
+    (work / "opt-ml/processing/output/dataset/stale.bin").write_bytes(b"an earlier attempt's")
+    echoed: list[str] = []
+    job = jobs.JobEnv(
+        env={"PYTHONPATH": str(REPO_ROOT)}, s3=None, echo=echoed.append, python=Path(sys.executable)
+    )
+    jobs.run_processing(
+        "Prepare", _request(raw_mnist_dir, out, tmp_path / "exchange", 1), work, job
+    )
+    assert not (raw / "3" / "00042.png.part").exists()
+    assert not (out / "stale.bin").exists()
+    report = json.loads((out / "quality_report.json").read_text())
+    assert report["total"] == report["used"] == 300 and not report["quarantined"]
