@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
 import urllib.request
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +30,13 @@ def held_out_images(settings: Settings, execution: Execution) -> tuple[list[str]
     uri = next(o["S3Output"]["S3Uri"] for o in outputs if o["OutputName"] == n.DATASET_OUTPUT)
     folder = execution.folder / "held-out"
     if not (folder / "manifest.json").exists():
-        transfer.download(s3_client(settings), uri, folder)
+        # into a folder beside it, then renamed: a download cut short (the manifest comes
+        # first in key order) is never taken for the whole split
+        partial = folder.with_name("held-out.part")
+        shutil.rmtree(partial, ignore_errors=True)
+        transfer.download(s3_client(settings), uri, partial)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(partial, folder)
     return read_manifest(folder)["classes"], *load_split(folder, "test")
 
 
