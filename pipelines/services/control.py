@@ -8,6 +8,10 @@ the state folder private: 0700, the services' files 0600.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import stat
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -142,13 +146,31 @@ def _ready_one(
 
 def down(settings: Settings, out: Printer = print) -> None:
     """Stop the endpoint (if deployed) and every managed service, newest first; keep all data."""
-    names = [(ENDPOINT_SERVICE, ENDPOINT_MARKER)] + [
-        (s.name, s.marker) for s in reversed(managed_services(settings))
-    ]
     with services_lock(settings):
-        stopped = [stop(settings, name, marker, out) for name, marker in names]
+        stopped = [stop(settings, ENDPOINT_SERVICE, ENDPOINT_MARKER, out)]
+        for service in reversed(managed_services(settings)):
+            stopped.append(stop(settings, service.name, service.marker, out))
+            if running_pid(settings, service.name, service.marker) is None:
+                _remove_leftovers(service)
     if not any(stopped):
         out("nothing was running")
+
+
+def _remove_leftovers(service: Service) -> None:
+    """Unix sockets a stopped service left behind in /tmp: removed where they are this user's
+    and nothing answers on them (another stack may have taken the port since)."""
+    for path in service.leftovers:
+        with contextlib.suppress(OSError):
+            st = path.lstat()
+            if st.st_uid != os.getuid() or not stat.S_ISSOCK(st.st_mode):
+                continue
+            with socket.socket(socket.AF_UNIX) as probe:
+                try:
+                    probe.connect(str(path))
+                    continue  # live: not ours to remove
+                except OSError:
+                    pass
+            path.unlink()
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ class Service:
     data: tuple[Path, ...] = ()  # what it writes in the state folder (kept private, 0700)
     cwd: Path | None = None  # its working directory
     note: str = ""  # printed when it starts
+    leftovers: tuple[Path, ...] = ()  # what it leaves behind when stopped: `down` removes it
 
 
 TRACKING_SERVICE = "mlflow"  # the MLflow server's service name (pid file, log, `up`)
@@ -102,6 +103,7 @@ def seaweedfs(settings: Settings) -> Service:
         data=(data_dir, security_dir(settings)),
         cwd=config_dir,  # weed also reads ./security.toml, ./filer.toml...: only ours
         note=note,
+        leftovers=(Path(local_s3_socket(p)),),  # weed removes its other sockets, not this one
     )
 
 

@@ -15,6 +15,7 @@ import psutil
 import pytest
 from botocore.exceptions import ClientError
 
+from pipelines.runner.fetch import local_s3_socket
 from pipelines.services import control as services
 from pipelines.services import netns
 from pipelines.settings import Credentials, Settings
@@ -95,8 +96,11 @@ def test_restart_keeps_objects_and_mlflow_runs(private_stack: Settings, tmp_path
     assert all(Path(p).suffix == ".vif" for p in _loose(state)), _loose(state)
     assert _mode(state / "mlflow" / "mlflow.db") == 0o600
 
+    socket_path = Path(local_s3_socket(settings.s3_port))
+    assert socket_path.is_socket()
     services.down(settings, out=_quiet)
     assert not any(row.healthy for row in services.status(settings))
+    assert not socket_path.exists()  # weed leaves its S3 socket behind; `down` removes it
     services.up(settings, out=_quiet)
     assert _mode(state) == 0o700 and _loose(state) == []
 

@@ -66,3 +66,23 @@ def test_a_pid_file_without_a_start_time_is_still_read(
     assert process.running_pid(settings, "s3", "mlflow") is None
     path.write_text("")
     assert process.running_pid(settings, "s3", "weed") is None
+
+
+def test_down_removes_a_dead_socket_left_behind_but_not_a_live_one(tmp_path: Path) -> None:
+    import socket
+
+    from pipelines.services.control import _remove_leftovers
+    from pipelines.services.definitions import Service
+
+    dead, live = tmp_path / "dead.sock", tmp_path / "live.sock"
+    with socket.socket(socket.AF_UNIX) as gone:
+        gone.bind(str(dead))  # closed without unlinking, as weed leaves it
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(live))
+    listener.listen(1)
+    try:
+        service = Service("s3", 0, "", [], {}, "weed", lambda: True, leftovers=(dead, live))
+        _remove_leftovers(service)
+        assert not dead.exists() and live.is_socket()
+    finally:
+        listener.close()
