@@ -12,7 +12,8 @@ samples always give the same bytes and the same sha256.
 
 Two pieces are this project's own code, because measurement showed the library path was the
 bottleneck (bench/data_scale.py, 32x32 RGB, 2 CPU cores):
-- PNG: a minimal encoder (8-bit gray/RGB, every row with the "Up" filter, libdeflate level 2);
+- PNG: a minimal encoder (8-bit gray/RGB, every row with the "Up" filter, libdeflate level 2,
+  level 1 from about 37x37 RGB up);
   Pillow's encoder took ~100 us an image (Python-level plugin overhead), more than the rest of
   Prepare. A bare input PNG that needs no conversion is stored as it is instead
   (pipelines/prepare/decode.py), so a shard may hold other encoders' PNGs too. Decoding is
@@ -45,9 +46,11 @@ IMAGE_EXTENSIONS = ("png", "webp", "jpg", "jpeg")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # libdeflate level 2 against zlib level 1 (what this used), per image on one core: 32 px crops
 # of photos 55 us vs 95 us, same size; 224 px crops 2.2 ms vs 3.9 ms, 4.5% smaller; 28 px MNIST
-# 28 us vs 35 us, +0.7%; 32 px noise 49 us vs 101 us. Level 1 is faster still on photos but 44%
-# larger on noise.
-_PNG_LEVEL = 2
+# 28 us vs 35 us, +0.7%. Past _PNG_FAST_FROM filtered bytes (about 37x37 RGB) level 1: on
+# sklearn's two sample photos resized to 64, 224 px and whole (427x640) it took 0.57-0.71x
+# level 2's time for -3% to +1.9% bytes; below it level 2, where level 1 made an MNIST digit
+# resized to 32 px RGB 12% larger (tar blocks round that up to 1.5x) and saves a few us.
+_PNG_LEVEL, _PNG_FAST_LEVEL, _PNG_FAST_FROM = 2, 1, 4096
 _BLOCK = 512
 
 
@@ -80,10 +83,11 @@ def encode_png(pixels: np.ndarray) -> bytes:
     raw[0, 1:] = rows[0]
     np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:])  # uint8 arithmetic wraps, as PNG wants
     header = struct.pack(">IIBBBBB", w, h, 8, 0 if c == 1 else 2, 0, 0, 0)
+    level = _PNG_FAST_LEVEL if raw.size >= _PNG_FAST_FROM else _PNG_LEVEL
     return (
         _PNG_SIGNATURE
         + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"IDAT", deflate.zlib_compress(raw.tobytes(), _PNG_LEVEL))
+        + _png_chunk(b"IDAT", deflate.zlib_compress(raw.tobytes(), level))
         + _png_chunk(b"IEND", b"")
     )
 
