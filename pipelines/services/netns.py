@@ -15,7 +15,9 @@ is False: macOS, some hardened kernels) the caller runs the service directly.
     python -m pipelines.services.netns --host 127.0.0.1 --port 8333 -- weed mini ...
 
 SIGTERM or SIGINT stops the service (which also dies with the launcher: PR_SET_PDEATHSIG), and
-the launcher exits with the service's exit code (128 + n if signal n ended it).
+the launcher exits with the service's exit code (128 + n if signal n ended it). Which signal it
+was and who sent it (pid and process name) go to stderr, the service's log: a stack stopped
+by surprise says by whom.
 """
 
 from __future__ import annotations
@@ -136,8 +138,22 @@ def _accept(listener: socket.socket, target: tuple[str, int]) -> None:
         threading.Thread(target=_forward, args=(client, target), daemon=True).start()
 
 
-def _die_with_parent() -> None:
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def _in_child() -> None:
+    """Before the service's exec: it dies with the launcher and takes signals as usual."""
     _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def _sender(pid: int) -> str:
+    """'pid N (name)' of a signal's sender; its name only, never its arguments."""
+    try:
+        with open(f"/proc/{pid}/comm") as fh:
+            return f"pid {pid} ({fh.read().strip()})"
+    except OSError:
+        return f"pid {pid} (gone)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,13 +175,17 @@ def main(argv: list[str] | None = None) -> int:
     listener = socket.create_server((args.host, args.port), backlog=BACKLOG)
     _unshare()
     _loopback_up()
-    child = subprocess.Popen(command, preexec_fn=_die_with_parent)  # noqa: PLW1509 (no threads yet)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    # stop signals wait for the loop below (every thread inherits the mask; the child not)
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    child = subprocess.Popen(command, preexec_fn=_in_child)  # noqa: PLW1509 (no threads yet)
     threading.Thread(target=_accept, args=(listener, (args.host, args.port)), daemon=True).start()
-    while child.poll() is None and not stop.wait(0.2):
-        pass
+    while child.poll() is None:
+        info = signal.sigtimedwait(STOP_SIGNALS, 0.2)
+        if info is not None:
+            name = signal.Signals(info.si_signo).name
+            print(f"netns: {name} from {_sender(info.si_pid)}: stopping", file=sys.stderr)
+            sys.stderr.flush()
+            break
     if child.poll() is None:
         child.terminate()
     code = child.wait()

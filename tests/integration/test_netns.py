@@ -50,7 +50,11 @@ serve(port, echo)
 
 def _launch(port: int, *service: str) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "pipelines.services.netns", "--host", "127.0.0.1"]
-    return subprocess.Popen([*command, "--port", str(port), "--", *service], stdout=subprocess.PIPE)
+    return subprocess.Popen(
+        [*command, "--port", str(port), "--", *service],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 @pytest.fixture()
@@ -114,6 +118,9 @@ def test_sigterm_stops_the_service_and_the_launcher(launched: tuple) -> None:
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=10) == 128 + signal.SIGTERM  # the service's end, passed on
     assert not psutil.pid_exists(children[0].pid) or children[0].status() == "zombie"
+    assert proc.stderr is not None  # the log says who stopped it: this test's process
+    me = f"pid {os.getpid()} ({psutil.Process().name()})"
+    assert f"netns: SIGTERM from {me}: stopping" in proc.stderr.read().decode()
 
 
 def test_service_dies_with_a_killed_launcher(launched: tuple) -> None:
