@@ -103,6 +103,7 @@ def decode_one(data: bytes, spec: DecodeSpec) -> tuple[np.ndarray, bytes]:
         own_size = decoded_size(decoded)
         if spec.keep_original_size and own_size != spec.image_size:
             stored = to_array(decoded, own_size, spec.channels)
+        # `to_array` returns libspng's pixels themselves when nothing needs converting
         if stored is decoded and spec.encoding == "png" and is_bare(data):
             return pixels, data  # libspng decoded it, every CRC checked: valid as stored
         return pixels, encode_image(stored, spec.encoding, spec.jpeg_quality)

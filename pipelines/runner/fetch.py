@@ -57,17 +57,26 @@ def local_s3_socket(port: int) -> str:
     return f"/tmp/seaweedfs-s3-{port}.sock"
 
 
-def _own_socket(path: str) -> bool:
-    """A live Unix socket of this user's (weed leaves its socket behind when it stops)."""
+def socket_state(path: str) -> str | None:
+    """ "live" or "dead" (nothing answers: weed leaves its socket behind when it stops) for a
+    Unix socket of this user's at `path`; None for anything else."""
     try:
-        st = os.stat(path)
-        if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.getuid():
-            return False
-        with socket.socket(socket.AF_UNIX) as probe:
-            probe.connect(path)
+        st = os.lstat(path)
     except OSError:
-        return False
-    return True
+        return None
+    if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.getuid():
+        return None
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return "dead"
+    return "live"
+
+
+def _own_socket(path: str) -> bool:
+    """A live Unix socket of this user's."""
+    return socket_state(path) == "live"
 
 
 def endpoint_of(client: Any) -> Endpoint | None:

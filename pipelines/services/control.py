@@ -9,13 +9,11 @@ the state folder private: 0700, the services' files 0600.
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
-import stat
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
+from pipelines.runner.fetch import socket_state
 from pipelines.services.definitions import Service, managed_services
 from pipelines.services.process import (
     Printer,
@@ -150,8 +148,7 @@ def down(settings: Settings, out: Printer = print) -> None:
         stopped = [stop(settings, ENDPOINT_SERVICE, ENDPOINT_MARKER, out)]
         for service in reversed(managed_services(settings)):
             stopped.append(stop(settings, service.name, service.marker, out))
-            if running_pid(settings, service.name, service.marker) is None:
-                _remove_leftovers(service)
+            _remove_leftovers(service)
     if not any(stopped):
         out("nothing was running")
 
@@ -160,17 +157,9 @@ def _remove_leftovers(service: Service) -> None:
     """Unix sockets a stopped service left behind in /tmp: removed where they are this user's
     and nothing answers on them (another stack may have taken the port since)."""
     for path in service.leftovers:
-        with contextlib.suppress(OSError):
-            st = path.lstat()
-            if st.st_uid != os.getuid() or not stat.S_ISSOCK(st.st_mode):
-                continue
-            with socket.socket(socket.AF_UNIX) as probe:
-                try:
-                    probe.connect(str(path))
-                    continue  # live: not ours to remove
-                except OSError:
-                    pass
-            path.unlink()
+        if socket_state(str(path)) == "dead":
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 @dataclass(frozen=True)

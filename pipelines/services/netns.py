@@ -183,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         info = signal.sigtimedwait(STOP_SIGNALS, 0.2)
         if info is not None:
             name = signal.Signals(info.si_signo).name
-            print(f"netns: {name} from {_sender(info.si_pid)}: stopping", file=sys.stderr)
-            sys.stderr.flush()
+            print(
+                f"netns: {name} from {_sender(info.si_pid)}: stopping", file=sys.stderr, flush=True
+            )
             break
     if child.poll() is None:
         child.terminate()

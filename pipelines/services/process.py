@@ -3,7 +3,7 @@
 Used by the local services (SeaweedFS, MLflow) and the local endpoint. A pid file names a
 process only while that process is alive, started when the file says and its command line
 still holds the service's marker: the file holds the pid and the process's start time, since
-pids are reused (this machine's wrap at 32768) and the markers are generic words. Pid files
+pids are reused (they often wrap at 32768) and the markers are generic words. Pid files
 are replaced atomically, and `services_lock` serialises whoever checks and starts services,
 so two `services up` at once start each service once. Children run with umask 077: what they
 create in the state folder is theirs alone.
