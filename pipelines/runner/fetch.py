@@ -5,7 +5,8 @@ boto3 spends ~2 ms of CPU per GetObject (request building, signing, parsing, the
 every thread): 32 threads moved ~420 small objects/s from SeaweedFS on loopback on 2 cores,
 so 1,000,000 raw images would take 40 minutes before a step starts. Here one thread drives
 CONNECTIONS keep-alive connections through libcurl's multi interface (pycurl), signing each
-request with SigV4 itself (the HMAC chain's key is cached per day). Measured on 2 cores, 20,000
+request with SigV4 itself (the day's signing key cached, keyed into an HMAC each request
+copies: the same Authorization header as botocore's, tested). Measured on 2 cores, 20,000
 small objects from SeaweedFS: 3,600-3,800 objects/s and 0.2 ms of client CPU an object,
 against 2,000/s and 0.6 ms for the forked processes x threads over ``http.client`` this
 replaced (bench/data_scale.py reports it at 100,000). Used for S3-compatible endpoints given
@@ -18,7 +19,6 @@ objects: 4,268 objects/s, against 3,379 through the forwarder).
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import hashlib
 import hmac
@@ -26,6 +26,7 @@ import io
 import os
 import socket
 import stat
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,12 +113,12 @@ def _signing_key(secret: str, day: str, region: str) -> bytes:
     return key
 
 
-def signed_headers(
-    ep: Endpoint, path: str, now: dt.datetime, key: bytes, method: str = "GET", query: str = ""
+def _sign(
+    ep: Endpoint, path: str, stamp: str, keyed: Any, method: str, query: str
 ) -> dict[str, str]:
-    """SigV4 headers of ``METHOD path?query`` (path URI-encoded; query canonical: sorted,
-    every name and value URI-encoded)."""
-    stamp, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+    """SigV4 headers of ``METHOD path?query`` at `stamp` (path URI-encoded; query canonical:
+    sorted, every name and value URI-encoded). `keyed` is an HMAC keyed with the day's signing
+    key, copied per request rather than keyed again."""
     headers = {"host": ep.host, "x-amz-content-sha256": _UNSIGNED, "x-amz-date": stamp}
     if ep.token:
         headers["x-amz-security-token"] = ep.token
@@ -125,14 +126,15 @@ def signed_headers(
     canonical = "\n".join(
         [method, path, query, *(f"{k}:{headers[k]}" for k in sorted(headers)), "", names, _UNSIGNED]
     )
-    scope = f"{day}/{ep.region}/s3/aws4_request"
+    scope = f"{stamp[:8]}/{ep.region}/s3/aws4_request"
     to_sign = "\n".join(
         ["AWS4-HMAC-SHA256", stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()]
     )
-    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    mac = keyed.copy()
+    mac.update(to_sign.encode())
     headers["Authorization"] = (
         f"AWS4-HMAC-SHA256 Credential={ep.access_key}/{scope}, "
-        f"SignedHeaders={names}, Signature={signature}"
+        f"SignedHeaders={names}, Signature={mac.hexdigest()}"
     )
     return headers
 
@@ -146,17 +148,21 @@ class _Request:
 
 
 class _Signer:
-    """SigV4 headers for one endpoint, the day's signing key cached."""
+    """SigV4 headers for one endpoint: the day's signing key, keyed into an HMAC, and the
+    second's date stamp cached: 14 -> 6 us a request, of ~80 us of client CPU an object."""
 
     def __init__(self, ep: Endpoint) -> None:
-        self.ep, self.day, self.key = ep, "", b""
+        self.ep, self.second, self.stamp, self.keyed = ep, -1, "", hmac.new(b"", None, "sha256")
 
     def headers(self, method: str, path: str, query: str = "") -> list[str]:
-        now = dt.datetime.now(dt.UTC)
-        if now.strftime("%Y%m%d") != self.day:
-            self.day = now.strftime("%Y%m%d")
-            self.key = _signing_key(self.ep.secret_key, self.day, self.ep.region)
-        signed = signed_headers(self.ep, path, now, self.key, method, query)
+        second = int(time.time())
+        if second != self.second:
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(second))
+            if stamp[:8] != self.stamp[:8]:
+                key = _signing_key(self.ep.secret_key, stamp[:8], self.ep.region)
+                self.keyed = hmac.new(key, None, "sha256")
+            self.second, self.stamp = second, stamp
+        signed = _sign(self.ep, path, self.stamp, self.keyed, method, query)
         # curl sends Host itself (the same host[:port]); "Expect:" turns off 100-continue
         return [f"{k}: {v}" for k, v in signed.items() if k != "host"] + ["Expect:"]
 
