@@ -13,7 +13,7 @@
    and the same download into /dev/shm: creating each file costs more on some disks than the
    rest of the client's work, so the tmpfs rate is the code's own. It runs first, before the
    other phases make and delete a million files, and names the disk's file system (ext4
-   without a journal makes files slowly for 30 s after many are deleted: `filesystem_of`).
+   without a journal makes files slowly for minutes after many are deleted: `filesystem_of`).
 
 Load average is recorded with every figure: the machine is shared.
 
@@ -196,10 +196,10 @@ def bench_stream(dataset: Path, world: int = 2, batch: int = 256) -> dict[str, A
 
 def filesystem_of(path: Path) -> dict[str, Any]:
     """The mount holding `path`: its type and, for ext4, whether it has a journal. Without
-    one, ext4 skips every inode freed in the last 30 s when it makes a file (the kernel's
-    `recently_deleted`), so creating files right after deleting many costs several times
-    more: on this project's no-journal host, 190 -> 840 us a file over four rounds of
-    30,000 made and removed back to back, against 62 us on a quiet disk."""
+    one, ext4 passes over every inode freed in the last minutes (up to 5) when it makes a
+    file (the kernel's `recently_deleted`), so creating files soon after deleting many costs
+    several times more: on a no-journal host, 190 -> 840 us a file over four rounds of 30,000
+    made and removed back to back, against 62 us with nothing deleted lately."""
     where = os.path.realpath(path)
     best = ("", "", "")
     with open("/proc/mounts") as fh:
