@@ -171,8 +171,12 @@ class LocalRunner:
         )
 
     def job_env(self) -> jobs.JobEnv:
+        """One step's: its inputs listed once, for its cache key and every instance."""
         env = jobs.job_environment(self.settings, self.execution.id)
-        return jobs.JobEnv(env=env, s3=self.s3, echo=self.echo, python=self.python)
+        listings = transfer.Listings(self.s3)
+        return jobs.JobEnv(
+            env=env, s3=self.s3, echo=self.echo, python=self.python, listings=listings
+        )
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> Execution:
@@ -272,8 +276,9 @@ class LocalRunner:
     def run_cacheable(self, spec: StepSpec, record: StepRecord, args: dict[str, Any]) -> None:
         cache_on = self.use_cache and spec.body.get("CacheConfig", {}).get("Enabled", False)
         key = components = None
+        job = self.job_env()
         if cache_on:
-            key, components = self.cache_key(spec, args)
+            key, components = self.cache_key(spec, args, job.listings)
             entry, note = self.cache.lookup(spec.name, key, components)
             if entry is not None and self.outputs_exist(entry["properties"], spec.type):
                 record.properties, record.property_files = (
@@ -290,10 +295,10 @@ class LocalRunner:
             self.echo(f"{spec.name}: {note}")
         work = self.execution.step_dir(spec.name)
         if spec.type == "Processing":
-            record.properties = jobs.run_processing(spec.name, args, work, self.job_env())
+            record.properties = jobs.run_processing(spec.name, args, work, job)
             record.property_files = self.read_property_files(spec, args, work)
         else:
-            record.properties = self.run_training(spec, args, work)
+            record.properties = self.run_training(spec, args, work, job)
         if cache_on and key is not None and components is not None:
             record.cache_key = key
             self.cache.store(
@@ -305,7 +310,9 @@ class LocalRunner:
                 record.property_files,
             )
 
-    def run_training(self, spec: StepSpec, args: dict[str, Any], work: Path) -> dict[str, Any]:
+    def run_training(
+        self, spec: StepSpec, args: dict[str, Any], work: Path, job: jobs.JobEnv
+    ) -> dict[str, Any]:
         """A training job; with managed spot, an interrupted job restarts (as SageMaker restarts
         it) and resumes from the checkpoints that reached S3. Other failures are the job's own:
         SageMaker's retry policies retry only service, throttling and capacity errors, which a
@@ -314,18 +321,20 @@ class LocalRunner:
         attempt = 0
         while True:
             try:
-                return jobs.run_training(spec.name, args, work, self.job_env())
+                return jobs.run_training(spec.name, args, work, job)
             except jobs.JobFailed as exc:
                 attempt += 1
                 if not exc.interrupted or attempt > restarts:
                     raise
                 self.echo(f"{spec.name}: interrupted (spot); restarting from its checkpoints")
 
-    def cache_key(self, spec: StepSpec, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    def cache_key(
+        self, spec: StepSpec, args: dict[str, Any], listings: transfer.Listings | None = None
+    ) -> tuple[str, dict[str, Any]]:
         if spec.type == "Processing":
             entry = jobs.processing_entry(args)[0]
             inputs = {
-                i["InputName"]: transfer.fingerprint(self.s3, i["S3Input"]["S3Uri"])
+                i["InputName"]: transfer.fingerprint(self.s3, i["S3Input"]["S3Uri"], listings)
                 for i in args.get("ProcessingInputs", [])
                 if "S3Input" in i
                 and not i["S3Input"]["LocalPath"].rstrip("/").endswith("/input/code")
@@ -342,7 +351,7 @@ class LocalRunner:
             entry = jobs.training_entry(args)
             inputs = {
                 c["ChannelName"]: transfer.fingerprint(
-                    self.s3, c["DataSource"]["S3DataSource"]["S3Uri"]
+                    self.s3, c["DataSource"]["S3DataSource"]["S3Uri"], listings
                 )
                 for c in args.get("InputDataConfig", [])
                 if c["ChannelName"] not in jobs.SDK_CHANNELS

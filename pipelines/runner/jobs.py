@@ -34,6 +34,7 @@ class JobEnv:
     s3: Any  # boto3 S3 client
     echo: Callable[[str], None]  # progress printer
     python: Path  # the step environment's interpreter
+    listings: transfer.Listings | None = None  # the step's inputs as its cache key saw them
 
 
 def job_environment(settings: Settings, execution_id: str) -> dict[str, str]:
@@ -120,6 +121,7 @@ def _processing_inputs(
             local,
             share if sharded else None,
             None if code else _prefixed(job, label),
+            job.listings,
         )
         if not code:
             part = f", share {share[0] + 1}/{share[1]}" if sharded and share[1] > 1 else ""
@@ -189,7 +191,8 @@ def _fetch_channels(
         first = hosts[0].path(f"{container.OPT_ML}/input/data/{channel_name}")
         sdk = channel_name in SDK_CHANNELS
         label = f"{name}: channel {channel_name}"
-        count = transfer.download(job.s3, uri, first, log=None if sdk else _prefixed(job, label))
+        log = None if sdk else _prefixed(job, label)
+        count = transfer.download(job.s3, uri, first, log=log, listings=job.listings)
         for host in hosts[1:]:
             transfer.download(
                 job.s3, str(first), host.path(f"{container.OPT_ML}/input/data/{channel_name}")

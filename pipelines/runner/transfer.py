@@ -44,11 +44,27 @@ def list_objects(client: Any, uri: str) -> list[dict[str, Any]]:
     return objects
 
 
-def fingerprint(client: Any, uri: str) -> str:
+class Listings:
+    """Each s3:// prefix listed once: a step's cache key fingerprints what its instances then
+    download, and N instances of a ShardedByS3Key input share one listing rather than
+    listing the whole prefix N times (100,000 keys: ~2 s each here)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client, self.made, self._seen = client, 0, dict[str, list[dict[str, Any]]]()
+
+    def __call__(self, uri: str) -> list[dict[str, Any]]:
+        if uri not in self._seen:
+            self._seen[uri] = list_objects(self.client, uri)
+            self.made += 1
+        return self._seen[uri]
+
+
+def fingerprint(client: Any, uri: str, listings: Listings | None = None) -> str:
     """A digest of every key, size and ETag under `uri` (or of a local folder's files)."""
     digest = hashlib.sha256()
     if is_s3_uri(uri):
-        for obj in sorted(list_objects(client, uri), key=lambda o: o["Key"]):
+        listed = listings(uri) if listings is not None else list_objects(client, uri)
+        for obj in sorted(listed, key=lambda o: o["Key"]):
             digest.update(f"{obj['Key']}\0{obj['Size']}\0{obj.get('ETag', '')}\n".encode())
     else:
         root = Path(uri)
@@ -89,15 +105,18 @@ def download(
     dest: Path,
     share: tuple[int, int] | None = None,
     log: Callable[[str], None] | None = None,
+    listings: Listings | None = None,
 ) -> int:
     """Mirror `uri` (an s3:// prefix or object, or a local path) into `dest`; return file count.
     With `share` = (i, n), only instance i's part of n (ShardedByS3Key). `log` gets a progress
-    line every PROGRESS_EVERY_S while objects are fetched (none for a short download)."""
+    line every PROGRESS_EVERY_S while objects are fetched (none for a short download).
+    `listings`: the objects as listed before (the step's cache key), not listed again."""
     dest.mkdir(parents=True, exist_ok=True)
     if not is_s3_uri(uri):
         return _copy_local(Path(uri), dest, share)
     bucket, prefix = split_s3_uri(uri)
-    objects = [o for o in list_objects(client, uri) if not o["Key"].endswith("/")]
+    listed = listings(uri) if listings is not None else list_objects(client, uri)
+    objects = [o for o in listed if not o["Key"].endswith("/")]
     if not objects:
         raise FileNotFoundError(f"nothing found under {uri}")
     exact = [o for o in objects if o["Key"] == prefix]
