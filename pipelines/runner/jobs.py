@@ -164,6 +164,8 @@ def run_processing(name: str, args: dict[str, Any], work: Path, job: JobEnv) -> 
         command = container.processing_command(tokens, job.python, root)
         log = work / ("step.log" if i == 0 else f"{host}.log")
         commands.append(Command(command, env, work, log, "" if i == 0 else host))
+    if job.listings is not None:
+        job.listings.release()  # every instance has its inputs
     if len(hosts) > 1:
         job.echo(f"{name}: {len(hosts)} instances")
     run_commands(commands, job.echo)
@@ -245,6 +247,8 @@ def run_training(name: str, args: dict[str, Any], work: Path, job: JobEnv) -> di
     hosts = container.training_hosts(work, int(resources.get("InstanceCount", 1)))
     instance_type = str(resources.get("InstanceType", "ml.m5.xlarge"))
     channels = _fetch_channels(name, args, hosts, job)
+    if job.listings is not None:
+        job.listings.release()
     for host in hosts:
         container.write_training_config(
             host, hosts, instance_type, channels, dict(args.get("HyperParameters", {}))

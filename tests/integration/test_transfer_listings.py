@@ -37,3 +37,5 @@ def test_the_cache_key_and_every_instance_share_one_listing(
     # without the shared listing, the late object is seen: key and download would differ
     assert transfer.fingerprint(client, uri) != key
     assert transfer.download(client, uri, tmp_path / "fresh") == len(names) + 1
+    listings.release()  # what the runner does once a step's inputs are in place
+    assert transfer.fingerprint(client, uri, listings) != key and listings.made == 2
