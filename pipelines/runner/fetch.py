@@ -68,8 +68,11 @@ def socket_state(path: str) -> str | None:
     if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.getuid():
         return None
     with socket.socket(socket.AF_UNIX) as probe:
+        probe.settimeout(1.0)  # a listener whose backlog is full must not hang the caller
         try:
             probe.connect(path)
+        except (TimeoutError, BlockingIOError):
+            return "live"  # held by a process too busy to take the connection
         except OSError:
             return "dead"
     return "live"

@@ -153,11 +153,18 @@ def down(settings: Settings, out: Printer = print) -> None:
         out("nothing was running")
 
 
-def _remove_leftovers(service: Service) -> None:
+def _remove_leftovers(service: Service, settle_s: float = 5.0) -> None:
     """Unix sockets a stopped service left behind in /tmp: removed where they are this user's
-    and nothing answers on them (another stack may have taken the port since)."""
+    and nothing answers on them (another stack may have taken the port since). One that still
+    answers gets up to `settle_s` to go quiet: after heavy use, a stopped `weed` was seen as a
+    zombie whose last threads still held its socket open after `stop` had returned."""
+    deadline = time.monotonic() + settle_s
     for path in service.leftovers:
-        if socket_state(str(path)) == "dead":
+        state = socket_state(str(path))
+        while state == "live" and time.monotonic() < deadline:
+            time.sleep(0.1)
+            state = socket_state(str(path))
+        if state == "dead":
             with contextlib.suppress(OSError):
                 path.unlink()
 

@@ -34,6 +34,11 @@ def test_the_socket_is_used_only_when_it_is_ours(tmp_path: Path) -> None:
         sock.listen()
         assert fetch._own_socket(str(tmp_path / "s.sock"))
     assert not fetch._own_socket(str(tmp_path / "s.sock"))  # left behind, as weed leaves it
+    with socket.socket(socket.AF_UNIX) as busy:  # listening, never accepting: backlog fills
+        busy.bind(str(tmp_path / "busy.sock"))
+        busy.listen(1)
+        states = [fetch.socket_state(str(tmp_path / "busy.sock")) for _ in range(5)]
+        assert states == ["live"] * 5  # answered at once, where connect used to block forever
 
 
 def test_an_endpoint_never_shows_its_secret() -> None:

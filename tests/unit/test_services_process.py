@@ -82,7 +82,31 @@ def test_down_removes_a_dead_socket_left_behind_but_not_a_live_one(tmp_path: Pat
     listener.listen(1)
     try:
         service = Service("s3", 0, "", [], {}, "weed", lambda: True, leftovers=(dead, live))
-        _remove_leftovers(service)
+        _remove_leftovers(service, settle_s=0.3)
         assert not dead.exists() and live.is_socket()
     finally:
+        listener.close()
+
+
+def test_down_waits_for_a_socket_its_stopped_service_still_holds(tmp_path: Path) -> None:
+    """A stopped weed's last threads can hold its socket open for a moment after `stop`
+    returns: a socket that goes quiet within the settle time is removed too."""
+    import socket
+    import threading
+
+    from pipelines.services.control import _remove_leftovers
+    from pipelines.services.definitions import Service
+
+    path = tmp_path / "closing.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen(8)
+    closer = threading.Timer(0.5, listener.close)
+    closer.start()
+    try:
+        service = Service("s3", 0, "", [], {}, "weed", lambda: True, leftovers=(path,))
+        _remove_leftovers(service, settle_s=10.0)
+        assert not path.exists()
+    finally:
+        closer.cancel()
         listener.close()
