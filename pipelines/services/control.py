@@ -156,8 +156,10 @@ def down(settings: Settings, out: Printer = print) -> None:
 def _remove_leftovers(service: Service, settle_s: float = 5.0) -> None:
     """Unix sockets a stopped service left behind in /tmp: removed where they are this user's
     and nothing answers on them (another stack may have taken the port since). One that still
-    answers gets up to `settle_s` to go quiet: after heavy use, a stopped `weed` was seen as a
-    zombie whose last threads still held its socket open after `stop` had returned."""
+    answers gets up to `settle_s` to go quiet: after heavy use, a stopped `weed`'s socket
+    still took connections for a moment after `stop` had returned, with `weed` already a
+    zombie (one thread, reparented to pid 1) and no listener on it in `ss -xlp`. Waiting in
+    `stop` for zombies' threads instead was tried and still left the socket, 1 run in 2."""
     deadline = time.monotonic() + settle_s
     for path in service.leftovers:
         state = socket_state(str(path))

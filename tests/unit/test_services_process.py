@@ -89,8 +89,8 @@ def test_down_removes_a_dead_socket_left_behind_but_not_a_live_one(tmp_path: Pat
 
 
 def test_down_waits_for_a_socket_its_stopped_service_still_holds(tmp_path: Path) -> None:
-    """A stopped weed's last threads can hold its socket open for a moment after `stop`
-    returns: a socket that goes quiet within the settle time is removed too."""
+    """A stopped weed's socket can still take connections for a moment after `stop` returns:
+    a socket that goes quiet within the settle time is removed too."""
     import socket
     import threading
 
